@@ -1,0 +1,554 @@
+# -*- test-case-name: tests.test_archive -*-
+"""
+Making, checking and unpacking the zip archives both sides exchange.
+
+One module serves the client (backup, restore) and the server (receive,
+restore), so that the two sides apply I{the same} checks to a zip they did
+not make (C{../shared/SECURITY.md} T1-T8).
+
+Archive layout: a folder C{name} is stored as C{name/} and entries below it;
+a single file as one entry C{name}.  Unix modes are in the high 16 bits of
+C{external_attr}; a symbolic link is an entry with C{S_IFLNK} whose content
+is the link's target; modification times are in the "extended timestamp"
+extra field (0x5455), to the second.
+
+Unpacking is fail-closed: L{checkArchive} reads the whole central directory
+and refuses the archive if any entry is unsafe, before a byte is written;
+L{extractArchive} then writes only into a fresh directory, never through a
+link, and counts what it writes.
+"""
+
+import ctypes
+import os
+import stat
+import struct
+import time
+import unicodedata
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+
+#: Bytes per read and write when copying file data.
+COPY_BLOCK = 1 << 20
+
+#: File name endings that are already compressed: stored as they are.
+COMPRESSED_SUFFIXES = frozenset(
+    ".7z .aac .apk .avi .br .bz2 .deb .docx .epub .flac .gif .gz .heic .jar .jpeg"
+    " .jpg .lz .lz4 .lzma .m4a .m4v .mkv .mov .mp3 .mp4 .odt .ogg .opus .pdf .png"
+    " .pptx .rar .rpm .tbz .tgz .txz .webm .webp .whl .xlsx .xz .zip .zst".split()
+)
+
+COMPRESSION_CHOICES = ("auto", "store", "deflate")
+
+_EXT_TIMESTAMP = 0x5455
+_MAX_NAME_BYTES = 4096
+_MAX_COMPONENT_BYTES = 255
+_MAX_DEPTH = 256
+_MAX_LINK_TARGET = 4096
+_PERM_BITS = 0o777
+
+
+class ArchiveError(Exception):
+    """
+    An archive is unsafe, malformed, or over a limit; the message names the
+    first offending entry and never includes a path outside the archive.
+    """
+
+
+@dataclass
+class Limits:
+    """
+    Caps applied to an archive before and while it is unpacked.
+
+    @ivar maxEntries: entries in the central directory.
+    @ivar maxUnpacked: total bytes of file contents and link targets.
+    @ivar maxRatio: the most an entry larger than C{ratioFloor} may expand
+        (uncompressed / compressed size).
+    """
+
+    maxEntries: int = 1_000_000
+    maxUnpacked: int = 1 << 40
+    maxRatio: int = 200
+    ratioFloor: int = 1 << 20
+
+
+@dataclass
+class Entry:
+    """
+    One checked archive entry.
+
+    @ivar parts: the path components, the first being the archive's root.
+    @ivar kind: C{"file"}, C{"dir"} or C{"link"}.
+    @ivar mode: permission bits to apply (C{0o777} at most).
+    @ivar mtime: seconds since the epoch.
+    @ivar target: a link's target, else C{None}.
+    """
+
+    info: zipfile.ZipInfo
+    parts: tuple
+    kind: str
+    mode: int
+    mtime: int
+    target: str = None
+
+
+@dataclass
+class ArchiveIndex:
+    """
+    What L{checkArchive} found: the root name, whether the archive is a
+    C{"dir"} or a C{"file"}, its entries, file count and unpacked size.
+    """
+
+    root: str
+    kind: str
+    entries: list
+    files: int
+    size: int
+
+
+@dataclass
+class ArchiveReport:
+    """
+    What L{makeArchive} put into an archive, and what it had to leave out.
+
+    @ivar skipped: one line per special file (socket, FIFO, device) skipped.
+    @ivar unreadable: one line per file or folder that could not be read.
+    """
+
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    size: int = 0
+    skipped: list = field(default_factory=list)
+    unreadable: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- making
+
+
+def _extraTimestamp(mtime):
+    mtime = int(mtime)
+    if not -(2**31) <= mtime < 2**31:
+        return b""
+    return struct.pack("<HHBl", _EXT_TIMESTAMP, 5, 1, mtime)
+
+
+def _zipInfo(arcname, st):
+    mtime = max(st.st_mtime, 315532800)  # DOS times start in 1980
+    info = zipfile.ZipInfo(arcname, time.localtime(mtime)[:6])
+    info.create_system = 3  # Unix, so that readers honour external_attr
+    info.external_attr = (stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode)) << 16
+    info.extra = _extraTimestamp(st.st_mtime)
+    return info
+
+
+def _chooseMethod(path, fileObj, size, compression):
+    """
+    Pick how to store a file: C{ZIP_STORED} for small files, already
+    compressed formats and data that does not shrink (a sample of the first
+    64 KiB is deflated at level 1), or expands so much that the server's
+    ratio limit would refuse it; C{ZIP_DEFLATED} otherwise.
+    """
+    if compression == "store" or size < 512:
+        return zipfile.ZIP_STORED
+    if compression == "deflate":
+        return zipfile.ZIP_DEFLATED
+    if os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES:
+        return zipfile.ZIP_STORED
+    sample = fileObj.read(65536)
+    fileObj.seek(0)
+    packed = len(zlib.compress(sample, 1))
+    if packed > len(sample) * 0.9 or packed * 50 < len(sample):
+        return zipfile.ZIP_STORED
+    return zipfile.ZIP_DEFLATED
+
+
+def _addFile(zf, path, arcname, st, compression, progress):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+    with os.fdopen(fd, "rb") as src:
+        info = _zipInfo(arcname, st)
+        info.compress_type = _chooseMethod(path, src, st.st_size, compression)
+        info.file_size = st.st_size
+        total = 0
+        with zf.open(info, "w", force_zip64=st.st_size > (1 << 30)) as dst:
+            while True:
+                block = src.read(COPY_BLOCK)
+                if not block:
+                    break
+                dst.write(block)
+                total += len(block)
+                if progress is not None:
+                    progress(len(block))
+    return total
+
+
+def makeArchive(source, zipPath, name=None, compression="auto", progress=None):
+    """
+    Zip a file or a folder tree (blocking: run it in a thread).
+
+    Links are stored as links and never followed; sockets, FIFOs and devices
+    are skipped; files and folders that cannot be read are left out.  Both
+    are reported, so the caller can warn and exit with "finished with
+    warnings".
+
+    @param source: the file or folder (a link given here is followed: it is
+        what the user named).
+    @param zipPath: the zip file to create (must not exist).
+    @param name: the root name in the archive; default the basename.
+    @param progress: called with byte counts as file data is read.
+    @return: an L{ArchiveReport}.
+    """
+    source = os.path.abspath(source)
+    name = name or os.path.basename(source.rstrip(os.sep))
+    report = ArchiveReport()
+    st = os.stat(source)
+    fd = os.open(zipPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(
+        raw, "w", compresslevel=1, allowZip64=True
+    ) as zf:
+        if stat.S_ISDIR(st.st_mode):
+            _addTree(zf, source, name, st, compression, progress, report)
+        elif stat.S_ISREG(st.st_mode):
+            report.size += _addFile(zf, source, name, st, compression, progress)
+            report.files += 1
+        else:
+            raise ArchiveError(f"{name} is not a regular file or a folder")
+    return report
+
+
+def _addTree(zf, top, name, topStat, compression, progress, report):
+    stack = [(top, name, topStat)]
+    while stack:
+        path, arcname, st = stack.pop()
+        dirInfo = _zipInfo(arcname + "/", st)
+        dirInfo.external_attr |= 0x10  # MS-DOS directory flag
+        zf.writestr(dirInfo, b"")
+        report.dirs += 1
+        try:
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            report.unreadable.append(f"{arcname}: {e.strerror}")
+            continue
+        subdirs = []
+        for child in children:
+            childArc = f"{arcname}/{child.name}"
+            try:
+                childArc.encode("utf-8")
+                cst = child.stat(follow_symlinks=False)
+            except UnicodeEncodeError:
+                report.unreadable.append(f"{childArc!a}: name is not valid UTF-8")
+                continue
+            except OSError as e:
+                report.unreadable.append(f"{childArc}: {e.strerror}")
+                continue
+            mode = cst.st_mode
+            try:
+                if stat.S_ISDIR(mode):
+                    subdirs.append((child.path, childArc, cst))
+                elif stat.S_ISREG(mode):
+                    report.size += _addFile(zf, child.path, childArc, cst, compression, progress)
+                    report.files += 1
+                elif stat.S_ISLNK(mode):
+                    info = _zipInfo(childArc, cst)
+                    info.compress_type = zipfile.ZIP_STORED
+                    zf.writestr(info, os.readlink(child.path).encode("utf-8", "surrogateescape"))
+                    report.links += 1
+                else:
+                    report.skipped.append(f"{childArc}: special file skipped")
+            except OSError as e:
+                report.unreadable.append(f"{childArc}: {e.strerror}")
+        stack.extend(reversed(subdirs))
+
+
+# ---------------------------------------------------------------- checking
+
+
+def checkName(name):
+    """
+    Check one entry name and split it into components.
+
+    Refused: empty names, NUL and control characters, backslashes, absolute
+    paths, drives, empty, C{.} and C{..} components, over-long names and
+    components, and excessive depth.
+
+    @raise ArchiveError: naming the entry.
+    @return: C{(parts, isDir)}.
+    """
+    shown = repr(name)[1:-1][:200]
+    if not name:
+        raise ArchiveError("archive has an entry with an empty name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ArchiveError(f"entry '{shown}' has a control character in its name")
+    if "\\" in name:
+        raise ArchiveError(f"entry '{shown}' has a backslash in its name")
+    if name.startswith("/"):
+        raise ArchiveError(f"entry '{shown}' has an absolute path")
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        raise ArchiveError(f"entry '{shown}' has a drive letter")
+    if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
+        raise ArchiveError(f"entry '{shown}' has a name that is too long")
+    isDir = name.endswith("/")
+    parts = tuple((name[:-1] if isDir else name).split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ArchiveError(f"entry '{shown}' has an empty, '.' or '..' component")
+        if len(part.encode("utf-8", "surrogatepass")) > _MAX_COMPONENT_BYTES:
+            raise ArchiveError(f"entry '{shown}' has a component that is too long")
+    if len(parts) > _MAX_DEPTH:
+        raise ArchiveError(f"entry '{shown}' is nested too deeply")
+    return parts, isDir
+
+
+def _entryMtime(info):
+    extra = info.extra
+    i = 0
+    while i + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4 : i + 4 + size]
+        if tag == _EXT_TIMESTAMP and len(body) >= 5 and body[0] & 1:
+            return struct.unpack_from("<l", body, 1)[0]
+        i += 4 + size
+    return int(time.mktime(info.date_time + (0, 0, -1)))
+
+
+def _entryKind(info, isDir):
+    mode = info.external_attr >> 16
+    fmt = stat.S_IFMT(mode)
+    if fmt == 0:
+        return ("dir" if isDir else "file"), (0o755 if isDir else 0o644)
+    perm = stat.S_IMODE(mode) & _PERM_BITS
+    if stat.S_ISDIR(mode) and isDir:
+        return "dir", perm
+    if stat.S_ISREG(mode) and not isDir:
+        return "file", perm
+    if stat.S_ISLNK(mode) and not isDir:
+        return "link", 0o777
+    return None, 0
+
+
+def checkArchive(zf, limits):
+    """
+    Check every entry of an open archive without writing anything.
+
+    Refuses the archive whole for: an unsafe name (L{checkName}); an entry
+    that is not a file, folder or link; an encrypted entry or a compression
+    method other than stored or deflated; duplicate names; an entry below a
+    file or a link (writing through a link); entries under more than one
+    root, or a file root with other entries; too many entries, too many
+    bytes, or too high a compression ratio; a link target that is empty,
+    too long, or not UTF-8.
+
+    @param zf: an open L{zipfile.ZipFile}.
+    @param limits: the L{Limits} to apply.
+    @raise ArchiveError: naming the first problem.
+    @return: an L{ArchiveIndex}.
+    """
+    infos = zf.infolist()
+    if not infos:
+        raise ArchiveError("archive is empty")
+    if len(infos) > limits.maxEntries:
+        raise ArchiveError(f"archive has more than {limits.maxEntries} entries")
+    entries = []
+    kinds = {}
+    total = 0
+    files = 0
+    for info in infos:
+        parts, isDir = checkName(info.filename)
+        shown = "/".join(parts)[:200]
+        kind, mode = _entryKind(info, isDir)
+        if kind is None:
+            raise ArchiveError(f"entry '{shown}' is not a file, folder or link")
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"entry '{shown}' is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ArchiveError(f"entry '{shown}' uses an unsupported compression method")
+        key = unicodedata.normalize("NFC", "/".join(parts))
+        if key in kinds:
+            raise ArchiveError(f"archive has two entries named '{shown}'")
+        kinds[key] = kind
+        total += info.file_size
+        if total > limits.maxUnpacked:
+            raise ArchiveError(f"archive unpacks to more than {limits.maxUnpacked} bytes")
+        if (
+            info.file_size > limits.ratioFloor
+            and info.file_size > limits.maxRatio * max(info.compress_size, 1)
+        ):
+            raise ArchiveError(f"entry '{shown}' expands more than {limits.maxRatio} times")
+        target = None
+        if kind == "link":
+            if not 0 < info.file_size <= _MAX_LINK_TARGET:
+                raise ArchiveError(f"link '{shown}' has an empty or over-long target")
+            try:
+                target = zf.read(info).decode("utf-8")
+            except (UnicodeDecodeError, zipfile.BadZipFile, zlib.error) as e:
+                raise ArchiveError(f"link '{shown}' has an unreadable target") from e
+            if "\x00" in target or len(target) != len(target.strip("\x00")):
+                raise ArchiveError(f"link '{shown}' has a NUL in its target")
+        if kind == "file":
+            files += 1
+        entries.append(Entry(info, parts, kind, mode, _entryMtime(info), target))
+
+    root = entries[0].parts[0]
+    for entry in entries:
+        if entry.parts[0] != root:
+            raise ArchiveError("archive has more than one top-level entry")
+        for depth in range(1, len(entry.parts)):
+            parent = unicodedata.normalize("NFC", "/".join(entry.parts[:depth]))
+            if kinds.get(parent, "dir") != "dir":
+                raise ArchiveError(
+                    f"entry '{'/'.join(entry.parts)[:200]}' is below a file or link"
+                )
+    rootKind = kinds.get(unicodedata.normalize("NFC", root), "dir")
+    if rootKind == "link":
+        raise ArchiveError("archive's top-level entry is a link")
+    if rootKind == "file" and len(entries) != 1:
+        raise ArchiveError("archive's top-level file has other entries")
+    return ArchiveIndex(root, rootKind, entries, files, total)
+
+
+def checkArchiveFile(zipPath, limits):
+    """
+    L{checkArchive} on the zip at C{zipPath} (blocking).
+
+    @raise ArchiveError: also for a file that is not a readable zip.
+    """
+    try:
+        with zipfile.ZipFile(zipPath) as zf:
+            return checkArchive(zf, limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
+            NotImplementedError, OverflowError) as e:
+        raise ArchiveError(f"not a valid zip archive ({e})") from None
+
+
+# ---------------------------------------------------------------- unpacking
+
+
+def _makeDirs(dest, parts, made):
+    path = dest
+    for i, part in enumerate(parts):
+        path = os.path.join(path, part)
+        key = parts[: i + 1]
+        if key not in made:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise ArchiveError("archive entry collides with another") from None
+            made.add(key)
+    return path
+
+
+def _writeFile(zf, entry, path, budget, progress):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    written = 0
+    try:
+        with zf.open(entry.info) as src:
+            while True:
+                block = src.read(COPY_BLOCK)
+                if not block:
+                    break
+                written += len(block)
+                if written > entry.info.file_size or written > budget:
+                    raise ArchiveError(
+                        f"entry '{'/'.join(entry.parts)[:200]}' is larger than it declares"
+                    )
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+                if progress is not None:
+                    progress(len(block))
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, (entry.mtime, entry.mtime))
+    finally:
+        os.close(fd)
+    return written
+
+
+def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True):
+    """
+    Check and unpack an archive into C{dest} (blocking: run in a thread).
+
+    C{dest} must be a fresh, empty folder that the caller created; on error
+    the caller removes it.  Files are created with C{O_EXCL|O_NOFOLLOW};
+    links are created last and nothing is ever written below one; folder
+    modes and times are applied last, deepest first (or later by the caller
+    with L{applyDirAttributes}, if C{applyDirs} is false).
+
+    @raise ArchiveError: the archive is unsafe, corrupt or over a limit.
+    @return: the L{ArchiveIndex}.
+    """
+    try:
+        with zipfile.ZipFile(zipPath) as zf:
+            index = checkArchive(zf, limits)
+            made = set()
+            links = []
+            budget = limits.maxUnpacked
+            for entry in index.entries:
+                if entry.kind == "dir":
+                    _makeDirs(dest, entry.parts, made)
+                elif entry.kind == "file":
+                    parent = _makeDirs(dest, entry.parts[:-1], made)
+                    path = os.path.join(parent, entry.parts[-1])
+                    budget -= _writeFile(zf, entry, path, budget, progress)
+                else:
+                    links.append(entry)
+            for entry in links:
+                parent = _makeDirs(dest, entry.parts[:-1], made)
+                path = os.path.join(parent, entry.parts[-1])
+                os.symlink(entry.target, path)
+                os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+            if applyDirs:
+                applyDirAttributes(dest, index)
+    except FileExistsError:
+        raise ArchiveError("archive has two entries for one path") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
+            NotImplementedError, OverflowError) as e:
+        raise ArchiveError(f"archive is corrupt ({e})") from None
+    return index
+
+
+def applyDirAttributes(dest, index):
+    """
+    Give the unpacked folders of C{index} below C{dest} their modes and
+    modification times, deepest first (writing into a folder changes its
+    time, and a read-only folder cannot be filled or moved).
+    """
+    dirs = [e for e in index.entries if e.kind == "dir"]
+    for entry in sorted(dirs, key=lambda e: len(e.parts), reverse=True):
+        path = os.path.join(dest, *entry.parts)
+        os.chmod(path, entry.mode, follow_symlinks=False)
+        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+
+
+_libc = None
+
+
+def syncTree(path):
+    """
+    Flush everything written to the file system holding C{path} to disk
+    (C{syncfs(2)} on Linux: one call for a whole unpacked tree, instead of an
+    C{fsync} per file; C{sync()} elsewhere).
+    """
+    global _libc
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsyncDir(path):
+    """
+    C{fsync} a folder, so that a rename into it is durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_accounts -*-
+"""
+The server's SQLite database, C{<data-dir>/user.db}: accounts and the
+snapshot catalog.
+
+One connection, owned by one thread: every query runs through L{Database.run}
+on a single-thread pool, so the reactor never waits on SQLite and writes are
+serialised (C{../shared/SECURITY.md} T31).
+"""
+
+import os
+import sqlite3
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    username   TEXT PRIMARY KEY,
+    salt       BLOB NOT NULL,
+    key        BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
+    created    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    username TEXT NOT NULL REFERENCES users(username),
+    id       TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    created  TEXT NOT NULL,
+    zip_size INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    files    INTEGER NOT NULL,
+    PRIMARY KEY (username, id)
+);
+"""
+
+
+class Database:
+    """
+    The SQLite connection and the thread it lives on.
+
+    @ivar path: the database file.
+    @ivar _runInThread: C{f(*a) -> Deferred}, running C{f} on the one
+        database thread.
+    @ivar _conn: the connection, created on first use in that thread.
+    """
+
+    def __init__(self, path, runInThread):
+        self.path = path
+        self._runInThread = runInThread
+        self._conn = None
+
+    def _connection(self):
+        if self._conn is None:
+            new = not os.path.exists(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            if new:
+                os.chmod(self.path, 0o600)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def run(self, f, *args):
+        """
+        Run C{f(connection, *args)} on the database thread.
+
+        @return: a L{Deferred} with its result.
+        """
+        return self._runInThread(lambda: f(self._connection(), *args))
+
+    def runSync(self, f, *args):
+        """
+        Run C{f(connection, *args)} here and now: for start-up and tests only.
+        """
+        return f(self._connection(), *args)
+
+    def close(self):
+        """
+        Close the connection (call on the database thread, or when idle).
+        """
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.test_framing -*-
+"""
+Frames and messages of the backup protocol (C{docs/protocol.rst}).
+
+On the wire every frame is a 4-byte big-endian length, then that many bytes:
+one message-type byte and the message body.  Control messages carry a UTF-8
+JSON object; C{DATA} carries one AES-GCM sealed chunk.  Nothing larger than
+L{MAX_FRAME} is ever accepted, so a peer cannot make us buffer more than one
+frame.
+"""
+
+import enum
+import json
+
+from backup_proto.crypto import CHUNK_SIZE, TAG_SIZE
+from backup_proto.errors import Code, ProtocolError
+
+#: Largest control message body (a JSON object).
+MAX_CONTROL = 16 * 1024
+
+#: Largest frame: a full DATA chunk plus its tag and the type byte, with
+#: headroom.  Kept near 64 KiB: Twisted's IntNStringReceiver re-copies its
+#: buffer on every read, so big frames cost quadratic time (Twisted #6358).
+MAX_FRAME = CHUNK_SIZE + TAG_SIZE + 1024
+
+
+class Msg(enum.IntEnum):
+    """
+    Message types (the first byte of a frame).
+    """
+
+    # client -> server
+    REGISTER = 0x01
+    LOGIN = 0x02
+    PUBKEY = 0x03
+    LIST = 0x04
+    BACKUP = 0x05
+    RESTORE = 0x06
+    COMMIT = 0x07
+    RESEND = 0x08
+    # both directions
+    DATA = 0x10
+    # server -> client
+    OK = 0x80
+    SESSION_KEY = 0x81
+    SNAPSHOTS = 0x82
+    READY = 0x83
+    CKSUM = 0x84
+    DONE = 0x85
+    RESTORE_BEGIN = 0x86
+    ERROR = 0xEE
+
+
+def encodeData(sealed):
+    """
+    @return: the frame body of a C{DATA} message (without the length prefix).
+    """
+    return bytes((Msg.DATA,)) + sealed
+
+
+def encodeControl(kind, /, **fields):
+    """
+    @return: the frame body of the control message C{kind} with C{fields}
+        as its JSON object.
+    """
+    body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    return bytes((kind,)) + body.encode("utf-8")
+
+
+def decodeFrame(frame):
+    """
+    Split a frame into its message type and body.
+
+    @raise ProtocolError: for an empty frame or an unknown type.
+    @return: C{(Msg, bytes)}
+    """
+    if not frame:
+        raise ProtocolError(Code.BAD_FRAME, "empty frame")
+    try:
+        kind = Msg(frame[0])
+    except ValueError:
+        raise ProtocolError(
+            Code.BAD_FRAME, f"unknown message type 0x{frame[0]:02x}"
+        ) from None
+    return kind, frame[1:]
+
+
+def parseControl(kind, body, required=None, optional=None):
+    """
+    Decode and check the JSON object of a control message.
+
+    @param required: C{{name: type or tuple of types}} that must be present.
+    @param optional: the same, for fields that may be absent or null.
+    @raise ProtocolError: for bad JSON, a non-object, a missing, unexpected
+        or wrongly typed field.  (C{bool} never passes for C{int}.)
+    @return: the object as a C{dict}.
+    """
+    required = required or {}
+    optional = optional or {}
+    if len(body) > MAX_CONTROL:
+        raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} message too long")
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError(
+            Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object")
+    for name in obj:
+        if name not in required and name not in optional:
+            raise ProtocolError(
+                Code.BAD_MESSAGE, f"{kind.name} has an unexpected field {name!r}"
+            )
+    for name, types in required.items():
+        if name not in obj:
+            raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} lacks the field {name!r}")
+        _checkType(kind, name, obj[name], types)
+    for name, types in optional.items():
+        if obj.get(name) is not None:
+            _checkType(kind, name, obj[name], types)
+        else:
+            obj[name] = None
+    return obj
+
+
+def _checkType(kind, name, value, types):
+    if not isinstance(types, tuple):
+        types = (types,)
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        raise ProtocolError(
+            Code.BAD_MESSAGE, f"{kind.name} field {name!r} has the wrong type"
+        )

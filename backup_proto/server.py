@@ -1,0 +1,642 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The server side of the backup protocol: a state machine per connection.
+
+States (C{docs/protocol.rst}, "States")::
+
+    UNAUTH --LOGIN ok--> AUTHED --PUBKEY--> KEYED
+    KEYED --BACKUP--> RECEIVING --last DATA--> VERIFYING --COMMIT--> KEYED
+                                  ^----------- RESEND ------'
+    KEYED --RESTORE--> SENDING --last DATA--> CONFIRMING --COMMIT--> KEYED
+                         ^----------- RESEND ------'
+
+While thread work runs (hashing, unzipping, zipping, SQLite) the connection
+is in C{BUSY} with its input paused; any message not allowed in the current
+state is answered with an C{ERROR} and the connection is closed.
+"""
+
+import base64
+import enum
+import os
+
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
+
+from backup_proto import crypto
+from backup_proto.accounts import AUTH_FAILED_TEXT
+from backup_proto.archive import ArchiveError, extractArchive, makeArchive, syncTree
+from backup_proto.errors import Code, ProtocolError
+from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
+from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
+
+#: How many times a client may ask for a transfer to be sent again.
+MAX_RESENDS = 3
+#: Snapshots per SNAPSHOTS frame.
+LIST_PAGE = 25
+
+
+class State(enum.Enum):
+    UNAUTH = "UNAUTH"
+    AUTHED = "AUTHED"
+    KEYED = "KEYED"
+    RECEIVING = "RECEIVING"
+    VERIFYING = "VERIFYING"
+    SENDING = "SENDING"
+    CONFIRMING = "CONFIRMING"
+    BUSY = "BUSY"
+    CLOSED = "CLOSED"
+
+
+def checkSourceName(name):
+    """
+    @raise ProtocolError: unless C{name} is one safe path component (the
+        top-level name of a backup).
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode("utf-8", "surrogatepass")) > 255
+    ):
+        raise ProtocolError(Code.BAD_MESSAGE, "backup name must be one safe path component")
+    return name
+
+
+class _Upload:
+    """
+    A backup under way: where it is staged and how many attempts it took.
+    """
+
+    def __init__(self, name, kind, size, staging):
+        self.name = name
+        self.kind = kind
+        self.size = size
+        self.staging = staging
+        self.attempt = 0
+        self.receiver = None
+        self.result = None
+
+    @property
+    def zipPath(self):
+        return os.path.join(self.staging, f"upload-{self.attempt}.zip")
+
+
+class _Download:
+    """
+    A restore under way: the snapshot row and the zip made of it.
+    """
+
+    def __init__(self, row, staging):
+        self.row = row
+        self.staging = staging
+        self.zipPath = os.path.join(staging, "restore.zip")
+        self.size = None
+        self.attempt = 0
+        self.sender = None
+        self.crc = None
+
+
+def _unpackUpload(zipPath, tree, limits, name, kind):
+    """
+    Check, unpack and flush an uploaded zip into C{tree} (runs in a thread).
+
+    @return: the L{backup_proto.archive.ArchiveIndex}.
+    """
+    os.mkdir(tree, 0o700)
+    index = extractArchive(zipPath, tree, limits)
+    if index.root != name or index.kind != kind:
+        raise ArchiveError("archive does not hold the declared name and kind")
+    syncTree(tree)
+    return index
+
+
+def _zipSnapshot(path, zipPath, name, compression):
+    makeArchive(path, zipPath, name=name, compression=compression)
+    return os.path.getsize(zipPath)
+
+
+class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
+    """
+    One client connection.
+
+    @ivar state: the L{State}.
+    @ivar username: the logged-in user, else C{None}.
+    @ivar failures: failed logins and registrations on this connection.
+    @ivar _ciphers: the session's L{crypto.SessionCiphers} once KEYED.
+    @ivar _transfers: the last transfer number used in each direction.
+    @ivar _upload: the L{_Upload} under way, if any.
+    @ivar _download: the L{_Download} under way, if any.
+    @ivar _jobs: thread jobs under way; staging is cleaned after them.
+    """
+
+    MAX_LENGTH = MAX_FRAME
+    log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.callLater = factory.clock.callLater
+        self.state = State.UNAUTH
+        self.username = None
+        self.failures = 0
+        self.peer = None
+        self._ciphers = None
+        self._transfers = {"up": 0, "down": 0}
+        self._upload = None
+        self._download = None
+        self._jobs = 0
+        self._loginDeadline = None
+        self._connected = False
+        self._handlers = {
+            (State.UNAUTH, Msg.REGISTER): self._register,
+            (State.UNAUTH, Msg.LOGIN): self._login,
+            (State.AUTHED, Msg.PUBKEY): self._pubkey,
+            (State.KEYED, Msg.LIST): self._list,
+            (State.KEYED, Msg.BACKUP): self._backup,
+            (State.KEYED, Msg.RESTORE): self._restore,
+            (State.RECEIVING, Msg.DATA): self._data,
+            (State.VERIFYING, Msg.COMMIT): self._commitUpload,
+            (State.VERIFYING, Msg.RESEND): self._resendUpload,
+            (State.CONFIRMING, Msg.COMMIT): self._commitDownload,
+            (State.CONFIRMING, Msg.RESEND): self._resendDownload,
+        }
+
+    # ------------------------------------------------------------ plumbing
+
+    def connectionMade(self):
+        self._connected = True
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", str(peer))
+        self.setTimeout(self.factory.idleTimeout)
+        self._loginDeadline = self.callLater(self.factory.loginTimeout, self._loginExpired)
+        self.log.info("connection from {peer}", peer=self.peer)
+
+    def connectionLost(self, reason):
+        self._connected = False
+        self.state = State.CLOSED
+        self.setTimeout(None)
+        if self._loginDeadline is not None and self._loginDeadline.active():
+            self._loginDeadline.cancel()
+        self._loginDeadline = None
+        self._cleanupIfIdle()
+        self.factory.connectionClosed(self)
+        self.log.info("connection from {peer} closed", peer=self.peer)
+
+    def _loginExpired(self):
+        self._loginDeadline = None
+        if self.state in (State.UNAUTH, State.AUTHED, State.BUSY) and self._ciphers is None:
+            self._fail(ProtocolError(Code.TIMEOUT, "login took too long"))
+
+    def timeoutConnection(self):
+        self._fail(ProtocolError(Code.TIMEOUT, "connection idle for too long"))
+
+    def lengthLimitExceeded(self, length):
+        self._fail(ProtocolError(Code.BAD_FRAME, f"frame of {length} bytes is too large"))
+
+    def stringReceived(self, frame):
+        if self.state is State.CLOSED:
+            return
+        self.resetTimeout()
+        try:
+            kind, body = decodeFrame(frame)
+            handler = self._handlers.get((self.state, kind))
+            if handler is None:
+                raise ProtocolError(
+                    Code.BAD_STATE, f"{kind.name} not allowed in state {self.state.name}"
+                )
+            handler(body)
+        except ProtocolError as e:
+            self._fail(e)
+        except Exception:
+            self.log.failure("internal error handling a frame from {peer}", peer=self.peer)
+            self._fail(ProtocolError(Code.INTERNAL, "internal server error"))
+
+    def _send(self, kind, /, **fields):
+        if self._connected:
+            self.sendString(encodeControl(kind, **fields))
+
+    def _error(self, error, fatal):
+        self._send(Msg.ERROR, code=error.code, message=error.message, fatal=fatal)
+
+    def _fail(self, error):
+        """
+        Send a fatal error and close; cleanup follows in connectionLost.
+        """
+        if self.state is State.CLOSED:
+            return
+        self.log.info(
+            "closing connection from {peer} user={user}: {code} {reason}",
+            peer=self.peer, user=self.username, code=error.code, reason=error.message,
+        )
+        self._error(error, True)
+        self.state = State.CLOSED
+        self.paused = True
+        self.setTimeout(None)
+        if self._upload is not None and self._upload.receiver is not None:
+            self._upload.receiver.abort()
+        if self._connected:
+            self.transport.loseConnection()
+            self.callLater(self.factory.abortTimeout, self._abort)
+
+    def _abort(self):
+        if self._connected:
+            self.transport.abortConnection()
+
+    def _busy(self, d, then):
+        """
+        Run a job: pause input (state BUSY, no idle timeout) until C{d}
+        fires, then call C{then(result)} and resume input on the next
+        reactor turn (never inside the frame parser's loop).
+        """
+        self.state = State.BUSY
+        self.paused = True
+        self.setTimeout(None)
+        self._jobs += 1
+
+        def done(result):
+            self._jobs -= 1
+            if not self._connected:
+                self._cleanupIfIdle()
+                return None
+            self.setTimeout(self.factory.idleTimeout)
+            try:
+                then(result)
+            except ProtocolError as e:
+                self._fail(e)
+            return None
+
+        def failed(failure):
+            self._jobs -= 1
+            if not self._connected:
+                self._cleanupIfIdle()
+                return None
+            error = failure.value
+            if isinstance(error, ArchiveError):
+                error = ProtocolError(Code.BAD_ARCHIVE, f"archive refused: {error}")
+            elif isinstance(error, OSError):
+                error = storageError(error)
+            elif not isinstance(error, ProtocolError):
+                self.log.failure("internal error for {peer}", failure, peer=self.peer)
+                error = ProtocolError(Code.INTERNAL, "internal server error")
+            self._fail(error)
+            return None
+
+        d.addCallbacks(done, failed)
+
+    def _resume(self, state):
+        self.state = state
+        self.callLater(0, self._resumeInput)
+
+    def _resumeInput(self):
+        if self._connected and self.state is not State.CLOSED and self.state is not State.BUSY:
+            self.paused = False
+            self.dataReceived(b"")
+
+    def _cleanupIfIdle(self):
+        """
+        Remove staging data of an unfinished transfer once no thread job
+        uses it (after the connection is gone).
+        """
+        if self._jobs or self._connected:
+            return
+        for job in (self._upload, self._download):
+            if job is not None:
+                if getattr(job, "receiver", None) is not None:
+                    job.receiver.abort()
+                self.factory.runIO(self.factory.store.removeStaging, job.staging)
+        self._upload = self._download = None
+
+    def _removeStaging(self, staging):
+        return self.factory.runIO(self.factory.store.removeStaging, staging)
+
+    # ------------------------------------------------------------ accounts
+
+    def _credentials(self, kind, body):
+        fields = parseControl(kind, body, required={"user": str, "password": str})
+        return fields["user"], fields["password"]
+
+    def _accountFailed(self, failure):
+        error = failure.value
+        if not isinstance(error, ProtocolError):
+            return failure
+        self.failures += 1
+        if self.failures >= self.factory.maxLoginFailures:
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, f"{error.message}; too many failed attempts")
+        self._error(error, False)
+        return None
+
+    def _register(self, body):
+        user, password = self._credentials(Msg.REGISTER, body)
+        d = self.factory.accounts.register(user, password)
+
+        def registered(_):
+            self.log.info("registered user={user} peer={peer}", user=user, peer=self.peer)
+            self._send(Msg.OK, user=user)
+            return True
+
+        d.addCallbacks(registered, self._accountFailed)
+        self._busy(d, lambda _: self._resume(State.UNAUTH))
+
+    def _login(self, body):
+        user, password = self._credentials(Msg.LOGIN, body)
+        d = self.factory.accounts.authenticate(user, password)
+
+        def checked(ok):
+            if not ok:
+                self.log.info("failed login user={user!r} peer={peer}", user=user, peer=self.peer)
+                raise ProtocolError(Code.AUTH_FAILED, AUTH_FAILED_TEXT)
+            return True
+
+        d.addCallback(checked)
+        d.addErrback(self._accountFailed)
+
+        def then(ok):
+            if ok:
+                self.username = user
+                self.log.info("login user={user} peer={peer}", user=user, peer=self.peer)
+                self._send(Msg.OK, user=user)
+                self._resume(State.AUTHED)
+            else:
+                self._resume(State.UNAUTH)
+
+        self._busy(d, then)
+
+    def _pubkey(self, body):
+        fields = parseControl(Msg.PUBKEY, body, required={"key": str})
+        publicKey = crypto.loadClientPublicKey(fields["key"].encode("ascii", "replace"))
+        secret = crypto.newSessionSecret()
+        wrapped = crypto.wrapSecret(publicKey, secret)
+        self._ciphers = crypto.SessionCiphers(secret)
+        if self._loginDeadline is not None and self._loginDeadline.active():
+            self._loginDeadline.cancel()
+        self._loginDeadline = None
+        self.state = State.KEYED
+        self._send(Msg.SESSION_KEY, wrapped=base64.b64encode(wrapped).decode("ascii"))
+
+    # ------------------------------------------------------------ listing
+
+    def _list(self, body):
+        parseControl(Msg.LIST, body)
+
+        def send(rows):
+            for start in range(0, max(len(rows), 1), LIST_PAGE):
+                page = rows[start : start + LIST_PAGE]
+                self._send(Msg.SNAPSHOTS, snapshots=page, more=start + LIST_PAGE < len(rows))
+            self._resume(State.KEYED)
+
+        self._busy(self.factory.store.list(self.username), send)
+
+    # ------------------------------------------------------------ backup
+
+    def _backup(self, body):
+        fields = parseControl(
+            Msg.BACKUP, body, required={"name": str, "size": int, "kind": str}
+        )
+        name = checkSourceName(fields["name"])
+        size = fields["size"]
+        if fields["kind"] not in ("file", "dir"):
+            raise ProtocolError(Code.BAD_MESSAGE, "BACKUP kind must be 'file' or 'dir'")
+        if size < 0:
+            raise ProtocolError(Code.BAD_MESSAGE, "BACKUP size must not be negative")
+        if size > self.factory.maxUploadSize:
+            raise ProtocolError(
+                Code.TOO_LARGE, f"upload of {size} bytes is over the server's limit"
+            )
+        d = self.factory.runIO(self.factory.store.newStaging, self.username)
+
+        def staged(staging):
+            self._upload = _Upload(name, fields["kind"], size, staging)
+            self.log.info(
+                "backup of {size} bytes user={user} peer={peer}",
+                size=size, user=self.username, peer=self.peer,
+            )
+            self._beginUploadAttempt()
+
+        self._busy(d, staged)
+
+    def _nextTransfer(self, direction):
+        self._transfers[direction] += 1
+        return self._transfers[direction]
+
+    def _beginUploadAttempt(self):
+        upload = self._upload
+        upload.attempt += 1
+        transfer = self._nextTransfer("up")
+        upload.receiver = ChunkReceiver(
+            upload.zipPath, upload.size, self._ciphers.upload, transfer,
+            self.factory.runIO, self._pauseForDisk, self._resumeForDisk,
+        )
+        self._send(Msg.READY, transfer=transfer, attempt=upload.attempt)
+        self._resume(State.RECEIVING)
+
+    def _pauseForDisk(self):
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def _resumeForDisk(self):
+        if self._connected and self.state is State.RECEIVING:
+            self.transport.resumeProducing()
+            self.callLater(0, self._resumeInput)
+
+    def _data(self, body):
+        upload = self._upload
+        if not upload.receiver.chunkReceived(body):
+            return
+
+        def verified(result):
+            crc, length, rejected = result
+            upload.result = result
+            self._send(Msg.CKSUM, crc=crc, size=length, rejected=rejected)
+            self._resume(State.VERIFYING)
+
+        self._busy(upload.receiver.finish(), verified)
+
+    def _commitUpload(self, body):
+        fields = parseControl(Msg.COMMIT, body, required={"crc": int})
+        upload = self._upload
+        crc, length, rejected = upload.result
+        if rejected or fields["crc"] != crc or length != upload.size:
+            raise ProtocolError(Code.BAD_UPLOAD, "cannot commit an upload that did not verify")
+        tree = os.path.join(upload.staging, "tree")
+        zipPath = upload.zipPath
+        factory = self.factory
+        d = factory.runCPU(_unpackUpload, zipPath, tree, factory.limits, upload.name, upload.kind)
+
+        def unpacked(index):
+            meta = {"source": upload.name, "kind": upload.kind, "zip_size": upload.size,
+                    "size": index.size, "files": index.files}
+            return factory.store.commit(self.username, tree, meta)
+
+        d.addCallback(unpacked)
+
+        def cleanup(result):
+            self._removeStaging(upload.staging)
+            if self._upload is upload:
+                self._upload = None
+            return result
+
+        d.addBoth(cleanup)
+
+        def done(row):
+            self.log.info(
+                "snapshot {id} stored user={user} files={files} bytes={size}",
+                id=row["id"], user=self.username, files=row["files"], size=row["size"],
+            )
+            self._send(Msg.DONE, snapshot=row)
+            self._resume(State.KEYED)
+
+        self._busy(d, done)
+
+    def _resendUpload(self, body):
+        parseControl(Msg.RESEND, body)
+        upload = self._upload
+        upload.receiver.abort()
+        if upload.attempt > MAX_RESENDS:
+            raise ProtocolError(Code.VERIFY_FAILED, "upload did not verify after all resends")
+        self._beginUploadAttempt()
+
+    # ------------------------------------------------------------ restore
+
+    def _restore(self, body):
+        fields = parseControl(Msg.RESTORE, body, optional={"snapshot": str})
+        factory = self.factory
+        d = factory.store.lookup(self.username, fields["snapshot"])
+        prepared = {}
+
+        def found(row):
+            if row is None:
+                raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
+            prepared["row"] = row
+            return factory.runIO(factory.store.newStaging, self.username)
+
+        def staged(staging):
+            self._download = _Download(prepared["row"], staging)
+            path = factory.store.snapshotPath(self.username, prepared["row"])
+            return factory.runCPU(
+                _zipSnapshot, path, self._download.zipPath, prepared["row"]["source"],
+                factory.restoreCompression,
+            )
+
+        d.addCallback(found)
+        d.addCallback(staged)
+
+        def notFound(failure):
+            failure.trap(ProtocolError)
+            if failure.value.code != Code.NOT_FOUND:
+                return failure
+            self._error(failure.value, False)
+            return None
+
+        d.addErrback(notFound)
+
+        def ready(size):
+            if size is None:
+                self._resume(State.KEYED)
+                return
+            self._download.size = size
+            self._beginDownloadAttempt()
+
+        self._busy(d, ready)
+
+    def _beginDownloadAttempt(self):
+        download = self._download
+        download.attempt += 1
+        transfer = self._nextTransfer("down")
+        row = download.row
+        self._send(
+            Msg.RESTORE_BEGIN, snapshot=row["id"], name=row["source"], kind=row["kind"],
+            size=download.size, transfer=transfer, attempt=download.attempt,
+        )
+        self.state = State.SENDING
+        download.sender = ChunkSender(
+            download.zipPath, download.size, self._ciphers.download, transfer,
+            self.sendString, self.factory.runIO, progress=lambda n: self.resetTimeout(),
+        )
+        d = download.sender.start(self.transport)
+
+        def sent(crc):
+            download.crc = crc
+            if self._connected and self.state is State.SENDING:
+                self._send(Msg.CKSUM, crc=crc, size=download.size, rejected=0)
+                self._resume(State.CONFIRMING)
+
+        def failed(failure):
+            if self._connected:
+                self._fail(ProtocolError(Code.INTERNAL, "could not send the snapshot"))
+
+        d.addCallbacks(sent, failed)
+
+    def _commitDownload(self, body):
+        fields = parseControl(Msg.COMMIT, body, required={"crc": int})
+        if fields["crc"] != self._download.crc:
+            raise ProtocolError(Code.BAD_MESSAGE, "COMMIT names a checksum that was not sent")
+        download, self._download = self._download, None
+        self._removeStaging(download.staging)
+        self.log.info(
+            "restore of {id} done user={user}", id=download.row["id"], user=self.username
+        )
+        self._send(Msg.DONE, snapshot=download.row)
+        self.state = State.KEYED
+
+    def _resendDownload(self, body):
+        parseControl(Msg.RESEND, body)
+        if self._download.attempt > MAX_RESENDS:
+            raise ProtocolError(Code.VERIFY_FAILED, "restore did not verify after all resends")
+        self._beginDownloadAttempt()
+
+
+class BackupServerFactory(Factory):
+    """
+    Shared state of all connections: accounts, snapshots, pools, limits.
+
+    @ivar connections: open connections.
+    @ivar perPeer: open connections per peer address.
+    """
+
+    idleTimeout = 120
+    loginTimeout = 30
+    abortTimeout = 15
+    maxLoginFailures = 3
+    maxConnections = 2000
+    maxPerPeer = 100
+    maxUploadSize = 1 << 40
+    restoreCompression = "auto"
+
+    def __init__(self, accounts, store, runCPU, runIO, clock, limits, **tunables):
+        self.accounts = accounts
+        self.store = store
+        self.runCPU = runCPU
+        self.runIO = runIO
+        self.clock = clock
+        self.limits = limits
+        for name, value in tunables.items():
+            if not hasattr(type(self), name):
+                raise TypeError(f"unknown tunable {name}")
+            setattr(self, name, value)
+        self.connections = set()
+        self.perPeer = {}
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if len(self.connections) >= self.maxConnections:
+            BackupServerProtocol.log.warn("refusing {peer}: too many connections", peer=host)
+            return None
+        if self.perPeer.get(host, 0) >= self.maxPerPeer:
+            BackupServerProtocol.log.warn("refusing {peer}: too many from this peer", peer=host)
+            return None
+        proto = BackupServerProtocol(self)
+        proto._peerKey = host
+        self.connections.add(proto)
+        self.perPeer[host] = self.perPeer.get(host, 0) + 1
+        return proto
+
+    def connectionClosed(self, proto):
+        if proto in self.connections:
+            self.connections.discard(proto)
+            host = proto._peerKey
+            self.perPeer[host] -= 1
+            if not self.perPeer[host]:
+                del self.perPeer[host]

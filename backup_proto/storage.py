@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+Where snapshots live on the server, and how one becomes visible.
+
+Layout under the data folder::
+
+    user.db                          accounts and the snapshot catalog
+    users/<username>/<snapshot-id>/<name>...   completed snapshots
+    users/<username>/.staging/<random>/        uploads and unpacks under way
+
+A snapshot appears in one step: the unpacked tree is flushed to disk, renamed
+from C{.staging} into place, the folder entry is flushed, and only then is
+the catalog row written.  At start-up L{SnapshotStore.recover} removes all
+staging data, snapshot folders without a row (never confirmed to a client)
+and rows without a folder, so the catalog and the disk agree.
+
+Usernames are safe as folder names: L{backup_proto.accounts.checkUsername}
+allows only C{[a-z0-9._-]}, never C{.} or C{-} first.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import tempfile
+
+from backup_proto.archive import fsyncDir
+
+STAGING = ".staging"
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def snapshotBaseId(source, when):
+    """
+    @return: a readable snapshot id: the source name made safe, and the
+        UTC time, e.g. C{photos-20261123T140501Z}.
+    """
+    safe = _ID_UNSAFE.sub("_", source).lstrip(".-")[:64] or "snapshot"
+    return f"{safe}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _row(r):
+    return {
+        "id": r[0],
+        "source": r[1],
+        "kind": r[2],
+        "created": r[3],
+        "zip_size": r[4],
+        "size": r[5],
+        "files": r[6],
+    }
+
+
+_COLUMNS = "id, source, kind, created, zip_size, size, files"
+
+
+class SnapshotStore:
+    """
+    Users' areas and their snapshots.
+
+    @ivar dataDir: the server's data folder.
+    @ivar db: the L{backup_proto.database.Database}.
+    """
+
+    def __init__(self, dataDir, db):
+        self.dataDir = os.path.abspath(dataDir)
+        self.usersDir = os.path.join(self.dataDir, "users")
+        self.db = db
+
+    def userDir(self, username):
+        return os.path.join(self.usersDir, username)
+
+    def newStaging(self, username):
+        """
+        Create a private staging folder for one upload or restore (blocking).
+
+        @return: its path.
+        """
+        staging = os.path.join(self.userDir(username), STAGING)
+        os.makedirs(staging, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(dir=staging)
+
+    def commit(self, username, tree, meta):
+        """
+        Make an unpacked tree, already flushed to disk with
+        L{backup_proto.archive.syncTree}, a snapshot.  Runs on the database
+        thread, which serialises id allocation.
+
+        @param tree: a folder in this user's staging area holding the one
+            top-level entry of the snapshot.
+        @param meta: C{source}, C{kind}, C{zip_size}, C{size}, C{files}.
+        @return: a L{Deferred} with the catalog row as a C{dict}.
+        """
+        return self.db.run(self._commit, username, tree, meta)
+
+    def _commit(self, conn, username, tree, meta):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        base = snapshotBaseId(meta["source"], now)
+        userDir = self.userDir(username)
+        snapshotId, n = base, 1
+        while os.path.lexists(os.path.join(userDir, snapshotId)) or conn.execute(
+            "SELECT 1 FROM snapshots WHERE username = ? AND id = ?", (username, snapshotId)
+        ).fetchone():
+            n += 1
+            snapshotId = f"{base}-{n}"
+        os.chmod(tree, 0o700)
+        os.rename(tree, os.path.join(userDir, snapshotId))
+        fsyncDir(userDir)
+        created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        conn.execute(
+            f"INSERT INTO snapshots (username, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (username, snapshotId, meta["source"], meta["kind"], created,
+             meta["zip_size"], meta["size"], meta["files"]),
+        )
+        return {"id": snapshotId, "source": meta["source"], "kind": meta["kind"],
+                "created": created, "zip_size": meta["zip_size"], "size": meta["size"],
+                "files": meta["files"]}
+
+    def list(self, username):
+        """
+        @return: a L{Deferred} firing with this user's snapshots, oldest
+            first.
+        """
+        return self.db.run(self._list, username)
+
+    @staticmethod
+    def _list(conn, username):
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? ORDER BY created, rowid",
+            (username,),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def lookup(self, username, snapshotId):
+        """
+        @param snapshotId: an id, or C{None} for the newest snapshot.
+        @return: a L{Deferred} with the row of one of I{this user's}
+            snapshots, or C{None}: another user's id is not found.
+        """
+        return self.db.run(self._lookup, username, snapshotId)
+
+    @staticmethod
+    def _lookup(conn, username, snapshotId):
+        if snapshotId is None:
+            r = conn.execute(
+                f"SELECT {_COLUMNS} FROM snapshots WHERE username = ?"
+                " ORDER BY created DESC, rowid DESC LIMIT 1",
+                (username,),
+            ).fetchone()
+        else:
+            r = conn.execute(
+                f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? AND id = ?",
+                (username, snapshotId),
+            ).fetchone()
+        return None if r is None else _row(r)
+
+    def snapshotPath(self, username, row):
+        """
+        @return: the path of the top-level entry of a snapshot.
+        """
+        return os.path.join(self.userDir(username), row["id"], row["source"])
+
+    def removeStaging(self, path):
+        """
+        Remove one staging folder and everything in it (blocking).
+        """
+        shutil.rmtree(path, ignore_errors=True)
+
+    def recover(self):
+        """
+        Bring disk and catalog into agreement after a crash (blocking; call
+        before serving).  Removes every staging folder, every snapshot folder
+        without a catalog row, and every row without a folder.
+
+        @return: C{(stagingRemoved, foldersRemoved, rowsRemoved)}.
+        """
+        os.makedirs(self.usersDir, mode=0o700, exist_ok=True)
+        rows = self.db.runSync(
+            lambda conn: conn.execute("SELECT username, id FROM snapshots").fetchall()
+        )
+        known = {(u, i) for u, i in rows}
+        staging = folders = 0
+        for username in sorted(os.listdir(self.usersDir)):
+            userDir = os.path.join(self.usersDir, username)
+            if not os.path.isdir(userDir) or os.path.islink(userDir):
+                continue
+            for entry in sorted(os.listdir(userDir)):
+                path = os.path.join(userDir, entry)
+                if entry == STAGING:
+                    for leftover in os.listdir(path):
+                        shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
+                        staging += 1
+                elif (username, entry) not in known:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                    folders += 1
+        gone = [
+            (u, i) for u, i in known if not os.path.isdir(os.path.join(self.usersDir, u, i))
+        ]
+
+        def deleteRows(conn):
+            for u, i in gone:
+                conn.execute("DELETE FROM snapshots WHERE username = ? AND id = ?", (u, i))
+
+        self.db.runSync(deleteRows)
+        return staging, folders, len(gone)

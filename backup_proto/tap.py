@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd backup-server}: command-line options and the service they build.
+"""
+
+import os
+
+from OpenSSL import SSL
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from backup_proto.accounts import DEFAULT_ITERATIONS, AccountStore
+from backup_proto.archive import COMPRESSION_CHOICES, Limits
+from backup_proto.database import Database
+from backup_proto.server import BackupServerFactory
+from backup_proto.storage import SnapshotStore
+from backup_proto.threads import WorkerPools
+
+DEFAULT_PORT = 40445
+DEFAULT_LISTEN = f"ssl:{DEFAULT_PORT}:privateKey=certs/server.key:certKey=certs/server.pem"
+
+log = Logger()
+
+
+def _positive(kind):
+    def convert(value):
+        number = kind(value)
+        if number <= 0:
+            raise ValueError("must be positive")
+        return number
+
+    convert.__doc__ = f"a positive {kind.__name__}"
+    return convert
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd backup-server}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "TLS backup server. Clients register, log in, back up a file or "
+        "folder as a new snapshot, list their snapshots and restore them. "
+        "Create development certificates first with the backup-certs command."
+    )
+    optParameters = [
+        ["data-dir", "d", "backup-data", "Folder for user.db and the users' snapshots."],
+        ["pbkdf2-iterations", None, DEFAULT_ITERATIONS,
+         "PBKDF2-HMAC-SHA256 iterations for new accounts.", _positive(int)],
+        ["idle-timeout", None, 120.0,
+         "Seconds without a complete frame before a connection is closed.", _positive(float)],
+        ["login-timeout", None, 30.0,
+         "Seconds a connection has to log in and exchange keys.", _positive(float)],
+        ["max-connections", None, 2000, "Open connections at most.", _positive(int)],
+        ["max-per-peer", None, 100, "Open connections per client address at most.",
+         _positive(int)],
+        ["max-upload-size", None, 1 << 40, "Largest upload (zip) in bytes.", _positive(int)],
+        ["max-entries", None, 1_000_000, "Most entries in one archive.", _positive(int)],
+        ["max-unpacked-size", None, 1 << 40,
+         "Most bytes one archive may unpack to.", _positive(int)],
+        ["max-ratio", None, 200,
+         "Most an archive entry over 1 MiB may expand (uncompressed/compressed).",
+         _positive(int)],
+        ["restore-compression", None, "auto",
+         "How restores are zipped: auto (deflate what compresses), store or deflate."],
+        ["cpu-threads", None, os.cpu_count() or 2,
+         "Threads for hashing, zipping and unzipping.", _positive(int)],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description):
+        """
+        A Twisted server endpoint string to listen on (repeatable); it must
+        be an ssl: endpoint.  Default:
+        ssl:40445:privateKey=certs/server.key:certKey=certs/server.pem
+        """
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self):
+        if self["restore-compression"] not in COMPRESSION_CHOICES:
+            raise usage.UsageError(
+                "--restore-compression must be one of " + ", ".join(COMPRESSION_CHOICES)
+            )
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+            for path in ("certs/server.key", "certs/server.pem"):
+                if not os.path.exists(path):
+                    raise usage.UsageError(
+                        f"{path} not found: create development certificates with"
+                        " 'backup-certs' (or give --listen with your own)"
+                    )
+
+
+def requireTLS13(endpoint, description):
+    """
+    Raise the TLS floor of an C{ssl:} endpoint to TLS 1.3.
+
+    The C{ssl:} string parser builds a L{CertificateOptions} whose floor is
+    TLS 1.2 and offers no option to raise it; its (cached) context is shared
+    by every connection, so raising the floor on it once is enough.
+
+    @raise usage.UsageError: for an endpoint that is not C{ssl:}.
+    """
+    contextFactory = getattr(endpoint, "_sslContextFactory", None)
+    if not isinstance(endpoint, SSL4ServerEndpoint) or contextFactory is None:
+        raise usage.UsageError(f"--listen {description}: only ssl: endpoints are allowed")
+    contextFactory.getContext().set_min_proto_version(SSL.TLS1_3_VERSION)
+    return endpoint
+
+
+def makeService(options, reactor=None):
+    """
+    Build the server: pools, database, crash recovery, listeners.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    dataDir = os.path.abspath(options["data-dir"])
+    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    pools = WorkerPools(reactor, cpuThreads=options["cpu-threads"])
+    db = Database(os.path.join(dataDir, "user.db"), pools.runDB)
+    store = SnapshotStore(dataDir, db)
+    staging, folders, rows = store.recover()
+    db.close()
+    if staging or folders or rows:
+        log.info(
+            "recovered: removed {staging} staging folders, {folders} unconfirmed"
+            " snapshots, {rows} catalog rows without data",
+            staging=staging, folders=folders, rows=rows,
+        )
+    accounts = AccountStore(
+        db, pools.runCPU, iterations=options["pbkdf2-iterations"],
+        concurrency=options["cpu-threads"],
+    )
+    limits = Limits(
+        maxEntries=options["max-entries"],
+        maxUnpacked=options["max-unpacked-size"],
+        maxRatio=options["max-ratio"],
+    )
+    factory = BackupServerFactory(
+        accounts, store, pools.runCPU, pools.runIO, reactor, limits,
+        idleTimeout=options["idle-timeout"],
+        loginTimeout=options["login-timeout"],
+        maxConnections=options["max-connections"],
+        maxPerPeer=options["max-per-peer"],
+        maxUploadSize=options["max-upload-size"],
+        restoreCompression=options["restore-compression"],
+    )
+    top = MultiService()
+    pools.setServiceParent(top)
+    for description in options["listen"]:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, OSError, KeyError) as e:
+            raise SystemExit(f"backup-server: bad --listen {description!r}: {e}")
+        try:
+            requireTLS13(endpoint, description)
+        except usage.UsageError as e:
+            raise SystemExit(f"backup-server: {e}")
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    return top

@@ -1,0 +1,378 @@
+# -*- test-case-name: tests.test_transfer -*-
+"""
+Streaming a file as sealed DATA chunks, and receiving one into a file.
+
+Both directions use these two classes: the client sends backups and the
+server sends restores with L{ChunkSender}; the server receives backups and
+the client receives restores with L{ChunkReceiver}.  File reads and writes
+run in threads (C{runIO}); only sealing, opening and the CRC (all C code)
+run on the reactor.  Memory stays bounded: the sender is a push producer
+that stops when the transport is full, and the receiver pauses its input
+while more than L{ChunkReceiver.highWater} bytes wait for the disk.
+"""
+
+import collections
+import errno
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from backup_proto.cksum import Cksum
+from backup_proto.crypto import CHUNK_SIZE, chunkCount, chunkLength
+from backup_proto.errors import Code, ProtocolError
+from backup_proto.framing import encodeData
+
+#: How many chunks one read in a thread fetches (1 MiB).
+READ_BATCH = 16
+
+
+def storageError(error):
+    """
+    @return: a L{ProtocolError} for an C{OSError} met while storing data:
+        L{Code.STORAGE_FULL} for a full disk or quota, else L{Code.INTERNAL}.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ProtocolError(Code.STORAGE_FULL, "server storage full")
+    return ProtocolError(Code.INTERNAL, "could not store the data")
+
+
+class TransferAborted(Exception):
+    """
+    The transfer was stopped before it ended (the connection went away).
+    """
+
+
+def _readBatch(fileObj, lengths):
+    """
+    Read consecutive chunks of the given lengths (runs in a thread).
+
+    @raise ProtocolError: if the file is shorter than it should be.
+    """
+    chunks = []
+    for length in lengths:
+        data = fileObj.read(length)
+        if len(data) != length:
+            raise ProtocolError(Code.INTERNAL, "file changed while it was being sent")
+        chunks.append(data)
+    return chunks
+
+
+@implementer(IPushProducer)
+class ChunkSender:
+    """
+    Sends C{size} bytes of a file as the DATA chunks of one transfer.
+
+    @ivar crc: the L{Cksum} of what was read and sent so far.
+    @ivar _pending: chunks read from disk but not yet sealed and sent.
+    @ivar _index: the next chunk index to send.
+    @ivar _paused: whether the transport asked us to stop.
+    @ivar _reading: whether a read is under way in a thread.
+    """
+
+    def __init__(self, path, size, cipher, transfer, sendFrame, runIO, progress=None):
+        """
+        @param path: the file to send; it must hold at least C{size} bytes.
+        @param cipher: the L{ChunkCipher} of the sending direction.
+        @param transfer: this transfer's number.
+        @param sendFrame: writes one frame body (the protocol's C{sendString}).
+        @param runIO: C{runIO(f, *args) -> Deferred} running C{f} in a thread.
+        @param progress: called with the plaintext byte count of each chunk.
+        """
+        self._path = path
+        self.size = size
+        self._cipher = cipher
+        self._transfer = transfer
+        self._sendFrame = sendFrame
+        self._runIO = runIO
+        self._progress = progress
+        self._count = chunkCount(size)
+        self._index = 0
+        self._nextRead = 0
+        self._pending = collections.deque()
+        self._paused = False
+        self._reading = False
+        self._file = None
+        self._done = None
+        self._consumer = None
+        self.crc = Cksum()
+
+    def start(self, consumer):
+        """
+        Register with C{consumer} (the transport) and start sending.
+
+        @return: a L{Deferred} that fires with the C{cksum} CRC of the bytes
+            sent once the last chunk is written, or fails.
+        """
+        self._done = Deferred()
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        self._reading = True
+        d = self._runIO(open, self._path, "rb")
+        d.addCallbacks(self._opened, self._fail)
+        return self._done
+
+    def _opened(self, fileObj):
+        self._reading = False
+        if self._done is None:
+            fileObj.close()
+            return
+        self._file = fileObj
+        self._pump()
+
+    def _readMore(self):
+        lengths = []
+        while self._nextRead < self._count and len(lengths) < READ_BATCH:
+            lengths.append(chunkLength(self.size, self._nextRead))
+            self._nextRead += 1
+        self._reading = True
+        d = self._runIO(_readBatch, self._file, lengths)
+        d.addCallbacks(self._read, self._fail)
+
+    def _read(self, chunks):
+        self._reading = False
+        if self._done is None:
+            return
+        self._pending.extend(chunks)
+        self._pump()
+
+    def _pump(self):
+        while not self._paused and self._pending and self._done is not None:
+            chunk = self._pending.popleft()
+            self.crc.update(chunk)
+            sealed = self._cipher.seal(self._transfer, self.size, self._index, chunk)
+            self._index += 1
+            self._sendFrame(encodeData(sealed))
+            if self._progress is not None:
+                self._progress(len(chunk))
+            if self._index == self._count:
+                self._finish(None)
+                return
+        if (
+            self._done is not None
+            and not self._reading
+            and self._nextRead < self._count
+            and len(self._pending) < READ_BATCH
+        ):
+            self._readMore()
+
+    def _finish(self, failure):
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if self._file is not None:
+            self._file.close()
+        self._pending.clear()
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+        if failure is None:
+            done.callback(self.crc.value())
+        else:
+            done.errback(failure)
+
+    def _fail(self, failure):
+        self._reading = False
+        self._finish(failure)
+
+    # IPushProducer
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self):
+        self._consumer = None
+        self._finish(Failure(TransferAborted("transfer stopped")))
+
+
+def _openForWrite(path):
+    return os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb"
+    )
+
+
+def _writeBatch(fileObj, path, chunks):
+    """
+    Write chunks (runs in a thread); open the file first if needed.
+
+    @return: the open file.
+    """
+    if fileObj is None:
+        fileObj = _openForWrite(path)
+    for chunk in chunks:
+        fileObj.write(chunk)
+    return fileObj
+
+
+def _close(fileObj, path):
+    if fileObj is None:
+        fileObj = _openForWrite(path)
+    fileObj.close()
+
+
+class ChunkReceiver:
+    """
+    Receives the DATA chunks of one transfer into a new file.
+
+    The file is created with C{O_EXCL} and mode 0600.  A chunk that fails
+    authentication is counted in L{rejected} and not written, so that the
+    transfer can end and be resent; a chunk beyond the declared size, or of
+    the wrong length, is a L{ProtocolError}.
+
+    @ivar crc: L{Cksum} of the plaintext accepted so far.
+    @ivar rejected: how many chunks failed authentication.
+    @ivar highWater: bytes waiting for the disk above which input pauses.
+    """
+
+    highWater = 8 * CHUNK_SIZE * READ_BATCH
+
+    def __init__(self, path, size, cipher, transfer, runIO, pauseInput, resumeInput,
+                 progress=None):
+        """
+        @param path: the file to create.
+        @param pauseInput: called when too much data waits for the disk.
+        @param resumeInput: called when it has drained; must not re-enter the
+            frame parser synchronously (see STYLE.md 2(a)).
+        """
+        self.path = path
+        self.size = size
+        self._cipher = cipher
+        self._transfer = transfer
+        self._runIO = runIO
+        self._pauseInput = pauseInput
+        self._resumeInput = resumeInput
+        self._progress = progress
+        self._count = chunkCount(size)
+        self._index = 0
+        self._queue = []
+        self._queued = 0
+        self._writing = False
+        self._inputPaused = False
+        self._file = None
+        self._error = None
+        self._finished = None
+        self._aborted = False
+        self.crc = Cksum()
+        self.rejected = 0
+
+    @property
+    def complete(self):
+        """
+        Whether every chunk of the transfer has arrived.
+        """
+        return self._index == self._count
+
+    def chunkReceived(self, sealed):
+        """
+        Take one sealed chunk.
+
+        @raise ProtocolError: for data beyond the declared size, a chunk of
+            the wrong length, or a storage error met by an earlier write.
+        @return: C{True} if this was the transfer's last chunk.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._index >= self._count:
+            raise ProtocolError(Code.BAD_UPLOAD, "more data than the declared size")
+        index = self._index
+        self._index += 1
+        try:
+            plain = self._cipher.open(self._transfer, self.size, index, sealed)
+        except ProtocolError:
+            self.rejected += 1
+        else:
+            if len(plain) != chunkLength(self.size, index):
+                raise ProtocolError(Code.BAD_UPLOAD, f"chunk {index} has the wrong length")
+            self.crc.update(plain)
+            if plain:
+                self._queue.append(plain)
+                self._queued += len(plain)
+            if self._progress is not None:
+                self._progress(len(plain))
+        self._flush()
+        return self.complete
+
+    def _flush(self):
+        if self._queued > self.highWater and not self._inputPaused:
+            self._inputPaused = True
+            self._pauseInput()
+        if self._writing or not self._queue or self._aborted:
+            return
+        batch, self._queue = self._queue, []
+        size, self._queued = self._queued, 0
+        self._writing = True
+        d = self._runIO(_writeBatch, self._file, self.path, batch)
+        d.addCallbacks(self._written, self._writeFailed)
+
+    def _written(self, fileObj):
+        self._file = fileObj
+        self._writing = False
+        if self._aborted:
+            self._discard()
+            return
+        if self._inputPaused and self._queued <= self.highWater // 2:
+            self._inputPaused = False
+            self._resumeInput()
+        self._flush()
+        self._maybeFinished()
+
+    def _writeFailed(self, failure):
+        self._writing = False
+        self._error = storageError(failure.value)
+        self._queue, self._queued = [], 0
+        if self._inputPaused:
+            self._inputPaused = False
+            self._resumeInput()
+        self._maybeFinished()
+
+    def finish(self):
+        """
+        @return: a L{Deferred} firing with C{(crc, length, rejected)} once
+            every chunk has arrived and been written and the file is closed,
+            or failing with a L{ProtocolError}.
+        """
+        self._finished = Deferred()
+        d = self._finished
+        self._maybeFinished()
+        return d
+
+    def _maybeFinished(self):
+        if self._finished is None or self._writing or self._queue:
+            return
+        finished, self._finished = self._finished, None
+        if self._error is not None:
+            finished.errback(self._error)
+            return
+        fileObj, self._file = self._file, None
+        d = self._runIO(_close, fileObj, self.path)
+        d.addCallback(lambda _: (self.crc.value(), self.crc.length, self.rejected))
+        d.addErrback(lambda f: Failure(storageError(f.value)))
+        d.chainDeferred(finished)
+
+    def abort(self):
+        """
+        Stop and delete the file, whatever state the transfer is in.
+        """
+        self._aborted = True
+        self._queue, self._queued = [], 0
+        if not self._writing:
+            self._discard()
+
+    def _discard(self):
+        fileObj, self._file = self._file, None
+
+        def discard():
+            if fileObj is not None:
+                fileObj.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+        self._runIO(discard).addErrback(lambda f: None)

@@ -1,0 +1,423 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+C{backup-client}: the terminal client.
+
+Exit codes (stable; also in README.rst):
+
+ 0. success
+ 1. other error
+ 2. usage error
+ 3. authentication or account refused
+ 4. server unreachable or not trusted (refused, TLS verification, timeout)
+ 5. transfer verification failed after all resends
+ 6. finished with warnings
+ 7. server storage full
+"""
+
+import argparse
+import getpass
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from twisted.internet import task
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
+from twisted.internet.threads import deferToThread
+
+from backup_proto import crypto
+from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits, makeArchive
+from backup_proto.errors import Code, ProtocolError
+from backup_client.progress import progressBar
+from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
+from backup_client.restoring import RestoreConflict, placeRestore
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_UNREACHABLE = 4
+EXIT_VERIFY = 5
+EXIT_WARNINGS = 6
+EXIT_STORAGE_FULL = 7
+
+DEFAULT_PORT = 40445
+CONNECT_TIMEOUT = 15
+
+_AUTH_CODES = {Code.AUTH_FAILED, Code.TOO_MANY_ATTEMPTS, Code.NAME_TAKEN,
+               Code.BAD_USERNAME, Code.BAD_PASSWORD}
+
+#: What a restore may unpack on this machine.
+RESTORE_LIMITS = Limits(maxEntries=10_000_000, maxUnpacked=1 << 44, maxRatio=200)
+
+
+class Fatal(Exception):
+    """
+    Stop with a one-line message and an exit code.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def parseServer(text):
+    """
+    @return: C{(host, port)} from C{HOST}, C{HOST:PORT} or C{[V6]:PORT}.
+    """
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("unclosed [ in server address")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("bad server address")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, portText = text.split(":")
+        port = int(portText)
+    if not host or not 0 < port < 65536:
+        raise ValueError("bad server address")
+    return host, port
+
+
+def buildParser():
+    parser = argparse.ArgumentParser(
+        prog="backup-client",
+        description="Back up files and folders to a backup_proto server over TLS, "
+        "list your snapshots and restore them.",
+        epilog="Exit codes: 0 success, 1 other error, 2 usage error, 3 authentication "
+        "or account refused, 4 server unreachable or not trusted, 5 verification failed "
+        "after all resends, 6 finished with warnings, 7 server storage full.",
+    )
+    env = os.environ.get
+    parser.add_argument("--server", default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
+                        help="HOST[:PORT] (env BACKUP_SERVER; default localhost:40445)")
+    parser.add_argument("--ca", default=env("BACKUP_CA"),
+                        help="CA certificate (PEM) to trust (env BACKUP_CA;"
+                        " default certs/ca.pem if present)")
+    parser.add_argument("--user", default=env("BACKUP_USER"), help="username (env BACKUP_USER)")
+    parser.add_argument("--password-file", help="read the password from the first line of FILE"
+                        " (or env BACKUP_PASSWORD)")
+    parser.add_argument("--config-dir", default=env("BACKUP_CONFIG_DIR"),
+                        help="where the client keeps its RSA key (env BACKUP_CONFIG_DIR;"
+                        " default ~/.config/backup-client)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only results and errors (no progress bars)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("register", help="create an account")
+    ls = sub.add_parser("list", help="list your snapshots, oldest first")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+    backup = sub.add_parser("backup", help="back up a file or folder as a new snapshot")
+    backup.add_argument("path", metavar="PATH")
+    backup.add_argument("--compression", choices=COMPRESSION_CHOICES, default="auto",
+                        help="auto (default: deflate what compresses, store the rest),"
+                        " store, or deflate")
+    backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2",
+                        help=argparse.SUPPRESS)
+    restore = sub.add_parser("restore", help="restore a snapshot into DEST")
+    restore.add_argument("dest", metavar="DEST")
+    restore.add_argument("--snapshot", metavar="ID", help="snapshot id (default: the newest)")
+    restore.add_argument("--overwrite", action="store_true",
+                         help="replace existing files in DEST")
+    restore.add_argument("--json", action="store_true", help="print a JSON result object")
+    restore.add_argument("-q", "--quiet", action="store_true", dest="quiet2",
+                         help=argparse.SUPPRESS)
+    return parser
+
+
+def _readPassword(args, confirm):
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise Fatal(EXIT_USAGE, f"cannot read password file: {e.strerror}")
+    if os.environ.get("BACKUP_PASSWORD") is not None:
+        return os.environ["BACKUP_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise Fatal(EXIT_USAGE, "no password: use --password-file or BACKUP_PASSWORD"
+                    " (or run on a terminal to be asked)")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != password:
+        raise Fatal(EXIT_USAGE, "passwords do not match")
+    return password
+
+
+def _configDir(args):
+    if args.config_dir:
+        return args.config_dir
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "backup-client")
+
+
+def loadOrCreateKey(directory):
+    """
+    The client's RSA key, kept in C{directory/client_key.pem} (mode 0600)
+    so that it is not generated on every run (blocking).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    path = os.path.join(directory, "client_key.pem")
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        if key.key_size >= crypto.CLIENT_RSA_BITS:
+            return key
+    except (FileNotFoundError, ValueError, TypeError):
+        pass
+    key = crypto.generateClientKey()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.replace(tmp, path)
+    return key
+
+
+def _trustRoot(args):
+    path = args.ca or ("certs/ca.pem" if os.path.exists("certs/ca.pem") else None)
+    if path is None:
+        raise Fatal(EXIT_USAGE, "no CA certificate: give --ca FILE or set BACKUP_CA")
+    try:
+        with open(path, "rb") as f:
+            return Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise Fatal(EXIT_USAGE, f"cannot read CA certificate {path}: {e.strerror}")
+    except Exception:
+        raise Fatal(EXIT_USAGE, f"{path} is not a PEM certificate")
+
+
+def _describeLoss(reason):
+    """
+    @return: C{(exit code, message)} for a connection that ended early.
+    """
+    from OpenSSL.SSL import Error as SSLError
+    from service_identity import VerificationError
+
+    value = reason.value
+    if isinstance(value, (SSLError, VerificationError)):
+        return EXIT_UNREACHABLE, f"server not trusted: TLS verification failed ({value})"
+    return EXIT_UNREACHABLE, "connection to the server was lost"
+
+
+async def _connect(reactor, args):
+    try:
+        host, port = parseServer(args.server)
+    except ValueError as e:
+        raise Fatal(EXIT_USAGE, f"--server {args.server!r}: {e}")
+    options = optionsForClientTLS(
+        host, trustRoot=_trustRoot(args),
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
+    )
+    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, host, port,
+                                                       timeout=CONNECT_TIMEOUT))
+    proto = BackupClientProtocol(deferToThread, reactor)
+    try:
+        await connectProtocol(endpoint, proto)
+    except (ConnectError, ConnectingCancelledError, TimeoutError, OSError) as e:
+        raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {e.__class__.__name__}")
+    return proto
+
+
+async def _session(reactor, args, user, password):
+    key = await deferToThread(loadOrCreateKey, _configDir(args))
+    proto = await _connect(reactor, args)
+    await proto.login(user, password)
+    await proto.exchangeKeys(key)
+    return proto
+
+
+def _needUser(args):
+    if not args.user:
+        raise Fatal(EXIT_USAGE, "no username: use --user or BACKUP_USER")
+    return args.user
+
+
+def _quiet(args):
+    return args.quiet or getattr(args, "quiet2", False) or not sys.stderr.isatty()
+
+
+async def cmdRegister(reactor, args):
+    user = _needUser(args)
+    password = _readPassword(args, confirm=True)
+    proto = await _connect(reactor, args)
+    await proto.register(user, password)
+    proto.transport.loseConnection()
+    print(f"registered {user}")
+    return EXIT_OK
+
+
+async def cmdList(reactor, args):
+    user = _needUser(args)
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    snapshots = await proto.listSnapshots()
+    proto.transport.loseConnection()
+    if args.json:
+        print(json.dumps(snapshots, indent=2))
+    elif not snapshots:
+        print("no snapshots")
+    else:
+        print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>14}  SOURCE")
+        for s in snapshots:
+            print(f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}  {s['source']}")
+    return EXIT_OK
+
+
+def _zipSource(path, zipPath, name, compression, quiet):
+    total = None
+    if not quiet and os.path.isdir(path):
+        total = 0
+        for root, dirs, files in os.walk(path):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+    elif not quiet:
+        total = os.path.getsize(path)
+    with progressBar(f"zip {name}", total, quiet) as bar:
+        return makeArchive(path, zipPath, name=name, compression=compression, progress=bar)
+
+
+async def cmdBackup(reactor, args):
+    user = _needUser(args)
+    path = os.path.abspath(args.path)
+    if not os.path.exists(path):
+        raise Fatal(EXIT_USAGE, f"{args.path}: no such file or folder")
+    if not (os.path.isdir(path) or os.path.isfile(path)):
+        raise Fatal(EXIT_USAGE, f"{args.path}: not a regular file or folder")
+    name = os.path.basename(path.rstrip(os.sep))
+    if not name:
+        raise Fatal(EXIT_USAGE, "cannot back up the root folder as a whole")
+    if not os.access(path, os.R_OK):
+        raise Fatal(EXIT_ERROR, f"{args.path}: permission denied")
+    password = _readPassword(args, False)
+    quiet = _quiet(args)
+    kind = "dir" if os.path.isdir(path) else "file"
+    work = tempfile.mkdtemp(prefix="backup-client-")
+    try:
+        zipPath = os.path.join(work, f"{name}_backup.zip")
+        report = await deferToThread(_zipSource, path, zipPath, name, args.compression, quiet)
+        for line in report.skipped + report.unreadable:
+            print(f"warning: {line}", file=sys.stderr)
+        proto = await _session(reactor, args, user, password)
+        size = os.path.getsize(zipPath)
+        with progressBar(f"send {name}", size, quiet) as bar:
+            snapshot = await proto.backup(zipPath, name, kind, progress=bar)
+        proto.transport.loseConnection()
+    finally:
+        await deferToThread(shutil.rmtree, work, True)
+    if not quiet:
+        print(f"stored {snapshot['files']} files, {snapshot['size']} bytes", file=sys.stderr)
+    print(snapshot["id"])
+    return EXIT_WARNINGS if report.skipped or report.unreadable else EXIT_OK
+
+
+async def cmdRestore(reactor, args):
+    user = _needUser(args)
+    password = _readPassword(args, False)
+    quiet = _quiet(args)
+    dest = os.path.abspath(args.dest)
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise Fatal(EXIT_USAGE, f"{args.dest} exists and is not a folder")
+    work = tempfile.mkdtemp(prefix="backup-client-")
+    bars = []
+
+    def began(fields):
+        for bar in bars:
+            bar.close()
+        bars[:] = [progressBar(f"receive {fields['name']}", fields["size"], quiet)]
+
+    try:
+        proto = await _session(reactor, args, user, password)
+        try:
+            begin, zipPath = await proto.restore(
+                args.snapshot, work, progress=lambda n: bars[0](n), beginHook=began)
+        finally:
+            for bar in bars:
+                bar.close()
+        proto.transport.loseConnection()
+        with progressBar(f"unpack {begin['name']}", None, quiet) as bar:
+            index = await deferToThread(
+                placeRestore, zipPath, dest, begin["name"], begin["kind"], RESTORE_LIMITS,
+                args.overwrite, bar)
+    finally:
+        await deferToThread(shutil.rmtree, work, True)
+    target = os.path.join(dest, begin["name"])
+    if args.json:
+        print(json.dumps({"snapshot": begin["snapshot"], "path": target,
+                          "bytes": index.size, "files": index.files}))
+    else:
+        print(f"restored {begin['snapshot']} to {target}")
+    return EXIT_OK
+
+
+COMMANDS = {"register": cmdRegister, "list": cmdList, "backup": cmdBackup,
+            "restore": cmdRestore}
+
+
+def _errorResult(error):
+    """
+    @return: C{(exit code, message)} for an exception that ended a command.
+    """
+    if isinstance(error, Fatal):
+        return error.code, error.message
+    if isinstance(error, ProtocolError):
+        if error.code in _AUTH_CODES:
+            return EXIT_AUTH, error.message
+        if error.code == Code.VERIFY_FAILED:
+            return EXIT_VERIFY, error.message
+        if error.code == Code.STORAGE_FULL:
+            return EXIT_STORAGE_FULL, error.message
+        if error.code == Code.TIMEOUT:
+            return EXIT_UNREACHABLE, f"server closed the connection: {error.message}"
+        return EXIT_ERROR, error.message
+    if isinstance(error, VerificationFailed):
+        return EXIT_VERIFY, str(error)
+    if isinstance(error, ConnectionGone):
+        return _describeLoss(error.reason)
+    if isinstance(error, RestoreConflict):
+        return EXIT_ERROR, f"refusing to restore: {error}"
+    if isinstance(error, ArchiveError):
+        return EXIT_ERROR, f"archive refused: {error}"
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return EXIT_ERROR, f"{error.strerror or error}{where}"
+    return EXIT_ERROR, f"unexpected error: {error!r}"
+
+
+def run(argv=None, reactorRunner=task.react):
+    """
+    Parse C{argv}, run the command, and exit with its code.
+    """
+    args = buildParser().parse_args(argv)
+    command = COMMANDS[args.command]
+
+    async def go(reactor):
+        try:
+            code = await command(reactor, args)
+        except Exception as e:
+            code, message = _errorResult(e)
+            print(f"backup-client: {message}", file=sys.stderr)
+        if code:
+            raise SystemExit(code)
+
+    reactorRunner(lambda reactor: ensureDeferred(go(reactor)))
+
+
+def main():
+    """
+    Console-script entry point.
+    """
+    run(sys.argv[1:])

@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The client side of the backup protocol.
+
+L{BackupClientProtocol} turns each operation (register, login, key exchange,
+list, backup, restore) into a method returning a L{Deferred}; the CLI
+(L{backup_client.cli}) chains them.  Errors from the server arrive as
+L{ProtocolError}s with the server's code; a lost connection fails whatever
+is waiting with L{ConnectionGone}.
+"""
+
+import base64
+import os
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.protocols.basic import Int32StringReceiver
+
+from backup_proto import crypto
+from backup_proto.errors import Code, ProtocolError
+from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
+from backup_proto.server import MAX_RESENDS, checkSourceName
+from backup_proto.transfer import ChunkReceiver, ChunkSender
+
+_SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
+                    "zip_size": int, "size": int, "files": int}
+
+
+class ConnectionGone(Exception):
+    """
+    The connection closed while an answer was awaited; C{reason} is the
+    L{twisted.python.failure.Failure} given to C{connectionLost}.
+    """
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class VerificationFailed(Exception):
+    """
+    A transfer's checksum did not match after every resend.
+    """
+
+
+def _checkSnapshot(obj):
+    if not isinstance(obj, dict):
+        raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
+    for name, kind in _SNAPSHOT_FIELDS.items():
+        if not isinstance(obj.get(name), kind) or isinstance(obj.get(name), bool):
+            raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
+    return obj
+
+
+class BackupClientProtocol(Int32StringReceiver):
+    """
+    One connection to a backup server.
+
+    @ivar _waiting: C{(kinds, Deferred)} for the next control message
+        expected, or C{None}.
+    @ivar _inbox: control messages that arrived before they were awaited.
+    @ivar _receiver: the L{ChunkReceiver} of a restore under way.
+    """
+
+    MAX_LENGTH = MAX_FRAME
+
+    def __init__(self, runIO, clock):
+        """
+        @param runIO: C{runIO(f, *a) -> Deferred}, running C{f} in a thread.
+        @param clock: the reactor (for C{callLater}).
+        """
+        self._runIO = runIO
+        self._clock = clock
+        self._waiting = None
+        self._inbox = []
+        self._lost = None
+        self._ciphers = None
+        self._receiver = None
+        self._lastTransfer = 0
+
+    # ------------------------------------------------------------ plumbing
+
+    def connectionLost(self, reason):
+        self._lost = reason
+        if self._receiver is not None:
+            self._receiver.abort()
+            self._receiver = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting[1].errback(ConnectionGone(reason))
+
+    def lengthLimitExceeded(self, length):
+        self._protocolError(ProtocolError(Code.BAD_FRAME, "server sent an oversized frame"))
+
+    def _protocolError(self, error):
+        waiting, self._waiting = self._waiting, None
+        self.transport.abortConnection()
+        if waiting is not None:
+            waiting[1].errback(error)
+
+    def stringReceived(self, frame):
+        try:
+            kind, body = decodeFrame(frame)
+            if kind is Msg.DATA:
+                self._dataReceived(body)
+                return
+            if kind is Msg.ERROR:
+                fields = parseControl(kind, body, required={"code": str, "message": str},
+                                      optional={"fatal": bool})
+                self._deliver(kind, ProtocolError(fields["code"], fields["message"][:500]))
+                return
+            self._deliver(kind, body)
+        except ProtocolError as e:
+            self._protocolError(e)
+
+    def _deliver(self, kind, body):
+        self._inbox.append((kind, body))
+        self._flushInbox()
+
+    def _flushInbox(self):
+        while self._waiting is not None and self._inbox:
+            kind, body = self._inbox.pop(0)
+            kinds, d = self._waiting
+            self._waiting = None
+            if kind is Msg.ERROR:
+                d.errback(body)
+            elif kind not in kinds:
+                self._protocolError(
+                    ProtocolError(Code.BAD_STATE, f"server sent an unexpected {kind.name}")
+                )
+                d.errback(ProtocolError(Code.BAD_STATE, f"server sent an unexpected {kind.name}"))
+            else:
+                d.callback((kind, body))
+
+    def _expect(self, *kinds):
+        """
+        @return: a L{Deferred} firing C{(kind, body)} with the next control
+            message, which must be one of C{kinds}; an C{ERROR} fails it.
+        """
+        if self._lost is not None:
+            raise ConnectionGone(self._lost)
+        d = Deferred()
+        self._waiting = (kinds, d)
+        self._flushInbox()
+        return d
+
+    async def _call(self, request, fields, *answers, **schema):
+        self.sendString(encodeControl(request, **fields))
+        kind, body = await self._expect(*answers)
+        return kind, parseControl(kind, body, **schema) if schema else body
+
+    # ------------------------------------------------------------ accounts
+
+    def register(self, user, password):
+        """
+        @return: a L{Deferred} firing when the account exists.
+        """
+        return ensureDeferred(self._call(
+            Msg.REGISTER, {"user": user, "password": password}, Msg.OK,
+            required={"user": str},
+        ))
+
+    def login(self, user, password):
+        """
+        @return: a L{Deferred} firing when the server accepted the login.
+        """
+        return ensureDeferred(self._call(
+            Msg.LOGIN, {"user": user, "password": password}, Msg.OK, required={"user": str},
+        ))
+
+    async def _exchangeKeys(self, privateKey):
+        pem = crypto.publicKeyPEM(privateKey).decode("ascii")
+        _, fields = await self._call(Msg.PUBKEY, {"key": pem}, Msg.SESSION_KEY,
+                                     required={"wrapped": str})
+        try:
+            wrapped = base64.b64decode(fields["wrapped"], validate=True)
+        except ValueError:
+            raise ProtocolError(Code.BAD_KEY, "server sent a malformed session key") from None
+        self._ciphers = crypto.SessionCiphers(crypto.unwrapSecret(privateKey, wrapped))
+
+    def exchangeKeys(self, privateKey):
+        """
+        Send our public key and unwrap the session secret.
+
+        @return: a L{Deferred} firing once the session is KEYED.
+        """
+        return ensureDeferred(self._exchangeKeys(privateKey))
+
+    # ------------------------------------------------------------ listing
+
+    async def _list(self):
+        self.sendString(encodeControl(Msg.LIST))
+        snapshots = []
+        while True:
+            kind, body = await self._expect(Msg.SNAPSHOTS)
+            fields = parseControl(kind, body, required={"snapshots": list, "more": bool})
+            snapshots.extend(_checkSnapshot(s) for s in fields["snapshots"])
+            if not fields["more"]:
+                return snapshots
+
+    def listSnapshots(self):
+        """
+        @return: a L{Deferred} with the user's snapshots (dicts), oldest
+            first.
+        """
+        return ensureDeferred(self._list())
+
+    # ------------------------------------------------------------ backup
+
+    async def _backup(self, zipPath, name, kind, progress):
+        size = os.path.getsize(zipPath)
+        request = (Msg.BACKUP, {"name": name, "size": size, "kind": kind})
+        for attempt in range(1 + MAX_RESENDS):
+            _, ready = await self._call(*request, Msg.READY,
+                                        required={"transfer": int, "attempt": int})
+            sender = ChunkSender(zipPath, size, self._ciphers.upload, ready["transfer"],
+                                 self.sendString, self._runIO, progress)
+            ours = await sender.start(self.transport)
+            _, theirs = await self._expect(Msg.CKSUM)
+            theirs = parseControl(Msg.CKSUM, theirs,
+                                  required={"crc": int, "size": int, "rejected": int})
+            if theirs["crc"] == ours and theirs["size"] == size and not theirs["rejected"]:
+                _, done = await self._call(Msg.COMMIT, {"crc": ours}, Msg.DONE,
+                                           required={"snapshot": dict})
+                return _checkSnapshot(done["snapshot"])
+            request = (Msg.RESEND, {})
+        raise VerificationFailed(
+            f"upload failed verification after {MAX_RESENDS} resends"
+        )
+
+    def backup(self, zipPath, name, kind, progress=None):
+        """
+        Upload a zip, resending it (up to three times) until the server's
+        C{cksum} matches ours, then ask the server to store it.
+
+        @param kind: C{"dir"} or C{"file"}: what the zip holds.
+        @param progress: called with byte counts as chunks are sent.
+        @return: a L{Deferred} with the new snapshot's catalog row.
+        """
+        return ensureDeferred(self._backup(zipPath, name, kind, progress))
+
+    # ------------------------------------------------------------ restore
+
+    def _dataReceived(self, body):
+        if self._receiver is None:
+            raise ProtocolError(Code.BAD_STATE, "server sent DATA outside a restore")
+        if self._receiver.chunkReceived(body):
+            receiver, self._receiver = self._receiver, None
+            self._finished = receiver.finish()
+
+    def _pauseInput(self):
+        self.pauseProducing()
+
+    def _resumeInput(self):
+        self._clock.callLater(0, self._resumeIfConnected)
+
+    def _resumeIfConnected(self):
+        if self._lost is None and self.paused:
+            self.resumeProducing()
+
+    async def _restore(self, snapshotId, workDir, maxSize, progress, beginHook):
+        request = (Msg.RESTORE, {"snapshot": snapshotId})
+        for attempt in range(1 + MAX_RESENDS):
+            _, begin = await self._call(
+                *request, Msg.RESTORE_BEGIN,
+                required={"snapshot": str, "name": str, "kind": str, "size": int,
+                          "transfer": int, "attempt": int},
+            )
+            checkSourceName(begin["name"])
+            if begin["kind"] not in ("file", "dir"):
+                raise ProtocolError(Code.BAD_MESSAGE, "server sent an unknown snapshot kind")
+            if not 0 <= begin["size"] <= maxSize:
+                raise ProtocolError(Code.TOO_LARGE, "server offered a restore over the size limit")
+            if begin["transfer"] <= self._lastTransfer:
+                raise ProtocolError(Code.BAD_MESSAGE, "server reused a transfer number")
+            self._lastTransfer = begin["transfer"]
+            if beginHook is not None:
+                beginHook(begin)
+            zipPath = os.path.join(workDir, f"{begin['name']}_backup.{attempt}.zip")
+            self._finished = None
+            self._receiver = ChunkReceiver(
+                zipPath, begin["size"], self._ciphers.download, begin["transfer"],
+                self._runIO, self._pauseInput, self._resumeInput, progress,
+            )
+            _, theirs = await self._expect(Msg.CKSUM)
+            theirs = parseControl(Msg.CKSUM, theirs,
+                                  required={"crc": int, "size": int, "rejected": int})
+            if self._receiver is not None:
+                raise ProtocolError(Code.BAD_UPLOAD, "restore stream ended early")
+            crc, length, rejected = await self._finished
+            if crc == theirs["crc"] and length == begin["size"] == theirs["size"] and not rejected:
+                await self._call(Msg.COMMIT, {"crc": crc}, Msg.DONE,
+                                 required={"snapshot": dict})
+                return begin, zipPath
+            await self._runIO(os.unlink, zipPath)
+            request = (Msg.RESEND, {})
+        raise VerificationFailed(f"restore failed verification after {MAX_RESENDS} resends")
+
+    def restore(self, snapshotId, workDir, maxSize=1 << 42, progress=None, beginHook=None):
+        """
+        Download a snapshot's zip into C{workDir}, resending until the
+        C{cksum} matches.
+
+        @param snapshotId: an id, or C{None} for the newest snapshot.
+        @param beginHook: called with the C{RESTORE_BEGIN} fields of each
+            attempt (the CLI sizes its progress bar with it).
+        @return: a L{Deferred} with C{(beginFields, zipPath)}.
+        """
+        return ensureDeferred(self._restore(snapshotId, workDir, maxSize, progress, beginHook))

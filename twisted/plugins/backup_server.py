@@ -1,0 +1,13 @@
+"""
+The C{twistd backup-server} plugin: one line, the real code is in
+L{backup_proto.tap}.
+"""
+
+from twisted.application.service import ServiceMaker
+
+backupServer = ServiceMaker(
+    "Backup server",
+    "backup_proto.tap",
+    "TLS backup server: accounts, encrypted uploads, snapshots and restores.",
+    "backup-server",
+)
