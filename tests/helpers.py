@@ -1,0 +1,172 @@
+"""
+Shared test fixtures: certificates, keys, a server factory wired to
+synchronous fakes, and in-memory TLS connections (iosim).
+"""
+
+import functools
+import os
+import stat
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import (
+    Certificate, PrivateCertificate, TLSVersion, optionsForClientTLS,
+)
+from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import connectedServerAndClient
+
+from backup_proto import crypto
+from backup_proto.accounts import AccountStore
+from backup_proto.archive import Limits
+from backup_proto.certs import makeCertificates
+from backup_proto.database import Database
+from backup_proto.server import BackupServerFactory
+from backup_proto.storage import SnapshotStore
+from backup_client.protocol import BackupClientProtocol
+
+TEST_ITERATIONS = 1000
+
+
+def runNow(f, *args, **kwargs):
+    """
+    A synchronous stand-in for a thread pool (Tahoe's
+    C{disable_thread_pool_for_test}).
+    """
+    return maybeDeferred(f, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def certificates(host="backup.test"):
+    """
+    A CA and a server certificate for C{host} (cached per host).
+    """
+    return makeCertificates((host, "127.0.0.1"))
+
+
+@functools.lru_cache(maxsize=None)
+def clientKey():
+    """
+    One RSA key for all tests (3072-bit keys take a while to make).
+    """
+    return crypto.generateClientKey()
+
+
+def makeFactory(dataDir, clock=None, runIO=runNow, runCPU=runNow, **tunables):
+    """
+    A L{BackupServerFactory} on C{dataDir} whose thread work runs
+    synchronously.
+    """
+    clock = clock or Clock()
+    os.makedirs(dataDir, exist_ok=True)
+    db = Database(os.path.join(dataDir, "user.db"), runNow)
+    store = SnapshotStore(dataDir, db)
+    store.recover()
+    accounts = AccountStore(db, runCPU, iterations=TEST_ITERATIONS)
+    limits = tunables.pop("limits", Limits())
+    return BackupServerFactory(accounts, store, runCPU, runIO, clock, limits, **tunables)
+
+
+def serverTLSOptions(host="backup.test"):
+    files = certificates(host)
+    cert = PrivateCertificate.loadPEM(files["server.pem"] + files["server.key"])
+    options = cert.options()
+    options.getContext().set_min_proto_version(0x0304)  # TLS 1.3
+    return options
+
+
+def clientTLSOptions(host="backup.test", ca=None):
+    ca = ca or certificates("backup.test")["ca.pem"]
+    return optionsForClientTLS(
+        host, trustRoot=Certificate.loadPEM(ca),
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
+    )
+
+
+def connectInMemory(factory, clientOptions=None, clock=None):
+    """
+    Connect a L{BackupClientProtocol} to C{factory} over real TLS in memory.
+
+    @return: C{(client, serverProtocol, pump)}.
+    """
+    clock = clock or factory.clock
+    client = BackupClientProtocol(runNow, clock)
+    serverTLS = TLSMemoryBIOFactory(serverTLSOptions(), False, factory, clock=clock)
+    clientTLS = TLSMemoryBIOFactory(
+        clientOptions or clientTLSOptions(), True, Factory.forProtocol(lambda: client),
+        clock=clock,
+    )
+    from twisted.internet.address import IPv4Address
+
+    c, s, pump = connectedServerAndClient(
+        lambda: serverTLS.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40445)),
+        lambda: clientTLS.buildProtocol(None),
+        greet=False, clock=clock,
+    )
+    pump.flush()
+    return client, s, pump
+
+
+def flush(pump, clock, rounds=50):
+    """
+    Pump bytes and advance the clock until nothing moves.
+    """
+    for _ in range(rounds):
+        clock.advance(0)
+        if not pump.pump() and not clock.getDelayedCalls():
+            clock.advance(0)
+            if not pump.pump():
+                break
+    pump.flush()
+
+
+def makeTrickyTree(root):
+    """
+    A tree with unicode names, spaces, an empty file and folder, deep
+    nesting, an executable, links and some random data.
+
+    @return: C{root}.
+    """
+    os.makedirs(os.path.join(root, "empty folder"))
+    deep = os.path.join(root, *[f"level{i}" for i in range(12)])
+    os.makedirs(deep)
+    with open(os.path.join(deep, "deep.txt"), "w") as f:
+        f.write("deep\n")
+    with open(os.path.join(root, "héllo wörld ✓.txt"), "w", encoding="utf-8") as f:
+        f.write("unicode ✓\n" * 100)
+    open(os.path.join(root, "empty"), "wb").close()
+    script = os.path.join(root, "run me.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\necho hi\n")
+    os.chmod(script, 0o755)
+    with open(os.path.join(root, "random.bin"), "wb") as f:
+        f.write(os.urandom(3 * 1024 * 1024 + 17))
+    with open(os.path.join(root, "text.log"), "w") as f:
+        f.write("a fairly compressible line of log text\n" * 20000)
+    os.symlink("héllo wörld ✓.txt", os.path.join(root, "link to hello"))
+    os.symlink("../outside/target", os.path.join(root, "dangling"))
+    os.utime(os.path.join(root, "empty"), (1_600_000_000, 1_600_000_000))
+    return root
+
+
+def treeSignature(root):
+    """
+    A comparable description of a tree: for each path, its type, mode,
+    mtime (seconds) and content or link target.  The top folder's own
+    mtime is left out (restoring into it may touch it).
+    """
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                result[rel] = ("link", os.readlink(path), int(st.st_mtime))
+            elif stat.S_ISDIR(st.st_mode):
+                result[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+                result[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), data)
+    return result

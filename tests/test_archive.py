@@ -1,0 +1,273 @@
+"""
+Tests for L{backup_proto.archive}: fidelity, and refusal of unsafe zips.
+"""
+
+import os
+import stat
+import zipfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from backup_proto.archive import (
+    ArchiveError, Limits, checkArchiveFile, extractArchive, makeArchive,
+)
+from tests.helpers import makeTrickyTree, treeSignature
+
+
+def craft(path, entries):
+    """
+    Write a zip from C{(name, data, mode)} triples; C{mode} None leaves
+    C{external_attr} at zero.
+    """
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, mode, *rest in entries:
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            if mode is not None:
+                info.external_attr = mode << 16
+            if rest:
+                info.compress_type = rest[0]
+            zf.writestr(info, data)
+    return path
+
+
+F = stat.S_IFREG | 0o644
+D = stat.S_IFDIR | 0o755
+L = stat.S_IFLNK | 0o777
+
+
+class RoundTripTests(SynchronousTestCase):
+    def test_tree(self):
+        """
+        Bytes, empty files and folders, modes, mtimes (to the second), and
+        links with their targets survive making and unpacking.
+        """
+        src = makeTrickyTree(os.path.abspath("src"))
+        os.utime(src, (1_500_000_000, 1_500_000_000))
+        report = makeArchive(src, "t.zip")
+        self.assertEqual((report.skipped, report.unreadable), ([], []))
+        self.assertEqual(report.links, 2)
+        os.mkdir("out")
+        index = extractArchive("t.zip", "out", Limits())
+        self.assertEqual((index.root, index.kind), ("src", "dir"))
+        self.assertEqual(treeSignature(src), treeSignature(os.path.join("out", "src")))
+        self.assertEqual(int(os.stat("out/src").st_mtime), 1_500_000_000)
+
+    def test_singleFile(self):
+        """
+        A single file is one entry named after it.
+        """
+        with open("one.txt", "wb") as f:
+            f.write(b"x" * 1000)
+        os.chmod("one.txt", 0o640)
+        makeArchive("one.txt", "o.zip")
+        with zipfile.ZipFile("o.zip") as zf:
+            self.assertEqual(zf.namelist(), ["one.txt"])
+        os.mkdir("out")
+        index = extractArchive("o.zip", "out", Limits())
+        self.assertEqual((index.root, index.kind, index.files), ("one.txt", "file", 1))
+        self.assertEqual(os.stat("out/one.txt").st_mode & 0o777, 0o640)
+
+    def test_specialFilesSkipped(self):
+        """
+        FIFOs are skipped and reported; the rest is archived.
+        """
+        os.makedirs("src")
+        os.mkfifo("src/pipe")
+        with open("src/ok", "w") as f:
+            f.write("ok")
+        report = makeArchive("src", "s.zip")
+        self.assertEqual(len(report.skipped), 1)
+        self.assertIn("pipe", report.skipped[0])
+        with zipfile.ZipFile("s.zip") as zf:
+            self.assertEqual(sorted(zf.namelist()), ["src/", "src/ok"])
+
+    def test_unreadableReported(self):
+        """
+        A file that cannot be read is reported, the rest archived.
+        """
+        if os.geteuid() == 0:
+            self.skipTest("root can read any file")
+        os.makedirs("src")
+        with open("src/secret", "w") as f:
+            f.write("x")
+        os.chmod("src/secret", 0)
+        report = makeArchive("src", "u.zip")
+        self.assertEqual(len(report.unreadable), 1)
+
+    def test_compressionChoice(self):
+        """
+        In auto mode text is deflated; random data, and data that would
+        expand past the server's ratio limit, are stored.
+        """
+        os.makedirs("src")
+        import random
+
+        words = ["alpha", "beta", "gamma", "delta", "backup", "twisted", "zip", "log"]
+        rng = random.Random(1)
+        with open("src/text.txt", "w") as f:
+            f.write(" ".join(rng.choice(words) for _ in range(30000)))
+        with open("src/zeros.txt", "wb") as f:
+            f.write(b"\0" * 200_000)
+        with open("src/noise.dat", "wb") as f:
+            f.write(os.urandom(100_000))
+        makeArchive("src", "c.zip")
+        with zipfile.ZipFile("c.zip") as zf:
+            self.assertEqual(zf.getinfo("src/text.txt").compress_type, zipfile.ZIP_DEFLATED)
+            self.assertEqual(zf.getinfo("src/noise.dat").compress_type, zipfile.ZIP_STORED)
+            # expands too much for the server's ratio limit: stored
+            self.assertEqual(zf.getinfo("src/zeros.txt").compress_type, zipfile.ZIP_STORED)
+
+
+class RefusalTests(SynchronousTestCase):
+    """
+    Each crafted archive is refused whole, and nothing is written.
+    """
+
+    def refuse(self, entries, limits=None, match=None):
+        path = craft(os.path.abspath("bad.zip"), entries)
+        e = self.assertRaises(ArchiveError, checkArchiveFile, path, limits or Limits())
+        if match:
+            self.assertIn(match, str(e))
+        os.makedirs("out", exist_ok=True)
+        self.assertRaises(ArchiveError, extractArchive, path, "out", limits or Limits())
+        self.assertEqual(os.listdir("out"), [])
+        return e
+
+    def test_traversal(self):
+        """
+        A C{..} component is refused.
+        """
+        self.refuse([("r/", b"", D), ("r/../../x", b"evil", F)], match="'..'")
+
+    def test_absolute(self):
+        """
+        An absolute path is refused.
+        """
+        self.refuse([("/etc/x", b"evil", F)], match="absolute")
+
+    def test_drive(self):
+        """
+        A drive letter is refused.
+        """
+        self.refuse([("C:/x", b"evil", F)], match="drive")
+
+    def test_backslash(self):
+        """
+        A backslash is refused.
+        """
+        self.refuse([("r/..\\..\\x", b"evil", F)], match="backslash")
+
+    def test_emptyComponent(self):
+        """
+        An empty or C{.} component is refused.
+        """
+        self.refuse([("r//x", b"", F)])
+        self.refuse([("r/./x", b"", F)])
+
+    def test_controlCharacters(self):
+        """
+        NUL and control characters are refused.
+        """
+        self.refuse([("r/a\x01b", b"", F)], match="control")
+
+    def test_duplicate(self):
+        """
+        Two entries with one name are refused.
+        """
+        self.refuse([("r/", b"", D), ("r/a", b"1", F), ("r/a", b"2", F)], match="two entries")
+
+    def test_fileAndDirSameName(self):
+        """
+        A file and a folder with one name are refused.
+        """
+        self.refuse([("r/", b"", D), ("r/a", b"1", F), ("r/a/", b"", D)])
+
+    def test_writeThroughLink(self):
+        """
+        An entry below a link (link then file through it) is refused.
+        """
+        self.refuse([("r/", b"", D), ("r/evil", b"/etc", L), ("r/evil/passwd", b"x", F)],
+                    match="below a file or link")
+
+    def test_escapingLinkThenFile(self):
+        """
+        A relative link escaping the root, with an entry written through it,
+        is refused.
+        """
+        self.refuse([("r/", b"", D), ("r/up", b"../../outside", L), ("r/up/x", b"x", F)])
+
+    def test_specialTypes(self):
+        """
+        FIFOs, devices and sockets are refused.
+        """
+        for fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+            self.refuse([("r", b"", fmt | 0o644)], match="not a file, folder or link")
+
+    def test_multipleRoots(self):
+        """
+        Entries under two top-level names are refused.
+        """
+        self.refuse([("a/", b"", D), ("b/", b"", D)], match="more than one top-level")
+
+    def test_linkRoot(self):
+        """
+        A top-level link is refused.
+        """
+        self.refuse([("r", b"/etc", L)])
+
+    def test_tooManyEntries(self):
+        """
+        More entries than the limit are refused.
+        """
+        entries = [("r/", b"", D)] + [(f"r/{i}", b"", F) for i in range(10)]
+        self.refuse(entries, Limits(maxEntries=5), match="more than 5 entries")
+
+    def test_tooLarge(self):
+        """
+        More bytes than the limit are refused.
+        """
+        self.refuse([("r", b"x" * 1000, F)], Limits(maxUnpacked=999), match="more than 999")
+
+    def test_ratioBomb(self):
+        """
+        An entry that expands too much is refused.
+        """
+        self.refuse([("r", b"\0" * (3 << 20), F, zipfile.ZIP_DEFLATED)],
+                    Limits(maxRatio=100), match="expands")
+
+    def test_encrypted(self):
+        """
+        Encrypted entries are refused.
+        """
+        path = craft(os.path.abspath("enc.zip"), [("r", b"data", F)])
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+        # set bit 0 of the general purpose flags in both headers
+        data[6] |= 1
+        cd = data.rfind(b"PK\x01\x02")
+        data[cd + 8] |= 1
+        with open(path, "wb") as f:
+            f.write(data)
+        self.assertRaises(ArchiveError, checkArchiveFile, path, Limits())
+
+    def test_notAZip(self):
+        """
+        Garbage is refused as not a zip.
+        """
+        with open("g.zip", "wb") as f:
+            f.write(b"garbage" * 100)
+        self.assertRaises(ArchiveError, checkArchiveFile, "g.zip", Limits())
+
+    def test_nestedZipIsJustAFile(self):
+        """
+        A zip inside the zip is stored as a file, never opened.
+        """
+        craft("inner.zip", [("r/", b"", D), ("r/../x", b"", F)])
+        with open("inner.zip", "rb") as f:
+            inner = f.read()
+        craft("outer.zip", [("r/", b"", D), ("r/inner.zip", inner, F)])
+        os.mkdir("out")
+        extractArchive("outer.zip", "out", Limits())
+        with open("out/r/inner.zip", "rb") as f:
+            self.assertEqual(f.read(), inner)
