@@ -1,0 +1,243 @@
+"""
+The server state machine over a L{StringTransport}: transitions, refusals,
+frame limits and timeouts.
+"""
+
+import os
+import struct
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from backup_proto.errors import Code
+from backup_proto.framing import MAX_FRAME, Msg
+from backup_proto.server import State
+from tests.helpers import makeFactory
+from tests.wire import Wire, control, frame
+
+
+class StateMachineTests(SynchronousTestCase):
+    def setUp(self):
+        self.factory = makeFactory(os.path.abspath("data"))
+
+    def assertRefused(self, wire, code):
+        kind, fields = wire.last()
+        self.assertIs(kind, Msg.ERROR)
+        self.assertEqual(fields["code"], code)
+        self.assertTrue(fields["fatal"])
+        self.assertTrue(wire.closed)
+        return fields
+
+    def test_happyTransitions(self):
+        """
+        REGISTER and LOGIN lead to AUTHED, PUBKEY to KEYED.
+        """
+        wire = Wire(self.factory)
+        self.assertEqual(wire.register(), (Msg.OK, {"user": "alice"}))
+        self.assertIs(wire.proto.state, State.UNAUTH)
+        self.assertEqual(wire.login(), (Msg.OK, {"user": "alice"}))
+        self.assertIs(wire.proto.state, State.AUTHED)
+        wire.key()
+        self.assertIs(wire.proto.state, State.KEYED)
+        wire.sendControl(Msg.LIST)
+        self.assertEqual(wire.last(), (Msg.SNAPSHOTS, {"snapshots": [], "more": False}))
+
+    def test_wrongStateEverywhere(self):
+        """
+        Every message not allowed in a state gets a bad-state error and the
+        connection is closed, in UNAUTH, AUTHED and KEYED.
+        """
+        allowed = {
+            "UNAUTH": {Msg.REGISTER, Msg.LOGIN},
+            "AUTHED": {Msg.PUBKEY},
+            "KEYED": {Msg.LIST, Msg.BACKUP, Msg.RESTORE},
+        }
+        for state, ok in allowed.items():
+            for kind in Msg:
+                if kind in ok:
+                    continue
+                wire = Wire(self.factory)
+                if state != "UNAUTH":
+                    wire.register(user="u" + str(len(self.factory.connections)))
+                    wire.login(user="u" + str(len(self.factory.connections)))
+                if state == "KEYED":
+                    wire.key()
+                wire.received()
+                wire.send(frame(bytes((kind,)) + b"{}"))
+                fields = self.assertRefused(wire, Code.BAD_STATE)
+                self.assertIn(kind.name, fields["message"])
+
+    def test_serverMessagesFromClient(self):
+        """
+        A client sending a server-only message (SESSION_KEY) is refused.
+        """
+        wire = Wire(self.factory)
+        wire.sendControl(Msg.SESSION_KEY, wrapped="x")
+        self.assertRefused(wire, Code.BAD_STATE)
+
+    def test_oversizedFrame(self):
+        """
+        A length prefix over the maximum is refused before the body comes.
+        """
+        wire = Wire(self.factory)
+        wire.send(struct.pack("!I", MAX_FRAME + 1))
+        self.assertRefused(wire, Code.BAD_FRAME)
+
+    def test_garbage(self):
+        """
+        Non-protocol bytes (here an HTTP request) are refused.
+        """
+        wire = Wire(self.factory)
+        wire.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertRefused(wire, Code.BAD_FRAME)
+
+    def test_unknownType(self):
+        """
+        An unknown message type is refused.
+        """
+        wire = Wire(self.factory)
+        wire.send(frame(b"\x77{}"))
+        self.assertRefused(wire, Code.BAD_FRAME)
+
+    def test_malformedFields(self):
+        """
+        Wrong field types and missing fields are refused as bad-message.
+        """
+        for body in (b'{"user": 1, "password": "x"}', b'{"user": "a"}', b"[]", b"\xff"):
+            wire = Wire(self.factory)
+            wire.send(frame(bytes((Msg.LOGIN,)) + body))
+            self.assertRefused(wire, Code.BAD_MESSAGE)
+
+    def test_framesAfterErrorIgnored(self):
+        """
+        Once a connection failed, later frames in the same read are not
+        processed.
+        """
+        wire = Wire(self.factory)
+        wire.send(frame(b"\x77") + control(Msg.REGISTER, user="bob", password="pw"))
+        self.assertRefused(wire, Code.BAD_FRAME)
+        self.assertEqual(wire.received(), [])
+        self.assertIsNone(self.factory.accounts._db.runSync(
+            lambda c: c.execute("SELECT 1 FROM users WHERE username='bob'").fetchone()))
+
+    def test_pipelinedFramesRunOnce(self):
+        """
+        LOGIN and PUBKEY in one segment are each handled exactly once, in
+        order, although LOGIN pauses input while the password is checked.
+        """
+        Wire(self.factory).register()
+        from backup_proto import crypto
+        from tests.helpers import clientKey
+
+        wire = Wire(self.factory)
+        wire.send(control(Msg.LOGIN, user="alice", password="pw")
+                  + control(Msg.PUBKEY, key=crypto.publicKeyPEM(clientKey()).decode()))
+        kinds = [k for k, _ in wire.received()]
+        self.assertEqual(kinds, [Msg.OK, Msg.SESSION_KEY])
+        self.assertIs(wire.proto.state, State.KEYED)
+
+    def test_threeFailedLogins(self):
+        """
+        Two failed logins leave the connection open; the third closes it.
+        Unknown users and wrong passwords get the same message.
+        """
+        Wire(self.factory).register()
+        wire = Wire(self.factory)
+        kind, wrong = wire.login(password="nope")
+        self.assertEqual((kind, wrong["code"], wrong["fatal"]), (Msg.ERROR, Code.AUTH_FAILED, False))
+        kind, unknown = wire.login(user="nobody")
+        self.assertEqual(wrong["message"], unknown["message"])
+        self.assertFalse(wire.closed)
+        kind, fields = wire.login(password="again")
+        self.assertEqual((kind, fields["code"], fields["fatal"]),
+                         (Msg.ERROR, Code.TOO_MANY_ATTEMPTS, True))
+        self.assertTrue(wire.closed)
+
+    def test_badKey(self):
+        """
+        A weak key is refused and the connection closed.
+        """
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from tests.test_crypto import _fakeRSA, _pem
+
+        wire = Wire(self.factory)
+        wire.register()
+        wire.login()
+        wire.sendControl(Msg.PUBKEY, key=_pem(_fakeRSA(1024)).decode())
+        self.assertRefused(wire, Code.BAD_KEY)
+
+
+class TimeoutTests(SynchronousTestCase):
+    def setUp(self):
+        self.factory = makeFactory(os.path.abspath("data"), idleTimeout=60, loginTimeout=20)
+
+    def test_idle(self):
+        """
+        A keyed connection that sends nothing for C{idleTimeout} seconds is
+        told so and closed; it is aborted if it does not go away.
+        """
+        wire = Wire(self.factory).keyed()
+        wire.received()
+        self.factory.clock.advance(59)
+        self.assertFalse(wire.closed)
+        self.factory.clock.advance(1)
+        kind, fields = wire.last()
+        self.assertEqual(fields["code"], Code.TIMEOUT)
+        self.assertTrue(wire.transport.disconnecting)
+        self.factory.clock.advance(self.factory.abortTimeout)
+        self.assertTrue(wire.transport.disconnected)
+
+    def test_framesResetIdle(self):
+        """
+        Each complete frame resets the idle timer.
+        """
+        wire = Wire(self.factory).keyed()
+        for _ in range(5):
+            self.factory.clock.advance(50)
+            wire.sendControl(Msg.LIST)
+        self.assertFalse(wire.closed)
+
+    def test_loginDeadline(self):
+        """
+        A connection that does not finish login and key exchange within
+        C{loginTimeout} is closed, even if it keeps sending frames (a
+        dripping client cannot hold it).
+        """
+        Wire(self.factory).register()
+        wire = Wire(self.factory)
+        for i in range(3):
+            self.factory.clock.advance(6)
+            self.assertEqual(wire.register(user=f"new{i}")[0], Msg.OK)
+        self.factory.clock.advance(2)
+        kind, fields = wire.last()
+        self.assertEqual(fields["code"], Code.TIMEOUT)
+        self.assertTrue(wire.closed)
+
+    def test_partialFrameDoesNotReset(self):
+        """
+        Bytes that never complete a frame do not keep the connection alive.
+        """
+        wire = Wire(self.factory).keyed()
+        wire.send(struct.pack("!I", 100))
+        for _ in range(59):
+            self.factory.clock.advance(1)
+            wire.send(b"x")
+        self.factory.clock.advance(1)
+        self.assertTrue(wire.closed)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_perPeer(self):
+        """
+        Connections over the per-address limit are refused; others and
+        freed slots are fine.
+        """
+        factory = makeFactory(os.path.abspath("data"), maxPerPeer=2, maxConnections=3)
+        a, b = Wire(factory), Wire(factory)
+        from twisted.internet.address import IPv4Address
+
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        c = Wire(factory, host="10.0.0.9")
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 1)))
+        a.proto.connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        del b, c

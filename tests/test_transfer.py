@@ -1,0 +1,372 @@
+"""
+Uploads and restores driven frame by frame against the real server
+protocol: what is stored, what is refused, and backpressure.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from backup_proto import crypto
+from backup_proto.archive import makeArchive
+from backup_proto.cksum import cksumFile
+from backup_proto.errors import Code
+from backup_proto.framing import Msg
+from backup_proto.server import State
+from backup_proto.transfer import ChunkSender
+from tests.helpers import makeFactory, runNow
+from tests.wire import Wire
+
+
+def makeZip(name="docs", size=200_000):
+    os.makedirs(name, exist_ok=True)
+    with open(os.path.join(name, "data.bin"), "wb") as f:
+        f.write(os.urandom(size))
+    path = os.path.abspath(f"{name}_backup.zip")
+    makeArchive(name, path)
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
+class UploadTests(SynchronousTestCase):
+    def setUp(self):
+        self.data = os.path.abspath("data")
+        self.factory = makeFactory(self.data)
+        self.zipPath, self.zip = makeZip()
+        self.wire = Wire(self.factory).keyed()
+
+    def begin(self, size=None, name="docs"):
+        self.wire.sendControl(Msg.BACKUP, name=name, kind="dir",
+                              size=len(self.zip) if size is None else size)
+        kind, ready = self.wire.last()
+        self.assertIs(kind, Msg.READY, ready)
+        return ready["transfer"]
+
+    def snapshots(self):
+        return self.factory.store._list(self.factory.store.db._connection(), "alice")
+
+    def stagingEmpty(self):
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        return not os.path.exists(staging) or os.listdir(staging) == []
+
+    def test_upload(self):
+        """
+        An upload is answered with its cksum; COMMIT stores a snapshot equal
+        to the source, and no zip is left.
+        """
+        transfer = self.begin()
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
+        kind, ck = self.wire.last()
+        self.assertEqual((kind, ck["crc"], ck["size"], ck["rejected"]),
+                         (Msg.CKSUM, cksumFile(self.zipPath)[0], len(self.zip), 0))
+        self.wire.sendControl(Msg.COMMIT, crc=ck["crc"])
+        kind, done = self.wire.last()
+        self.assertIs(kind, Msg.DONE)
+        snap = done["snapshot"]
+        self.assertTrue(snap["id"].startswith("docs-"))
+        self.assertEqual((snap["files"], snap["size"]), (1, 200_000))
+        stored = os.path.join(self.data, "users", "alice", snap["id"], "docs", "data.bin")
+        with open(stored, "rb") as f, open("docs/data.bin", "rb") as g:
+            self.assertEqual(f.read(), g.read())
+        self.assertTrue(self.stagingEmpty())
+        self.assertEqual([s["id"] for s in self.snapshots()], [snap["id"]])
+        self.assertIs(self.wire.proto.state, State.KEYED)
+
+    def test_outOfOrder(self):
+        """
+        Chunks sent out of order fail authentication; the server reports
+        them and refuses to commit; nothing is stored.
+        """
+        transfer = self.begin()
+        chunks = self.wire.sealedChunks(self.zip, transfer)
+        chunks[0], chunks[1] = chunks[1], chunks[0]
+        self.wire.send(b"".join(chunks))
+        kind, ck = self.wire.last()
+        self.assertEqual(ck["rejected"], 2)
+        self.wire.sendControl(Msg.COMMIT, crc=ck["crc"])
+        self.assertEqual(self.wire.last()[1]["code"], Code.BAD_UPLOAD)
+        self.wire.proto.connectionLost(None)
+        self.assertEqual(self.snapshots(), [])
+        self.assertTrue(self.stagingEmpty())
+
+    def test_replayed(self):
+        """
+        A chunk replayed in place of the next one fails authentication.
+        """
+        transfer = self.begin()
+        chunks = self.wire.sealedChunks(self.zip, transfer)
+        chunks[2] = chunks[1]
+        self.wire.send(b"".join(chunks))
+        self.assertEqual(self.wire.last()[1]["rejected"], 1)
+
+    def test_replayFromEarlierAttempt(self):
+        """
+        Chunks of an earlier attempt do not authenticate in a resend.
+        """
+        first = self.begin()
+        old = self.wire.sealedChunks(self.zip, first)
+        self.wire.send(b"".join(old))
+        self.wire.received()
+        self.wire.sendControl(Msg.RESEND)
+        kind, ready = self.wire.last()
+        self.assertEqual(ready["transfer"], first + 1)
+        self.wire.send(b"".join(old))
+        self.assertEqual(self.wire.last()[1]["rejected"], len(old))
+
+    def test_oversized(self):
+        """
+        More data than declared is refused at once.
+        """
+        transfer = self.begin()
+        chunks = self.wire.sealedChunks(self.zip, transfer)
+        extra = self.wire.sealedChunks(self.zip, transfer)[0]
+        self.wire.send(b"".join(chunks) + extra)
+        kinds = [k for k, _ in self.wire.received()]
+        self.assertIn(Msg.ERROR, kinds)
+        self.assertTrue(self.wire.closed)
+
+    def test_declaredTooLarge(self):
+        """
+        A declared size over the server's limit is refused before any data.
+        """
+        self.factory.maxUploadSize = 1000
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=1001)
+        self.assertEqual(self.wire.last()[1]["code"], Code.TOO_LARGE)
+
+    def test_badNames(self):
+        """
+        Backup names that are not one safe component are refused.
+        """
+        for name in ("", ".", "..", "a/b", "../x", "a\\b", "a\x00"):
+            wire = Wire(self.factory).keyed(register=False)
+            wire.sendControl(Msg.BACKUP, name=name, kind="dir", size=10)
+            self.assertEqual(wire.last()[1]["code"], Code.BAD_MESSAGE, name)
+
+    def test_truncated(self):
+        """
+        A connection closed before the last chunk leaves no snapshot and no
+        staging data.
+        """
+        transfer = self.begin()
+        chunks = self.wire.sealedChunks(self.zip, transfer)
+        self.wire.send(b"".join(chunks[:2]))
+        self.wire.proto.connectionLost(None)
+        self.assertEqual(self.snapshots(), [])
+        self.assertTrue(self.stagingEmpty())
+
+    def test_wrongLengthChunk(self):
+        """
+        A correctly sealed chunk of the wrong length is refused.
+        """
+        transfer = self.begin(size=10)
+        from backup_proto.framing import encodeData
+        from tests.wire import frame
+
+        sealed = self.wire.ciphers.upload.seal(transfer, 10, 0, b"short")
+        self.wire.send(frame(encodeData(sealed)))
+        self.assertEqual(self.wire.last()[1]["code"], Code.BAD_UPLOAD)
+
+    def test_resendLimit(self):
+        """
+        After three resends a fourth RESEND is refused as verify-failed and
+        nothing is stored.
+        """
+        transfer = self.begin()
+        for attempt in range(4):
+            bad = self.wire.sealedChunks(self.zip, transfer)
+            bad[0] = bad[1]
+            self.wire.send(b"".join(bad))
+            self.wire.received()
+            self.wire.sendControl(Msg.RESEND)
+            last = self.wire.last()
+            if attempt < 3:
+                self.assertIs(last[0], Msg.READY)
+                transfer = last[1]["transfer"]
+        self.assertEqual(last[1]["code"], Code.VERIFY_FAILED)
+        self.wire.proto.connectionLost(None)
+        self.assertEqual(self.snapshots(), [])
+        self.assertTrue(self.stagingEmpty())
+
+    def test_badArchive(self):
+        """
+        An upload that is not a safe archive is refused after COMMIT and
+        nothing is stored; earlier snapshots stay.
+        """
+        transfer = self.begin()
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
+        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
+        good = self.wire.last()[1]["snapshot"]["id"]
+        junk = b"not a zip at all" * 100
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(junk))
+        transfer = self.wire.last()[1]["transfer"]
+        self.wire.send(b"".join(self.wire.sealedChunks(junk, transfer)))
+        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
+        self.assertEqual(self.wire.last()[1]["code"], Code.BAD_ARCHIVE)
+        self.wire.proto.connectionLost(None)
+        self.assertEqual([s["id"] for s in self.snapshots()], [good])
+        self.assertTrue(self.stagingEmpty())
+
+    def test_storageFull(self):
+        """
+        A full disk while writing the upload is reported as storage-full,
+        and the partial data is removed.
+        """
+        import errno
+
+        def full(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def failingIO(f, *args):
+            if f.__name__ == "_writeBatch":
+                return runNow(full)
+            return runNow(f, *args)
+
+        self.factory.runIO = failingIO
+        transfer = self.begin()
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
+        self.assertEqual(self.wire.last()[1]["code"], Code.STORAGE_FULL)
+        self.wire.proto.connectionLost(None)
+        self.assertTrue(self.stagingEmpty())
+
+
+class RestoreWireTests(SynchronousTestCase):
+    def setUp(self):
+        self.data = os.path.abspath("data")
+        self.factory = makeFactory(self.data)
+        self.zipPath, self.zip = makeZip()
+        self.wire = Wire(self.factory).keyed()
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        transfer = self.wire.last()[1]["transfer"]
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
+        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
+        self.snapshot = self.wire.last()[1]["snapshot"]
+
+    def test_unknownAndOthers(self):
+        """
+        Another user's snapshot id gets exactly the answer an unknown id
+        gets, and the connection stays usable.
+        """
+        other = Wire(self.factory).keyed(user="mallory")
+        other.sendControl(Msg.RESTORE, snapshot=self.snapshot["id"])
+        theirs = other.last()
+        other.sendControl(Msg.RESTORE, snapshot="docs-20990101T000000Z")
+        unknown = other.last()
+        self.assertEqual(theirs, unknown)
+        self.assertEqual(theirs[1]["code"], Code.NOT_FOUND)
+        self.assertFalse(theirs[1]["fatal"])
+        other.sendControl(Msg.LIST)
+        self.assertEqual(other.last(), (Msg.SNAPSHOTS, {"snapshots": [], "more": False}))
+
+    def test_stalledReader(self):
+        """
+        The server's restore is a registered streaming producer: while the
+        transport is paused (a client that stops reading) nothing more is
+        written and no more is read from disk than one batch ahead.
+        """
+        queued = []
+
+        def manualIO(f, *args):
+            d = Deferred()
+            queued.append((d, f, args))
+            return d
+
+        def runRound():
+            for job in queued[:]:
+                queued.remove(job)
+                d, f, args = job
+                d.callback(f(*args))
+
+        self.factory.runIO = manualIO
+        self.wire.sendControl(Msg.RESTORE)
+        for _ in range(3):  # staging folder, open, first read
+            runRound()
+        frames = self.wire.received()
+        self.assertEqual(frames[0][0], Msg.RESTORE_BEGIN)
+        self.assertEqual(frames[-1][0], Msg.CKSUM)  # a small zip: one batch
+        self.assertEqual(self.wire.proto.state, State.CONFIRMING)
+        self.wire.sendControl(Msg.COMMIT, crc=frames[-1][1]["crc"])
+        self.assertEqual(self.wire.last()[0], Msg.DONE)
+        # a bigger snapshot, paused after the first batch
+        with open("docs/big.bin", "wb") as f:
+            f.write(os.urandom(crypto.CHUNK_SIZE * 64))
+        zipPath = os.path.abspath("big.zip")
+        makeArchive("docs", zipPath)
+        with open(zipPath, "rb") as f:
+            zipData = f.read()
+        self.factory.runIO = runNow
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(zipData))
+        transfer = self.wire.last()[1]["transfer"]
+        self.wire.send(b"".join(self.wire.sealedChunks(zipData, transfer)))
+        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
+        self.wire.received()
+        self.factory.runIO = manualIO
+        self.wire.sendControl(Msg.RESTORE)
+        runRound()
+        runRound()
+        producer = self.wire.transport.producer
+        self.assertIsNotNone(producer)
+        self.assertTrue(self.wire.transport.streaming)
+        runRound()
+        sent = len(self.wire.received())
+        producer.pauseProducing()
+        for _ in range(5):
+            runRound()
+        self.assertEqual(self.wire.received(), [])
+        self.assertLessEqual(len(queued), 1)
+        producer.resumeProducing()
+        for _ in range(20):
+            runRound()
+        rest = self.wire.received()
+        self.assertEqual(rest[-1][0], Msg.CKSUM)
+        self.assertGreater(sent + len(rest), 64)
+
+
+class SenderBackpressureTests(SynchronousTestCase):
+    def test_pauseStopsSending(self):
+        """
+        A paused transport stops the L{ChunkSender}; resuming continues it,
+        and the chunks and CRC come out right.
+        """
+        data = os.urandom(crypto.CHUNK_SIZE * 40 + 3)
+        with open("big", "wb") as f:
+            f.write(data)
+        ciphers = crypto.SessionCiphers(b"k" * 32)
+        transport = StringTransport()
+        reads = []
+
+        def deferredIO(f, *args):
+            d = Deferred()
+            reads.append((d, f, args))
+            return d
+
+        def runReads():
+            for d, f, args in reads[:]:
+                reads.remove((d, f, args))
+                d.callback(f(*args))
+
+        sent = []
+        sender = ChunkSender("big", len(data), ciphers.upload, 1,
+                             lambda body: (sent.append(body), transport.write(body)),
+                             deferredIO)
+        done = sender.start(transport)
+        self.assertIs(transport.producer, sender)
+        self.assertTrue(transport.streaming)
+        runReads()  # open
+        runReads()  # first batch
+        self.assertEqual(len(sent), 16)
+        transport.producer.pauseProducing()
+        runReads()
+        self.assertEqual(len(sent), 16)
+        self.assertNoResult(done)
+        sender.resumeProducing()
+        for _ in range(10):
+            runReads()
+        self.assertEqual(len(sent), 41)
+        self.assertEqual(self.successResultOf(done), __import__(
+            "backup_proto.cksum", fromlist=["cksumBytes"]).cksumBytes(data))
+        self.assertIsNone(transport.producer)
+        plain = b"".join(ciphers.upload.open(1, len(data), i, body[1:])
+                         for i, body in enumerate(sent))
+        self.assertEqual(plain, data)
