@@ -106,13 +106,13 @@ class ChunkSender:
         @return: a L{Deferred} that fires with the C{cksum} CRC of the bytes
             sent once the last chunk is written, or fails.
         """
-        self._done = Deferred()
+        done = self._done = Deferred()
         self._consumer = consumer
         consumer.registerProducer(self, True)
         self._reading = True
         d = self._runIO(open, self._path, "rb")
         d.addCallbacks(self._opened, self._fail)
-        return self._done
+        return done
 
     def _opened(self, fileObj):
         self._reading = False

@@ -87,7 +87,8 @@ def connectInMemory(factory, clientOptions=None, clock=None):
     """
     Connect a L{BackupClientProtocol} to C{factory} over real TLS in memory.
 
-    @return: C{(client, serverProtocol, pump)}.
+    @return: C{(client, server, pump)}: the two backup protocols (inside
+        their TLS wrappers) and the L{IOPump}.
     """
     clock = clock or factory.clock
     client = BackupClientProtocol(runNow, clock)
@@ -104,7 +105,7 @@ def connectInMemory(factory, clientOptions=None, clock=None):
         greet=False, clock=clock,
     )
     pump.flush()
-    return client, s, pump
+    return client, s.wrappedProtocol, pump
 
 
 def flush(pump, clock, rounds=50):

@@ -1,0 +1,261 @@
+"""
+The real client protocol against the real server over real TLS, in memory
+(L{TLSMemoryBIOFactory} and iosim), with a L{Clock}.
+"""
+
+import os
+
+from service_identity import VerificationError
+from OpenSSL.SSL import Error as SSLError
+from twisted.trial.unittest import SynchronousTestCase
+
+from backup_proto.archive import Limits, makeArchive
+from backup_proto.errors import Code, ProtocolError
+from backup_proto.framing import Msg, decodeFrame
+from backup_client.protocol import ConnectionGone, VerificationFailed
+from backup_client.restoring import placeRestore
+from tests.helpers import (
+    certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
+    makeTrickyTree, treeSignature,
+)
+
+
+class SessionTests(SynchronousTestCase):
+    def setUp(self):
+        self.data = os.path.abspath("data")
+        self.factory = makeFactory(self.data)
+        self.clock = self.factory.clock
+
+    def connect(self, options=None):
+        client, server, pump = connectInMemory(self.factory, options)
+        self.pump = pump
+        return client, server
+
+    def settle(self, d):
+        flush(self.pump, self.clock)
+        return d
+
+    def keyed(self, user="alice", register=True):
+        client, server = self.connect()
+        if register:
+            self.successResultOf(self.settle(client.register(user, "pw")))
+        self.successResultOf(self.settle(client.login(user, "pw")))
+        self.successResultOf(self.settle(client.exchangeKeys(clientKey())))
+        return client, server
+
+    def zipTree(self):
+        src = makeTrickyTree(os.path.abspath("src"))
+        zipPath = os.path.abspath("src_backup.zip")
+        makeArchive(src, zipPath)
+        return src, zipPath
+
+    def test_fullRoundTrip(self):
+        """
+        Register, log in, exchange keys, back up, list, restore: the restored
+        tree equals the source, and both sides' zips are gone.
+        """
+        client, server = self.keyed()
+        self.assertEqual(self.successResultOf(self.settle(client.listSnapshots())), [])
+        src, zipPath = self.zipTree()
+        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        listed = self.successResultOf(self.settle(client.listSnapshots()))
+        self.assertEqual([s["id"] for s in listed], [snap["id"]])
+        os.mkdir("work")
+        begin, restored = self.successResultOf(self.settle(client.restore(None, "work")))
+        self.assertEqual(begin["snapshot"], snap["id"])
+        placeRestore(restored, "dest", "src", "dir", Limits())
+        self.assertEqual(treeSignature(src), treeSignature("dest/src"))
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        self.assertEqual(os.listdir(staging), [])
+
+    def test_sessionKeysDiffer(self):
+        """
+        Each connection gets a new session key.
+        """
+        a, _ = self.keyed()
+        b, _ = self.keyed(register=False)
+        # same position and plaintext: equal only if the keys were equal
+        self.assertNotEqual(a._ciphers.upload.seal(1, 1, 0, b"x"),
+                            b._ciphers.upload.seal(1, 1, 0, b"x"))
+
+    def test_corruptedChunkResent(self):
+        """
+        A chunk corrupted in transit on the first attempt is caught (it
+        fails authentication, so the server's checksum differs) and the
+        client resends; the second attempt is stored.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        corrupt = corruptFirstData(client, attempts=1)
+        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        self.assertEqual(corrupt.count, 1)
+        self.assertEqual(corrupt.readies, 2)
+        stored = os.path.join(self.data, "users", "alice", snap["id"], "src")
+        self.assertEqual(treeSignature(src), treeSignature(stored))
+
+    def test_storageCorruptionResent(self):
+        """
+        Bytes damaged after decryption (on the server's disk) make the
+        cksums differ; the client resends and the clean copy is stored.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        from tests.helpers import runNow
+        damaged = []
+
+        def damagingIO(f, *args):
+            if f.__name__ == "_writeBatch" and not damaged:
+                fileObj, path, chunks = args
+                chunks = [bytes([chunks[0][0] ^ 1]) + chunks[0][1:]] + chunks[1:]
+                damaged.append(path)
+                args = (fileObj, path, chunks)
+            return runNow(f, *args)
+
+        self.factory.runIO = damagingIO
+        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        self.assertEqual(len(damaged), 1)
+        stored = os.path.join(self.data, "users", "alice", snap["id"], "src")
+        self.assertEqual(treeSignature(src), treeSignature(stored))
+
+    def test_threeResendsFail(self):
+        """
+        If every attempt is corrupted, the client gives up after three
+        resends (exit code 5 in the CLI) and nothing is stored.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        corrupt = corruptFirstData(client, attempts=99)
+        f = self.failureResultOf(self.settle(client.backup(zipPath, "src", "dir")),
+                                 VerificationFailed)
+        self.assertEqual(corrupt.count, 4)
+        client.transport.loseConnection()
+        flush(self.pump, self.clock)
+        self.assertEqual(self.successResultOf(self.factory.store.list("alice")), [])
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        self.assertEqual(os.listdir(staging), [])
+
+    def test_disconnectMidUpload(self):
+        """
+        A client that goes away mid-upload leaves nothing behind, and the
+        server goes on serving others.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        d = client.backup(zipPath, "src", "dir")
+        self.pump.pump()
+        self.clock.advance(0)
+        self.pump.pump()
+        client.transport.abortConnection()
+        flush(self.pump, self.clock)
+        self.failureResultOf(d)
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        self.assertEqual(os.listdir(staging), [])
+        other, _ = self.keyed(user="bob")
+        self.assertEqual(self.successResultOf(self.settle(other.listSnapshots())), [])
+
+    def test_restoreCorruptedResent(self):
+        """
+        A restore chunk corrupted in transit is caught by the client, which
+        asks for a resend and gets a good copy.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        original = server.sendString
+        state = {"corrupted": 0, "begins": 0}
+
+        def corrupting(body):
+            kind = body[0]
+            if kind == Msg.RESTORE_BEGIN:
+                state["begins"] += 1
+            if kind == Msg.DATA and state["begins"] == 1 and not state["corrupted"]:
+                body = body[:-1] + bytes([body[-1] ^ 1])
+                state["corrupted"] += 1
+            original(body)
+
+        server.sendString = corrupting
+        os.mkdir("work")
+        begin, restored = self.successResultOf(self.settle(client.restore(None, "work")))
+        self.assertEqual((state["corrupted"], state["begins"]), (1, 2))
+        self.assertEqual(os.listdir("work"), [os.path.basename(restored)])
+        placeRestore(restored, "dest", "src", "dir", Limits())
+        self.assertEqual(treeSignature(src), treeSignature("dest/src"))
+
+    def test_restoreTruncated(self):
+        """
+        A restore stream cut off midway fails, and the partial zip is
+        removed.
+        """
+        client, server = self.keyed()
+        src, zipPath = self.zipTree()
+        self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        original = server.sendString
+        sent = []
+
+        def cutting(body):
+            if body[0] == Msg.DATA:
+                sent.append(1)
+                if len(sent) == 3:
+                    server.transport.abortConnection()
+                    return
+            original(body)
+
+        server.sendString = cutting
+        os.mkdir("work")
+        self.failureResultOf(self.settle(client.restore(None, "work")), ConnectionGone)
+        self.assertEqual(os.listdir("work"), [])
+
+    def test_restoreUnknown(self):
+        """
+        Restoring an unknown id fails with not-found.
+        """
+        client, server = self.keyed()
+        os.mkdir("work")
+        f = self.failureResultOf(self.settle(client.restore("nope-1", "work")), ProtocolError)
+        self.assertEqual(f.value.code, Code.NOT_FOUND)
+
+    def test_wrongCA(self):
+        """
+        A client that trusts another CA refuses the server.
+        """
+        other = certificates("elsewhere.test")["ca.pem"]
+        client, server = self.connect(clientTLSOptions(ca=other))
+        f = self.failureResultOf(self.settle(client.login("alice", "pw")), ConnectionGone)
+        self.assertIsInstance(f.value.reason.value, SSLError)
+
+    def test_wrongHostName(self):
+        """
+        A client that expects another host name refuses the server.
+        """
+        client, server = self.connect(clientTLSOptions(host="other.test"))
+        f = self.failureResultOf(self.settle(client.login("alice", "pw")), ConnectionGone)
+        self.assertIsInstance(f.value.reason.value, (VerificationError, SSLError))
+
+
+class corruptFirstData:
+    """
+    Flip a bit in the first DATA frame of the first C{attempts} uploads.
+    """
+
+    def __init__(self, client, attempts):
+        self.count = 0
+        self.readies = 0
+        self._attempts = attempts
+        self._original = client.sendString
+        self._seen = set()
+        client.sendString = self.send
+        originalDeliver = client._deliver
+
+        def deliver(kind, body):
+            if kind is Msg.READY:
+                self.readies += 1
+            originalDeliver(kind, body)
+
+        client._deliver = deliver
+
+    def send(self, body):
+        if body[0] == Msg.DATA and self.readies not in self._seen and self.count < self._attempts:
+            self._seen.add(self.readies)
+            body = body[:5] + bytes([body[5] ^ 0x40]) + body[6:]
+            self.count += 1
+        self._original(body)
