@@ -1,0 +1,192 @@
+"""
+Tests for L{backup_proto.tap}: options, the service, TLS 1.3, crash
+recovery at start-up.
+"""
+
+import os
+import ssl
+
+from OpenSSL import SSL
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from backup_proto import tap
+from backup_proto.certs import makeCertificates, writeCertificates
+
+
+def handshake(serverContext, maximum):
+    """
+    Run a TLS handshake in memory between a server on C{serverContext} and
+    a standard-library client limited to C{maximum}.
+
+    @return: the negotiated version.
+    @raise ssl.SSLError: if the client's handshake fails.
+    """
+    server = SSL.Connection(serverContext, None)
+    server.set_accept_state()
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.maximum_version = maximum
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = client.wrap_bio(incoming, outgoing)
+    for _ in range(10):
+        try:
+            conn.do_handshake()
+            return conn.version()
+        except ssl.SSLWantReadError:
+            pass
+        server.bio_write(outgoing.read())
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            pass
+        except SSL.Error:
+            pass
+        try:
+            incoming.write(server.bio_read(65536))
+        except SSL.WantReadError:
+            pass
+    raise AssertionError("handshake did not finish")
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        """
+        Without --listen, the default ssl: endpoint on 40445 is used, and
+        the certificates it names must exist.
+        """
+        writeCertificates("certs", makeCertificates())
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["listen"], [tap.DEFAULT_LISTEN])
+        self.assertEqual(options["data-dir"], "backup-data")
+        self.assertEqual(options["pbkdf2-iterations"], 600_000)
+
+    def test_missingCertificates(self):
+        """
+        Missing default certificates give a message naming backup-certs.
+        """
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])
+        self.assertIn("backup-certs", str(e))
+
+    def test_repeatableListen(self):
+        """
+        --listen may be given several times.
+        """
+        options = tap.Options()
+        options.parseOptions(["--listen", "ssl:1:privateKey=a", "--listen", "ssl:2:privateKey=b",
+                              "--pbkdf2-iterations", "1000"])
+        self.assertEqual(len(options["listen"]), 2)
+        self.assertEqual(options["pbkdf2-iterations"], 1000)
+
+    def test_badNumbers(self):
+        """
+        Non-positive numbers are refused.
+        """
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                          ["--listen", "ssl:1", "--idle-timeout", "0"])
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                          ["--listen", "ssl:1", "--restore-compression", "bzip"])
+
+    def test_helpDocumentsEveryOption(self):
+        """
+        --help names every option.
+        """
+        text = str(tap.Options())
+        for name in ("--data-dir", "--listen", "--pbkdf2-iterations", "--idle-timeout",
+                     "--login-timeout", "--max-connections", "--max-per-peer",
+                     "--max-upload-size", "--max-entries", "--max-unpacked-size",
+                     "--max-ratio", "--restore-compression", "--cpu-threads"):
+            self.assertIn(name, text)
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self):
+        writeCertificates("certs", makeCertificates())
+        self.reactor = MemoryReactorClock()
+
+    def make(self, *argv):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", "data", *argv])
+        return tap.makeService(options, self.reactor)
+
+    def test_listensWithTLS13(self):
+        """
+        The service listens on the ssl: endpoint with TLS 1.3 as the floor.
+        """
+        service = self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
+        service.startService()
+        self.addCleanup(service.stopService)
+        port, factory, contextFactory, backlog, interface = self.reactor.sslServers[0]
+        ctx = contextFactory.getContext()
+        self.assertRaises(ssl.SSLError, handshake, ctx, ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(handshake(ctx, ssl.TLSVersion.TLSv1_3), "TLSv1.3")
+        self.assertTrue(os.path.exists("data/user.db"))
+
+    def test_plainTCPRefused(self):
+        """
+        A non-TLS endpoint is refused with a message.
+        """
+        e = self.assertRaises(SystemExit, self.make, "--listen", "tcp:0")
+        self.assertIn("only ssl:", str(e))
+
+    def test_recoveryAtStart(self):
+        """
+        Start-up removes staging leftovers and snapshot folders the catalog
+        does not know (half-committed), and keeps completed ones.
+        """
+        self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
+        from backup_proto.database import Database
+        from backup_proto.storage import SnapshotStore
+        from tests.helpers import runNow
+
+        db = Database(os.path.abspath("data/user.db"), runNow)
+        store = SnapshotStore("data", db)
+        db.runSync(lambda c: c.execute(
+            "INSERT INTO users VALUES ('alice', x'00', x'00', 1, 'now')"))
+        os.makedirs("data/users/alice/.staging/tmp1/tree")
+        os.makedirs("data/users/alice/kept-1/kept")
+        os.makedirs("data/users/alice/orphan-1/orphan")
+        db.runSync(lambda c: c.execute(
+            "INSERT INTO snapshots VALUES ('alice','kept-1','kept','dir','t',1,1,1)"))
+        db.runSync(lambda c: c.execute(
+            "INSERT INTO snapshots VALUES ('alice','gone-1','gone','dir','t',1,1,1)"))
+        db.close()
+        self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
+        self.assertEqual(sorted(os.listdir("data/users/alice")), [".staging", "kept-1"])
+        self.assertEqual(os.listdir("data/users/alice/.staging"), [])
+        db = Database(os.path.abspath("data/user.db"), runNow)
+        self.assertEqual(db.runSync(lambda c: c.execute("SELECT id FROM snapshots").fetchall()),
+                         [("kept-1",)])
+        db.close()
+
+
+class CertsTests(SynchronousTestCase):
+    def test_files(self):
+        """
+        backup-certs writes four files, keys 0600, SANs as asked, and does
+        not overwrite without --force.
+        """
+        from cryptography import x509
+
+        from backup_proto.certs import main
+
+        self.assertEqual(main(["--dir", "c", "--host", "backup.example", "--host", "10.1.2.3"]), 0)
+        self.assertEqual(sorted(os.listdir("c")), ["ca.key", "ca.pem", "server.key", "server.pem"])
+        for key in ("c/ca.key", "c/server.key"):
+            self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        with open("c/server.pem", "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(sans.get_values_for_type(x509.DNSName), ["backup.example"])
+        self.assertEqual([str(a) for a in sans.get_values_for_type(x509.IPAddress)], ["10.1.2.3"])
+        with open("c/ca.pem", "rb") as f:
+            before = f.read()
+        self.assertEqual(main(["--dir", "c"]), 1)
+        with open("c/ca.pem", "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(main(["--dir", "c", "--force"]), 0)
+        with open("c/ca.pem", "rb") as f:
+            self.assertNotEqual(f.read(), before)
