@@ -18,6 +18,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,7 +27,9 @@ from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
+from twisted.internet.ssl import (
+    Certificate, TLSVersion, optionsForClientTLS, trustRootFromCertificates,
+)
 from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
@@ -101,7 +104,7 @@ def buildParser():
     parser.add_argument("--server", default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
                         help="HOST[:PORT] (env BACKUP_SERVER; default localhost:40445)")
     parser.add_argument("--ca", default=env("BACKUP_CA"),
-                        help="CA certificate (PEM) to trust (env BACKUP_CA;"
+                        help="CA certificate(s) (PEM) to trust (env BACKUP_CA;"
                         " default certs/ca.pem if present)")
     parser.add_argument("--user", default=env("BACKUP_USER"), help="username (env BACKUP_USER)")
     parser.add_argument("--password-file", help="read the password from the first line of FILE"
@@ -191,11 +194,18 @@ def _trustRoot(args):
         raise Fatal(EXIT_USAGE, "no CA certificate: give --ca FILE or set BACKUP_CA")
     try:
         with open(path, "rb") as f:
-            return Certificate.loadPEM(f.read())
+            pem = f.read()
     except OSError as e:
         raise Fatal(EXIT_USAGE, f"cannot read CA certificate {path}: {e.strerror}")
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem,
+                        re.DOTALL)
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
     except Exception:
-        raise Fatal(EXIT_USAGE, f"{path} is not a PEM certificate")
+        certificates = []
+    if not certificates:
+        raise Fatal(EXIT_USAGE, f"{path} holds no PEM certificate")
+    return trustRootFromCertificates(certificates)
 
 
 def _describeLoss(reason):

@@ -1,0 +1,289 @@
+"""
+End to end through the installed commands: C{twistd backup-server} in a
+subprocess, driven by C{backup-client}.
+"""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import makeTrickyTree, treeSignature
+
+BIN = os.path.dirname(sys.executable)
+
+
+def command(name):
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{name} is not installed next to {sys.executable}")
+    return path
+
+
+def freePort():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """
+    A C{twistd -n backup-server} child process on a free port.
+    """
+
+    def __init__(self, base, *extra):
+        self.base = base
+        self.port = freePort()
+        self.dataDir = os.path.join(base, "data")
+        subprocess.run([command("backup-certs"), "--dir", os.path.join(base, "certs")],
+                       check=True, capture_output=True)
+        self.log = open(os.path.join(base, "server.log"), "wb")
+        certs = os.path.join(base, "certs")
+        self.argv = [
+            command("twistd"), "-n", "--pidfile=", "backup-server",
+            "--data-dir", self.dataDir, "--pbkdf2-iterations", "1000",
+            "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
+            f":certKey={certs}/server.pem", *extra,
+        ]
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=self.base)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.logText()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def logText(self):
+        with open(os.path.join(self.base, "server.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, signal=None):
+        if self.process.poll() is None:
+            if signal is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(signal)
+            self.process.wait(30)
+
+
+class EndToEndCase(SynchronousTestCase):
+    serverArgs = ()
+
+    def setUp(self):
+        self.base = os.path.abspath("e2e")
+        os.makedirs(self.base)
+        self.server = ServerProcess(self.base, *self.serverArgs)
+        self.addCleanup(self.server.stop)
+        self.server.log.close()
+        self.tmp = os.path.join(self.base, "clienttmp")
+        os.makedirs(self.tmp)
+
+    def client(self, *args, user="alice", password="pw", ca=None, server=None, stdin=None):
+        env = dict(os.environ)
+        env.update({
+            "BACKUP_SERVER": server or f"localhost:{self.server.port}",
+            "BACKUP_CA": ca or os.path.join(self.base, "certs", "ca.pem"),
+            "BACKUP_USER": user,
+            "BACKUP_PASSWORD": password,
+            "BACKUP_CONFIG_DIR": os.path.join(self.base, "config"),
+            "TMPDIR": self.tmp,
+        })
+        result = subprocess.run([command("backup-client"), *args], env=env,
+                                capture_output=True, text=True, timeout=300,
+                                stdin=subprocess.DEVNULL)
+        self.assertNotIn("Traceback", result.stderr)
+        return result
+
+    def ok(self, *args, **kw):
+        result = self.client(*args, **kw)
+        self.assertEqual(result.returncode, 0, result.stderr + self.server.logText()[-3000:])
+        return result
+
+
+class AccountTests(EndToEndCase):
+    def test_accounts(self):
+        """
+        register and list work; refusals exit 3 with one-line errors; an
+        unknown user gets the same message as a wrong password.
+        """
+        self.assertEqual(self.ok("register").stdout.strip(), "registered alice")
+        self.assertEqual(self.ok("list").stdout.strip(), "no snapshots")
+        self.assertEqual(json.loads(self.ok("list", "--json").stdout), [])
+        wrong = self.client("list", password="nope")
+        unknown = self.client("list", user="nobody")
+        self.assertEqual((wrong.returncode, unknown.returncode), (3, 3))
+        self.assertEqual(wrong.stderr, unknown.stderr)
+        self.assertEqual(len(wrong.stderr.strip().splitlines()), 1)
+        self.assertEqual(self.client("register").returncode, 3)
+        self.assertEqual(self.client("register", user="../x").returncode, 3)
+        self.assertEqual(self.client("register", user="Bad Name").returncode, 3)
+
+    def test_untrusted(self):
+        """
+        An untrusted CA and a closed port exit 4.
+        """
+        subprocess.run([command("backup-certs"), "--dir", "other"], check=True,
+                       capture_output=True)
+        bad = self.client("list", ca=os.path.abspath("other/ca.pem"))
+        self.assertEqual(bad.returncode, 4, bad.stderr)
+        self.assertIn("not trusted", bad.stderr)
+        closed = self.client("list", server=f"localhost:{freePort()}")
+        self.assertEqual(closed.returncode, 4, closed.stderr)
+
+    def test_usage(self):
+        """
+        Usage errors exit 2; no password and no terminal exit 2.
+        """
+        self.assertEqual(self.client("bogus").returncode, 2)
+        self.assertEqual(self.client("restore").returncode, 2)
+        env = {k: v for k, v in os.environ.items() if k != "BACKUP_PASSWORD"}
+        result = subprocess.run(
+            [command("backup-client"), "--user", "alice", "--ca", "x", "list"],
+            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("password", result.stderr)
+
+    def test_tls12Refused(self):
+        """
+        A client that speaks at most TLS 1.2 cannot connect.
+        """
+        context = ssl.create_default_context(cafile=os.path.join(self.base, "certs", "ca.pem"))
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection(("127.0.0.1", self.server.port)) as raw:
+            with self.assertRaises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="localhost")
+        context = ssl.create_default_context(cafile=os.path.join(self.base, "certs", "ca.pem"))
+        with socket.create_connection(("127.0.0.1", self.server.port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                self.assertEqual(tls.version(), "TLSv1.3")
+
+
+class BackupRestoreTests(EndToEndCase):
+    def test_roundTrip(self):
+        """
+        A tricky tree backs up (the snapshot id is the last line), lands on
+        the server identical to the source, is listed, restores identical,
+        and no zip is left on either side.
+        """
+        self.ok("register")
+        src = makeTrickyTree(os.path.abspath("photos"))
+        result = self.ok("backup", src)
+        snapshotId = result.stdout.strip().splitlines()[-1]
+        self.assertTrue(snapshotId.startswith("photos-"))
+        stored = os.path.join(self.server.dataDir, "users", "alice", snapshotId, "photos")
+        self.assertEqual(treeSignature(src), treeSignature(stored))
+        listed = json.loads(self.ok("list", "--json").stdout)
+        self.assertEqual([s["id"] for s in listed], [snapshotId])
+        self.assertEqual(listed[0]["source"], "photos")
+        self.assertEqual(listed[0]["files"], 6)
+        self.assertTrue(listed[0]["created"].endswith("Z"))
+        restored = json.loads(self.ok("restore", "out", "--json").stdout)
+        self.assertEqual(restored["snapshot"], snapshotId)
+        self.assertEqual(restored["path"], os.path.abspath("out/photos"))
+        self.assertEqual(treeSignature(src), treeSignature("out/photos"))
+        self.assertEqual(os.listdir(self.tmp), [])
+        self.assertEqual(os.listdir(os.path.join(self.server.dataDir, "users", "alice",
+                                                 ".staging")), [])
+
+    def test_overwrite(self):
+        """
+        restore into a folder that holds a file of the same name refuses
+        and leaves it untouched; --overwrite replaces it.
+        """
+        self.ok("register")
+        with open("notes.txt", "w") as f:
+            f.write("version 1")
+        self.ok("backup", "notes.txt")
+        os.makedirs("dest")
+        with open("dest/notes.txt", "w") as f:
+            f.write("local edits")
+        refused = self.client("restore", "dest")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("notes.txt", refused.stderr)
+        with open("dest/notes.txt") as f:
+            self.assertEqual(f.read(), "local edits")
+        self.ok("restore", "dest", "--overwrite")
+        with open("dest/notes.txt") as f:
+            self.assertEqual(f.read(), "version 1")
+        self.assertEqual(os.listdir("dest"), ["notes.txt"])
+
+    def test_singleFileAndSnapshots(self):
+        """
+        Two backups make two snapshots; --snapshot picks an older one; a
+        single file restores as DEST/name with its mode and time.
+        """
+        self.ok("register")
+        with open("a.sh", "w") as f:
+            f.write("one")
+        os.chmod("a.sh", 0o750)
+        os.utime("a.sh", (1_650_000_000, 1_650_000_000))
+        first = self.ok("backup", "a.sh").stdout.strip().splitlines()[-1]
+        with open("a.sh", "w") as f:
+            f.write("two")
+        second = self.ok("backup", "a.sh").stdout.strip().splitlines()[-1]
+        self.assertNotEqual(first, second)
+        self.ok("restore", "old", "--snapshot", first)
+        with open("old/a.sh") as f:
+            self.assertEqual(f.read(), "one")
+        st = os.stat("old/a.sh")
+        self.assertEqual((st.st_mode & 0o777, int(st.st_mtime)), (0o750, 1_650_000_000))
+        self.ok("restore", "new")
+        with open("new/a.sh") as f:
+            self.assertEqual(f.read(), "two")
+
+    def test_isolation(self):
+        """
+        Another user sees none of alice's snapshots and cannot restore one:
+        the answer is the same as for an id that does not exist.
+        """
+        self.ok("register")
+        os.makedirs("docs")
+        with open("docs/x", "w") as f:
+            f.write("secret")
+        snapshotId = self.ok("backup", "docs").stdout.strip().splitlines()[-1]
+        self.ok("register", user="bob")
+        self.assertEqual(json.loads(self.ok("list", "--json", user="bob").stdout), [])
+        theirs = self.client("restore", "b", "--snapshot", snapshotId, user="bob")
+        missing = self.client("restore", "b", "--snapshot", "docs-20000101T000000Z", user="bob")
+        self.assertEqual((theirs.returncode, theirs.stderr), (missing.returncode, missing.stderr))
+        self.assertNotEqual(theirs.returncode, 0)
+        self.assertFalse(os.path.exists("b/docs"))
+
+    def test_warnings(self):
+        """
+        Special files are skipped with a warning, the rest is stored, and
+        the exit code is 6.
+        """
+        self.ok("register")
+        os.makedirs("tree")
+        os.mkfifo("tree/fifo")
+        with open("tree/file", "w") as f:
+            f.write("kept")
+        result = self.client("backup", "tree")
+        self.assertEqual(result.returncode, 6, result.stderr)
+        self.assertIn("fifo", result.stderr)
+        snapshotId = result.stdout.strip().splitlines()[-1]
+        stored = os.path.join(self.server.dataDir, "users", "alice", snapshotId, "tree")
+        self.assertEqual(os.listdir(stored), ["file"])
+
+    def test_missingPath(self):
+        """
+        Backing up a path that does not exist is a usage error.
+        """
+        self.ok("register")
+        result = self.client("backup", "no/such/thing")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("no such file", result.stderr)

@@ -1,0 +1,62 @@
+"""
+The wheel ships the twistd plugin and the right import names, and a fresh
+install from it shows C{backup-server} in C{twistd --help} from anywhere
+(the daphne lesson: ../shared/STYLE.md 2(e)).
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+
+from twisted.plugin import getPlugins
+from twisted.application.service import IServiceMaker
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_pluginVisibleHere(self):
+        """
+        In this environment twistd finds the plugin.
+        """
+        self.assertIn("backup-server", [p.tapname for p in getPlugins(IServiceMaker)])
+
+    def test_wheelInstallsPlugin(self):
+        """
+        The wheel holds the plugin file but not Twisted's package files, the
+        client as backup_client (no top-level 'client'); installed into a
+        new virtualenv, twistd lists backup-server from another folder and
+        both console scripts run.
+        """
+        dist = os.path.abspath("dist")
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist,
+                        ROOT], check=True, capture_output=True)
+        wheel, = glob.glob(os.path.join(dist, "backup_proto-*.whl"))
+        names = zipfile.ZipFile(wheel).namelist()
+        self.assertIn("twisted/plugins/backup_server.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertIn("backup_client/cli.py", names)
+        self.assertIn("backup_proto/server.py", names)
+        self.assertFalse([n for n in names if n.startswith("client/")])
+        self.assertFalse([n for n in names if n.startswith("tests/")])
+
+        venv = os.path.abspath("venv")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", wheel],
+                       check=True, capture_output=True)
+        elsewhere = os.path.abspath("elsewhere")
+        os.makedirs(elsewhere)
+        out = subprocess.run([os.path.join(venv, "bin", "twistd"), "--help"], cwd=elsewhere,
+                             capture_output=True, text=True, check=True).stdout
+        self.assertIn("backup-server", out)
+        out = subprocess.run([os.path.join(venv, "bin", "twistd"), "backup-server", "--help"],
+                             cwd=elsewhere, capture_output=True, text=True, check=True).stdout
+        self.assertIn("--listen", out)
+        for script in ("backup-client", "backup-certs"):
+            result = subprocess.run([os.path.join(venv, "bin", script), "--help"],
+                                    cwd=elsewhere, capture_output=True, text=True)
+            self.assertEqual(result.returncode, 0, result.stderr)
