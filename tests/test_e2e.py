@@ -133,13 +133,20 @@ class AccountTests(EndToEndCase):
 
     def test_untrusted(self):
         """
-        An untrusted CA and a closed port exit 4.
+        An untrusted CA and a closed port exit 4; a bundle holding the right
+        CA among others is trusted.
         """
         subprocess.run([command("backup-certs"), "--dir", "other"], check=True,
                        capture_output=True)
         bad = self.client("list", ca=os.path.abspath("other/ca.pem"))
         self.assertEqual(bad.returncode, 4, bad.stderr)
         self.assertIn("not trusted", bad.stderr)
+        with open("other/ca.pem", "rb") as f, open(os.path.join(self.base, "certs", "ca.pem"),
+                                                   "rb") as g:
+            bundle = f.read() + g.read()
+        with open("bundle.pem", "wb") as f:
+            f.write(bundle)
+        self.ok("register", ca=os.path.abspath("bundle.pem"))
         closed = self.client("list", server=f"localhost:{freePort()}")
         self.assertEqual(closed.returncode, 4, closed.stderr)
 
