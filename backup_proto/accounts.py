@@ -100,18 +100,28 @@ class AccountStore:
 
     @ivar iterations: PBKDF2 iterations for new accounts.
     @ivar _hashing: bounds concurrent hashes to the CPU pool's size.
+    @ivar maxQueued: how many hashes may wait before logins are shed.
     @ivar _dummy: salt and key hashed for unknown users, so that they cost
         the same as a wrong password.
     """
 
-    def __init__(self, db, runCPU, iterations=DEFAULT_ITERATIONS, concurrency=2):
+    def __init__(self, db, runCPU, iterations=DEFAULT_ITERATIONS, concurrency=2,
+                 maxQueued=256):
+        """
+        @param concurrency: hashes running at once (the CPU pool's size).
+        @param maxQueued: hashes allowed to wait; past that, requests are
+            shed with L{Code.BUSY} instead of queueing without bound.
+        """
         self._db = db
         self._runCPU = runCPU
         self.iterations = iterations
+        self.maxQueued = maxQueued
         self._hashing = DeferredSemaphore(concurrency)
         self._dummy = (os.urandom(SALT_SIZE), os.urandom(KEY_SIZE))
 
     def _hash(self, password, salt, iterations):
+        if len(self._hashing.waiting) >= self.maxQueued:
+            raise ProtocolError(Code.BUSY, "server busy, try again later")
         return self._hashing.run(self._runCPU, deriveKey, password, salt, iterations)
 
     @inlineCallbacks

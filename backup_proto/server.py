@@ -19,6 +19,7 @@ import base64
 import enum
 import os
 
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -29,6 +30,7 @@ from backup_proto.accounts import AUTH_FAILED_TEXT
 from backup_proto.archive import ArchiveError, extractArchive, makeArchive, syncTree
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
+from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
 
 #: How many times a client may ask for a transfer to be sent again.
@@ -322,6 +324,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         error = failure.value
         if not isinstance(error, ProtocolError):
             return failure
+        if error.code == Code.BUSY:
+            return failure
         self.failures += 1
         if self.failures >= self.factory.maxLoginFailures:
             raise ProtocolError(Code.TOO_MANY_ATTEMPTS, f"{error.message}; too many failed attempts")
@@ -342,12 +346,17 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def _login(self, body):
         user, password = self._credentials(Msg.LOGIN, body)
-        d = self.factory.accounts.authenticate(user, password)
+        factory = self.factory
+        delay = factory.throttle.delayFor(user)
+        d = deferLater(factory.clock, delay, factory.accounts.authenticate, user, password)
 
         def checked(ok):
             if not ok:
-                self.log.info("failed login user={user!r} peer={peer}", user=user, peer=self.peer)
+                factory.throttle.failed(user)
+                self.log.info("failed login user={user!r} peer={peer} delay={delay}",
+                              user=user, peer=self.peer, delay=delay)
                 raise ProtocolError(Code.AUTH_FAILED, AUTH_FAILED_TEXT)
+            factory.throttle.succeeded(user)
             return True
 
         d.addCallback(checked)
@@ -594,6 +603,7 @@ class BackupServerFactory(Factory):
 
     @ivar connections: open connections.
     @ivar perPeer: open connections per peer address.
+    @ivar throttle: the L{LoginThrottle} shared by all connections.
     """
 
     idleTimeout = 120
@@ -618,6 +628,7 @@ class BackupServerFactory(Factory):
             setattr(self, name, value)
         self.connections = set()
         self.perPeer = {}
+        self.throttle = LoginThrottle(clock)
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
