@@ -140,6 +140,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def __init__(self, factory):
         self.factory = factory
+        self.MAX_LENGTH = factory.maxFrame
         self.callLater = factory.clock.callLater
         self.state = State.UNAUTH
         self.username = None
@@ -614,6 +615,7 @@ class BackupServerFactory(Factory):
     maxPerPeer = 100
     maxUploadSize = 1 << 40
     restoreCompression = "auto"
+    maxFrame = MAX_FRAME
 
     def __init__(self, accounts, store, runCPU, runIO, clock, limits, **tunables):
         self.accounts = accounts

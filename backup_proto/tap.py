@@ -15,6 +15,7 @@ from twisted.python import usage
 from backup_proto.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.archive import COMPRESSION_CHOICES, Limits
 from backup_proto.database import Database
+from backup_proto.framing import MAX_FRAME
 from backup_proto.server import BackupServerFactory
 from backup_proto.storage import SnapshotStore
 from backup_proto.threads import WorkerPools
@@ -65,6 +66,18 @@ class Options(usage.Options):
         ["max-ratio", None, 200,
          "Most an archive entry over 1 MiB may expand (uncompressed/compressed).",
          _positive(int)],
+        ["max-frame", None, MAX_FRAME,
+         f"Largest frame in bytes (at least {MAX_FRAME}, the size of a full DATA frame).",
+         _positive(int)],
+        ["login-free-failures", None, 3,
+         "Failed logins in a row an account gets before each login is delayed.",
+         _positive(int)],
+        ["login-max-delay", None, 60.0,
+         "Longest delay, in seconds, before a throttled account's login is checked"
+         " (it doubles from 1 s per failure).", _positive(float)],
+        ["max-hash-queue", None, 256,
+         "Password checks allowed to wait for a CPU thread; more are refused as busy.",
+         _positive(int)],
         ["restore-compression", None, "auto",
          "How restores are zipped: auto (deflate what compresses), store or deflate."],
         ["cpu-threads", None, os.cpu_count() or 2,
@@ -76,16 +89,14 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description):
-        """
-        A Twisted server endpoint string to listen on (repeatable); it must
-        be an ssl: endpoint.  Default:
-        ssl:40445:privateKey=certs/server.key:certKey=certs/server.pem
-        """
+        """A Twisted ssl: server endpoint string to listen on (repeatable). Default: ssl:40445:privateKey=certs/server.key:certKey=certs/server.pem"""
         self["listen"].append(description)
 
     opt_l = opt_listen
 
     def postOptions(self):
+        if self["max-frame"] < MAX_FRAME:
+            raise usage.UsageError(f"--max-frame must be at least {MAX_FRAME}")
         if self["restore-compression"] not in COMPRESSION_CHOICES:
             raise usage.UsageError(
                 "--restore-compression must be one of " + ", ".join(COMPRESSION_CHOICES)
@@ -138,7 +149,7 @@ def makeService(options, reactor=None):
         )
     accounts = AccountStore(
         db, pools.runCPU, iterations=options["pbkdf2-iterations"],
-        concurrency=options["cpu-threads"],
+        concurrency=options["cpu-threads"], maxQueued=options["max-hash-queue"],
     )
     limits = Limits(
         maxEntries=options["max-entries"],
@@ -153,7 +164,10 @@ def makeService(options, reactor=None):
         maxPerPeer=options["max-per-peer"],
         maxUploadSize=options["max-upload-size"],
         restoreCompression=options["restore-compression"],
+        maxFrame=options["max-frame"],
     )
+    factory.throttle.freeFailures = options["login-free-failures"]
+    factory.throttle.maxDelay = options["login-max-delay"]
     top = MultiService()
     pools.setServiceParent(top)
     for description in options["listen"]:

@@ -89,6 +89,8 @@ class OptionsTests(SynchronousTestCase):
                           ["--listen", "ssl:1", "--idle-timeout", "0"])
         self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                           ["--listen", "ssl:1", "--restore-compression", "bzip"])
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                          ["--listen", "ssl:1", "--max-frame", "1000"])
 
     def test_helpDocumentsEveryOption(self):
         """
@@ -98,7 +100,8 @@ class OptionsTests(SynchronousTestCase):
         for name in ("--data-dir", "--listen", "--pbkdf2-iterations", "--idle-timeout",
                      "--login-timeout", "--max-connections", "--max-per-peer",
                      "--max-upload-size", "--max-entries", "--max-unpacked-size",
-                     "--max-ratio", "--restore-compression", "--cpu-threads"):
+                     "--max-ratio", "--restore-compression", "--cpu-threads", "--max-frame",
+                     "--login-free-failures", "--login-max-delay", "--max-hash-queue"):
             self.assertIn(name, text)
 
 
