@@ -77,8 +77,13 @@ class SnapshotStore:
 
         @return: its path.
         """
-        staging = os.path.join(self.userDir(username), STAGING)
-        os.makedirs(staging, mode=0o700, exist_ok=True)
+        userDir = self.userDir(username)
+        staging = os.path.join(userDir, STAGING)
+        for path in (self.usersDir, userDir, staging):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
         return tempfile.mkdtemp(dir=staging)
 
     def commit(self, username, tree, meta):

@@ -42,7 +42,6 @@ class ServerProcess:
         self.dataDir = os.path.join(base, "data")
         subprocess.run([command("backup-certs"), "--dir", os.path.join(base, "certs")],
                        check=True, capture_output=True)
-        self.log = open(os.path.join(base, "server.log"), "wb")
         certs = os.path.join(base, "certs")
         self.argv = [
             command("twistd"), "-n", "--pidfile=", "backup-server",
@@ -53,8 +52,9 @@ class ServerProcess:
         self.start()
 
     def start(self):
-        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                        cwd=self.base)
+        with open(os.path.join(self.base, "server.log"), "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=self.base)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -87,7 +87,6 @@ class EndToEndCase(SynchronousTestCase):
         os.makedirs(self.base)
         self.server = ServerProcess(self.base, *self.serverArgs)
         self.addCleanup(self.server.stop)
-        self.server.log.close()
         self.tmp = os.path.join(self.base, "clienttmp")
         os.makedirs(self.tmp)
 
