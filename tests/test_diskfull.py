@@ -1,0 +1,106 @@
+"""
+A full data disk: the installed server's data folder on a small tmpfs.
+The client gets "server storage full" (exit code 7), the partial data is
+removed, earlier snapshots stay, and the server keeps serving.
+
+Mounting needs privileges; where the mount is refused these tests are
+skipped and the same paths are still covered in-process by
+C{tests.test_transfer.UploadTests.test_storageFull} and
+L{UnpackFullTests} below.
+"""
+
+import errno
+import json
+import os
+import subprocess
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_crash import waitFor
+from tests.test_e2e import EndToEndCase, ServerProcess
+
+
+class SmallDiskCase(EndToEndCase):
+    def setUp(self):
+        self.base = os.path.abspath("e2e")
+        self.disk = os.path.join(self.base, "data")
+        os.makedirs(self.disk)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", self.disk],
+                                capture_output=True)
+        if result.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: " + result.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", self.disk])
+        self.server = ServerProcess(self.base)
+        self.addCleanup(self.server.stop)
+        self.tmp = os.path.join(self.base, "clienttmp")
+        os.makedirs(self.tmp)
+        self.ok("register")
+        os.makedirs("keep")
+        with open("keep/a", "wb") as f:
+            f.write(os.urandom(1 << 20))
+        self.kept = self.ok("backup", "keep").stdout.strip().splitlines()[-1]
+
+    def assertRecovered(self):
+        staging = os.path.join(self.disk, "users", "alice", ".staging")
+        # the server removes staging data when it sees the connection close
+        waitFor(lambda: os.listdir(staging) == [], timeout=10)
+        self.assertEqual(os.listdir(staging), [])
+        listed = json.loads(self.ok("list", "--json").stdout)
+        self.assertEqual([s["id"] for s in listed], [self.kept])
+        self.ok("restore", "back")
+        with open("back/keep/a", "rb") as f, open("keep/a", "rb") as g:
+            self.assertEqual(f.read(), g.read())
+        with open("small", "w") as f:
+            f.write("still serving")
+        self.ok("backup", "small")
+
+    def test_fullDuringUpload(self):
+        """
+        An upload bigger than the free space fails with exit code 7.
+        """
+        with open("huge", "wb") as f:
+            f.write(os.urandom(30 << 20))
+        result = self.client("backup", "huge")
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertIn("storage full", result.stderr)
+        self.assertRecovered()
+
+    def test_fullDuringUnpack(self):
+        """
+        An upload that fits but whose unpacked copy does not fails with exit
+        code 7.
+        """
+        with open("medium", "wb") as f:
+            f.write(os.urandom(13 << 20))
+        result = self.client("backup", "medium")
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertRecovered()
+
+
+class UnpackFullTests(SynchronousTestCase):
+    def test_unpackENOSPC(self):
+        """
+        ENOSPC while unpacking (simulated) is reported as storage-full and
+        the staging data is removed.
+        """
+        from backup_proto import server as serverModule
+        from backup_proto.errors import Code
+        from backup_proto.framing import Msg
+        from tests.helpers import makeFactory
+        from tests.test_transfer import makeZip
+        from tests.wire import Wire
+
+        def full(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(serverModule, "extractArchive", full)
+        factory = makeFactory(os.path.abspath("data"))
+        zipPath, data = makeZip()
+        wire = Wire(factory).keyed()
+        wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(data))
+        transfer = wire.last()[1]["transfer"]
+        wire.send(b"".join(wire.sealedChunks(data, transfer)))
+        wire.sendControl(Msg.COMMIT, crc=wire.last()[1]["crc"])
+        self.assertEqual(wire.last()[1]["code"], Code.STORAGE_FULL)
+        wire.proto.connectionLost(None)
+        self.assertEqual(os.listdir("data/users/alice/.staging"), [])
