@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""
+The benchmark suite (run by hand; not part of the test suite):
+
+    .venv/bin/python benchmarks/run.py [--trees small,mixed,large] [--scale 1.0]
+
+1. Builds the three trees with ../shared/bench/make_dataset.py into
+   --work (default /tmp/backup-proto-bench; kept between runs, so trees are
+   not deleted and recreated at once -- slow on this file system).
+2. For each tree, starts the installed ``twistd backup-server`` on loopback
+   (a fresh process, so its peak RSS is that tree's) and measures with the
+   installed ``backup-client``: a full backup, a restore, and a second
+   backup after ``make_dataset.py change``: wall time, MB/s (tree bytes /
+   wall time), client and server peak RSS, bytes sent (the zip).
+3. Where rsync (over ssh, to a private sshd on loopback), restic and borg
+   are installed, runs them on the same trees in the same run.
+4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
+
+Prints a table with the ratios ours / theirs and ours / ceiling, and writes
+benchmarks/results/bench-<UTC time>.json.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = os.path.dirname(sys.executable)
+MAKE_DATASET = os.path.join(ROOT, "..", "shared", "bench", "make_dataset.py")
+TIME = shutil.which("time") or "/usr/bin/time"
+
+
+def freePort():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def treeBytes(path):
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def timed(argv, env=None, cwd=None):
+    """
+    Run a command under GNU time.
+
+    @return: C{(seconds, peak RSS bytes, stdout)}.
+    """
+    start = time.perf_counter()
+    result = subprocess.run([TIME, "-f", "%M", *argv], env=env, cwd=cwd,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {result.stderr[-2000:]}")
+    rss = int(result.stderr.strip().splitlines()[-1]) * 1024
+    return seconds, rss, result.stdout
+
+
+def dropCaches():
+    """
+    Write dirty pages back so that one measurement's writeback does not land
+    in the next one's time.
+    """
+    os.sync()
+
+
+class Server:
+    def __init__(self, work, name):
+        self.work = work
+        self.port = freePort()
+        certs = os.path.join(work, "certs")
+        self.dataDir = os.path.join(work, f"server-{name}")
+        self.process = subprocess.Popen(
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "backup-server",
+             "--data-dir", self.dataDir, "--pbkdf2-iterations", "100000",
+             "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
+             f":certKey={certs}/server.pem"],
+            stdout=open(os.path.join(work, f"server-{name}.log"), "wb"),
+            stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def peakRSS(self):
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(30)
+
+
+class Ours:
+    def __init__(self, work, server, compression):
+        self.work = work
+        self.server = server
+        self.compression = compression
+        self.env = dict(os.environ, BACKUP_SERVER=f"localhost:{server.port}",
+                        BACKUP_CA=os.path.join(work, "certs", "ca.pem"), BACKUP_USER="bench",
+                        BACKUP_PASSWORD="bench", BACKUP_CONFIG_DIR=os.path.join(work, "client"))
+        self.client("register")
+
+    def client(self, *args):
+        return timed([os.path.join(BIN, "backup-client"), "--quiet", *args], env=self.env)
+
+    def backup(self, tree):
+        seconds, rss, out = self.client("backup", tree, "--compression", self.compression)
+        snapshot = out.strip().splitlines()[-1]
+        listed = json.loads(self.client("list", "--json")[2])
+        zipSize = next(s["zip_size"] for s in listed if s["id"] == snapshot)
+        return {"seconds": seconds, "client_rss": rss, "server_rss": self.server.peakRSS(),
+                "bytes_sent": zipSize, "snapshot": snapshot}
+
+    def restore(self, snapshot, dest):
+        seconds, rss, out = self.client("restore", dest, "--snapshot", snapshot)
+        return {"seconds": seconds, "client_rss": rss, "server_rss": self.server.peakRSS()}
+
+
+class SSHD:
+    """
+    A private sshd on loopback with its own keys, for rsync over ssh.
+    """
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, "ssh")
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs("/run/sshd", exist_ok=True)
+        for key in ("host", "client"):
+            path = os.path.join(self.dir, key)
+            if not os.path.exists(path):
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path],
+                               check=True)
+        shutil.copy(os.path.join(self.dir, "client.pub"), os.path.join(self.dir, "authorized"))
+        self.port = freePort()
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\n"
+                    f"HostKey {self.dir}/host\nAuthorizedKeysFile {self.dir}/authorized\n"
+                    f"PidFile {self.dir}/sshd.pid\nStrictModes no\nUsePAM no\n"
+                    "PermitRootLogin prohibit-password\nPasswordAuthentication no\n")
+        self.process = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
+                                         "-f", config], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        self.ssh = (f"ssh -p {self.port} -i {self.dir}/client -o StrictHostKeyChecking=no"
+                    " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def baselines(work, tree, name, sshd):
+    """
+    Full backup (and restore, for restic) with the other tools installed.
+    """
+    out = {}
+    env = dict(os.environ, RESTIC_PASSWORD="bench", BORG_PASSPHRASE="",
+               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+    stamp = f"{name}-{time.time_ns()}"
+    if sshd is not None and shutil.which("rsync"):
+        dest = os.path.join(work, "rsync", stamp)
+        os.makedirs(dest)
+        dropCaches()
+        seconds, _, _ = timed(["rsync", "-a", "-e", sshd.ssh, tree + "/",
+                               f"root@127.0.0.1:{dest}/"])
+        out["rsync_backup"] = seconds
+    if shutil.which("restic"):
+        repo = os.path.join(work, "restic", stamp)
+        subprocess.run(["restic", "init", "-q", "--repo", repo], env=env, check=True,
+                       capture_output=True)
+        dropCaches()
+        out["restic_backup"] = timed(["restic", "backup", "-q", "--repo", repo, tree],
+                                     env=env)[0]
+        dest = os.path.join(work, "restic-restore", stamp)
+        dropCaches()
+        out["restic_restore"] = timed(["restic", "restore", "-q", "--repo", repo, "latest",
+                                       "--target", dest], env=env)[0]
+    if shutil.which("borg"):
+        repo = os.path.join(work, "borg", stamp)
+        os.makedirs(os.path.dirname(repo), exist_ok=True)
+        subprocess.run(["borg", "init", "-e", "none", repo], env=env, check=True,
+                       capture_output=True)
+        dropCaches()
+        out["borg_backup"] = timed(["borg", "create", "--compression", "lz4",
+                                    f"{repo}::full", tree], env=env, cwd=tree)[0]
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trees", default="small,mixed,large")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--work", default="/tmp/backup-proto-bench")
+    parser.add_argument("--compression", default="auto", choices=("auto", "store", "deflate"))
+    parser.add_argument("--no-baselines", action="store_true")
+    args = parser.parse_args()
+    trees = args.trees.split(",")
+    work = os.path.abspath(args.work)
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, f"data-{args.scale}")
+    if not all(os.path.isdir(os.path.join(data, t)) for t in trees):
+        subprocess.run([sys.executable, MAKE_DATASET, "build", data, "--trees", ",".join(trees),
+                        "--scale", str(args.scale)], check=True)
+    if not os.path.exists(os.path.join(work, "certs", "ca.pem")):
+        subprocess.run([os.path.join(BIN, "backup-certs"), "--dir",
+                        os.path.join(work, "certs")], check=True, capture_output=True)
+    ceiling = json.loads(subprocess.run([sys.executable, os.path.join(HERE, "ceiling.py")],
+                                        capture_output=True, text=True, check=True).stdout)
+    sshd = None
+    if not args.no_baselines and shutil.which("rsync") and shutil.which("sshd"):
+        sshd = SSHD(work)
+    run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results = {"run": run, "ceiling_mb_per_s": ceiling["mb_per_s"],
+               "compression": args.compression, "trees": {}}
+    try:
+        for name in trees:
+            tree = os.path.join(data, name)
+            size = treeBytes(tree)
+            server = Server(work, f"{run}-{name}")
+            try:
+                ours = Ours(work, server, args.compression)
+                dropCaches()
+                full = ours.backup(tree)
+                dropCaches()
+                restore = ours.restore(full["snapshot"], os.path.join(work, "restore",
+                                                                      f"{run}-{name}"))
+                generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
+                subprocess.run([sys.executable, MAKE_DATASET, "change", tree, "--generation",
+                                str(generation + 1)], check=True, capture_output=True)
+                open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
+                size2 = treeBytes(tree)
+                dropCaches()
+                second = ours.backup(tree)
+            finally:
+                server.stop()
+            entry = {"bytes": size, "full": full, "restore": restore, "second": second,
+                     "second_bytes": size2}
+            for key, b in (("full", size), ("restore", size), ("second", size2)):
+                entry[key]["mb_per_s"] = round(b / entry[key]["seconds"] / 1e6, 1)
+            if not args.no_baselines:
+                entry["baselines"] = {k: {"seconds": round(v, 2), "mb_per_s": round(size / v / 1e6, 1)}
+                                      for k, v in baselines(work, tree, name, sshd).items()}
+            results["trees"][name] = entry
+            print(f"{name}: done", file=sys.stderr, flush=True)
+    finally:
+        if sshd is not None:
+            sshd.stop()
+    report(results)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"bench-{run}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {path}")
+
+
+def report(results):
+    mib = 2**20
+    print(f"\ntransport ceiling: {results['ceiling_mb_per_s']} MB/s;"
+          f" compression: {results['compression']}")
+    header = (f"{'tree':<7} {'step':<8} {'seconds':>8} {'MB/s':>7} {'client RSS':>11}"
+              f" {'server RSS':>11} {'sent MiB':>9} {'/ceiling':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, entry in results["trees"].items():
+        for step in ("full", "restore", "second"):
+            m = entry[step]
+            sent = f"{m['bytes_sent'] / mib:9.1f}" if "bytes_sent" in m else " " * 9
+            print(f"{name:<7} {step:<8} {m['seconds']:8.2f} {m['mb_per_s']:7.1f}"
+                  f" {m['client_rss'] / mib:10.1f}M {m['server_rss'] / mib:10.1f}M {sent}"
+                  f" {m['mb_per_s'] / results['ceiling_mb_per_s']:9.2f}")
+    print()
+    for name, entry in results["trees"].items():
+        for tool, m in entry.get("baselines", {}).items():
+            ours = entry["restore" if tool.endswith("restore") else "full"]["mb_per_s"]
+            print(f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
+                  f" {ours / m['mb_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
