@@ -112,6 +112,7 @@ def _unpackUpload(zipPath, tree, limits, name, kind):
     index = extractArchive(zipPath, tree, limits)
     if index.root != name or index.kind != kind:
         raise ArchiveError("archive does not hold the declared name and kind")
+    os.unlink(zipPath)  # before the flush: its pages need never reach the disk
     syncTree(tree)
     return index
 

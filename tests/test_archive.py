@@ -137,6 +137,40 @@ class RoundTripTests(SynchronousTestCase):
             self.assertEqual(zf.getinfo("src/zeros.txt").compress_type, zipfile.ZIP_STORED)
 
 
+class FastDeflateTests(SynchronousTestCase):
+    def test_isalStreamsAreStandard(self):
+        """
+        Deflated entries are written by ISA-L and read back by ISA-L, and a
+        stock zipfile (zlib) reads them too.
+        """
+        from isal import isal_zlib
+
+        from backup_proto import archive
+
+        calls = []
+        real = isal_zlib.compressobj, isal_zlib.decompressobj
+        self.patch(archive.isal_zlib, "compressobj",
+                   lambda *a: calls.append("c") or real[0](*a))
+        self.patch(archive.isal_zlib, "decompressobj",
+                   lambda *a: calls.append("d") or real[1](*a))
+        os.makedirs("src")
+        import random
+
+        rng = random.Random(2)
+        text = " ".join(rng.choice(["backup", "zip", "deflate", "isal"]) for _ in range(50000))
+        with open("src/t.txt", "w") as f:
+            f.write(text)
+        makeArchive("src", "d.zip")
+        with zipfile.ZipFile("d.zip") as zf:
+            self.assertEqual(zf.getinfo("src/t.txt").compress_type, zipfile.ZIP_DEFLATED)
+            self.assertEqual(zf.read("src/t.txt").decode(), text)
+        os.mkdir("out")
+        extractArchive("d.zip", "out", Limits())
+        with open("out/src/t.txt") as f:
+            self.assertEqual(f.read(), text)
+        self.assertEqual(calls, ["c", "d"])
+
+
 class RefusalTests(SynchronousTestCase):
     """
     Each crafted archive is refused whole, and nothing is written.
