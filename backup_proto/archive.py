@@ -148,11 +148,14 @@ def _zipInfo(arcname, st):
     return info
 
 
-def _chooseMethod(path, fileObj, size, compression):
+_SAMPLE = 65536
+
+
+def _chooseMethod(path, head, size, compression):
     """
     Pick how to store a file: C{ZIP_STORED} for small files, already
-    compressed formats and data that does not shrink (a sample of the first
-    64 KiB is deflated at level 1), or expands so much that the server's
+    compressed formats and data that does not shrink (C{head}, its first
+    64 KiB, is deflated as a sample), or expands so much that the server's
     ratio limit would refuse it; C{ZIP_DEFLATED} otherwise.
     """
     if compression == "store" or size < 512:
@@ -161,31 +164,29 @@ def _chooseMethod(path, fileObj, size, compression):
         return zipfile.ZIP_DEFLATED
     if os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES:
         return zipfile.ZIP_STORED
-    sample = fileObj.read(65536)
-    fileObj.seek(0)
-    packed = len(isal_zlib.compress(sample, DEFLATE_LEVEL))
-    if packed > len(sample) * 0.9 or packed * 50 < len(sample):
+    packed = len(isal_zlib.compress(head, DEFLATE_LEVEL))
+    if packed > len(head) * 0.9 or packed * 50 < len(head):
         return zipfile.ZIP_STORED
     return zipfile.ZIP_DEFLATED
 
 
 def _addFile(zf, path, arcname, st, compression, progress):
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as src:
+        head = src.read(_SAMPLE)
         info = _zipInfo(arcname, st)
-        info.compress_type = _chooseMethod(path, src, st.st_size, compression)
+        info.compress_type = _chooseMethod(path, head, st.st_size, compression)
         info.file_size = st.st_size
         total = 0
         with zf.open(info, "w", force_zip64=st.st_size > (1 << 30)) as dst:
             _useFastDeflate(dst, info)
-            while True:
-                block = src.read(COPY_BLOCK)
-                if not block:
-                    break
+            block = head
+            while block:
                 dst.write(block)
                 total += len(block)
                 if progress is not None:
                     progress(len(block))
+                block = src.read(COPY_BLOCK)
     return total
 
 

@@ -12,6 +12,8 @@ The benchmark suite (run by hand; not part of the test suite):
    installed ``backup-client``: a full backup, a restore, and a second
    backup after ``make_dataset.py change``: wall time, MB/s (tree bytes /
    wall time), client and server peak RSS, bytes sent (the zip).
+   Before every measurement dirty pages are flushed and the tree is read
+   once, so every tool starts from the same warm page cache.
 3. Where rsync (over ssh, to a private sshd on loopback), restic and borg
    are installed, runs them on the same trees in the same run.
 4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
@@ -67,12 +69,22 @@ def timed(argv, env=None, cwd=None):
     return seconds, rss, result.stdout
 
 
-def dropCaches():
+def settle(tree=None):
     """
-    Write dirty pages back so that one measurement's writeback does not land
-    in the next one's time.
+    Before each measurement: write dirty pages back, so that one
+    measurement's writeback does not land in the next one's time, and read
+    C{tree} once, so that every tool starts from the same warm page cache
+    (the first tool would otherwise pay for cold reads alone).
     """
     os.sync()
+    if tree is not None:
+        for root, dirs, files in os.walk(tree):
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        while f.read(1 << 20):
+                            pass
 
 
 class Server:
@@ -177,7 +189,7 @@ def baselines(work, tree, name, sshd):
     if sshd is not None and shutil.which("rsync"):
         dest = os.path.join(work, "rsync", stamp)
         os.makedirs(dest)
-        dropCaches()
+        settle(tree)
         seconds, _, _ = timed(["rsync", "-a", "-e", sshd.ssh, tree + "/",
                                f"root@127.0.0.1:{dest}/"])
         out["rsync_backup"] = seconds
@@ -185,11 +197,11 @@ def baselines(work, tree, name, sshd):
         repo = os.path.join(work, "restic", stamp)
         subprocess.run(["restic", "init", "-q", "--repo", repo], env=env, check=True,
                        capture_output=True)
-        dropCaches()
+        settle(tree)
         out["restic_backup"] = timed(["restic", "backup", "-q", "--repo", repo, tree],
                                      env=env)[0]
         dest = os.path.join(work, "restic-restore", stamp)
-        dropCaches()
+        settle()
         out["restic_restore"] = timed(["restic", "restore", "-q", "--repo", repo, "latest",
                                        "--target", dest], env=env)[0]
     if shutil.which("borg"):
@@ -197,7 +209,7 @@ def baselines(work, tree, name, sshd):
         os.makedirs(os.path.dirname(repo), exist_ok=True)
         subprocess.run(["borg", "init", "-e", "none", repo], env=env, check=True,
                        capture_output=True)
-        dropCaches()
+        settle(tree)
         out["borg_backup"] = timed(["borg", "create", "--compression", "lz4",
                                     f"{repo}::full", tree], env=env, cwd=tree)[0]
     return out
@@ -236,9 +248,9 @@ def main():
             server = Server(work, f"{run}-{name}")
             try:
                 ours = Ours(work, server, args.compression)
-                dropCaches()
+                settle(tree)
                 full = ours.backup(tree)
-                dropCaches()
+                settle()
                 restore = ours.restore(full["snapshot"], os.path.join(work, "restore",
                                                                       f"{run}-{name}"))
                 generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
@@ -246,7 +258,7 @@ def main():
                                 str(generation + 1)], check=True, capture_output=True)
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
-                dropCaches()
+                settle(tree)
                 second = ours.backup(tree)
             finally:
                 server.stop()
