@@ -506,31 +506,44 @@ def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True):
     try:
         with zipfile.ZipFile(zipPath) as zf:
             index = checkArchive(zf, limits)
-            made = set()
-            links = []
-            budget = limits.maxUnpacked
-            for entry in index.entries:
-                if entry.kind == "dir":
-                    _makeDirs(dest, entry.parts, made)
-                elif entry.kind == "file":
-                    parent = _makeDirs(dest, entry.parts[:-1], made)
-                    path = os.path.join(parent, entry.parts[-1])
-                    budget -= _writeFile(zf, entry, path, budget, progress)
-                else:
-                    links.append(entry)
-            for entry in links:
+            extractChecked(zf, index, dest, limits, progress, applyDirs)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
+            NotImplementedError, OverflowError) as e:
+        raise ArchiveError(f"archive is corrupt ({e})") from None
+    return index
+
+
+def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True):
+    """
+    Unpack an archive already checked by L{checkArchive}, from the same open
+    C{zf} (validating one object and extracting another is how parser
+    differentials slip through: SECURITY.md T5).  See L{extractArchive}.
+    """
+    made = set()
+    links = []
+    budget = limits.maxUnpacked
+    try:
+        for entry in index.entries:
+            if entry.kind == "dir":
+                _makeDirs(dest, entry.parts, made)
+            elif entry.kind == "file":
                 parent = _makeDirs(dest, entry.parts[:-1], made)
                 path = os.path.join(parent, entry.parts[-1])
-                os.symlink(entry.target, path)
-                os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
-            if applyDirs:
-                applyDirAttributes(dest, index)
+                budget -= _writeFile(zf, entry, path, budget, progress)
+            else:
+                links.append(entry)
+        for entry in links:
+            parent = _makeDirs(dest, entry.parts[:-1], made)
+            path = os.path.join(parent, entry.parts[-1])
+            os.symlink(entry.target, path)
+            os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
     except FileExistsError:
         raise ArchiveError("archive has two entries for one path") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
             NotImplementedError, OverflowError) as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None
-    return index
+    if applyDirs:
+        applyDirAttributes(dest, index)
 
 
 def applyDirAttributes(dest, index):

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 
 from backup_proto.archive import (
-    ArchiveError, applyDirAttributes, checkArchive, extractArchive,
+    ArchiveError, applyDirAttributes, checkArchive, extractChecked,
 )
 
 
@@ -88,17 +88,17 @@ def placeRestore(zipPath, dest, name, kind, limits, overwrite=False, progress=No
     try:
         with zipfile.ZipFile(zipPath) as zf:
             index = checkArchive(zf, limits)
+            if index.root != name or index.kind != kind:
+                raise ArchiveError("archive does not hold the snapshot the server announced")
+            os.makedirs(dest, exist_ok=True)
+            findConflicts(index, dest, overwrite)
+            staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+            try:
+                extractChecked(zf, index, staging, limits, progress=progress, applyDirs=False)
+                _merge(os.path.join(staging, index.root), os.path.join(dest, index.root))
+                applyDirAttributes(dest, index)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except (zipfile.BadZipFile, ValueError, EOFError) as e:
         raise ArchiveError(f"not a valid zip archive ({e})") from None
-    if index.root != name or index.kind != kind:
-        raise ArchiveError("archive does not hold the snapshot the server announced")
-    os.makedirs(dest, exist_ok=True)
-    findConflicts(index, dest, overwrite)
-    staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
-    try:
-        extractArchive(zipPath, staging, limits, progress=progress, applyDirs=False)
-        _merge(os.path.join(staging, index.root), os.path.join(dest, index.root))
-        applyDirAttributes(dest, index)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return index
