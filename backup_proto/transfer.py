@@ -305,7 +305,7 @@ class ChunkReceiver:
         if self._writing or not self._queue or self._aborted:
             return
         batch, self._queue = self._queue, []
-        size, self._queued = self._queued, 0
+        self._queued = 0
         self._writing = True
         d = self._runIO(_writeBatch, self._file, self.path, batch)
         d.addCallbacks(self._written, self._writeFailed)

@@ -23,7 +23,6 @@ benchmarks/results/bench-<UTC time>.json.
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil

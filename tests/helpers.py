@@ -7,7 +7,7 @@ import functools
 import os
 import stat
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import (
     Certificate, PrivateCertificate, TLSVersion, optionsForClientTLS,
@@ -26,6 +26,33 @@ from backup_proto.storage import SnapshotStore
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
+
+
+class ManualRunner:
+    """
+    A thread-pool stand-in whose jobs run only when the test says so: to
+    interleave operations, or to hold I/O back.
+    """
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, f, *args):
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def runRound(self):
+        """
+        Run the jobs queued now (not those they queue in turn).
+        """
+        jobs, self.jobs = self.jobs, []
+        for d, f, args in jobs:
+            d.callback(f(*args))
+
+    def runAll(self):
+        while self.jobs:
+            self.runRound()
 
 
 def runNow(f, *args, **kwargs):

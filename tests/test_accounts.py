@@ -5,7 +5,6 @@ Tests for L{backup_proto.accounts} and its SQLite storage.
 import os
 import sqlite3
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.accounts import (
@@ -13,27 +12,7 @@ from backup_proto.accounts import (
 )
 from backup_proto.database import Database
 from backup_proto.errors import Code, ProtocolError
-from tests.helpers import runNow
-
-
-class ManualRunner:
-    """
-    A thread-pool stand-in whose jobs run only when the test says so, to
-    interleave two operations.
-    """
-
-    def __init__(self):
-        self.jobs = []
-
-    def __call__(self, f, *args):
-        d = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def runAll(self):
-        while self.jobs:
-            d, f, args = self.jobs.pop(0)
-            d.callback(f(*args))
+from tests.helpers import ManualRunner, runNow
 
 
 class NameTests(SynchronousTestCase):

@@ -10,7 +10,6 @@ a restore meanwhile.
 
 import os
 import stat
-import struct
 import zipfile
 
 from twisted.internet.address import IPv4Address
@@ -19,10 +18,9 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from backup_proto import crypto
 from backup_proto.archive import Limits, makeArchive
 from backup_proto.errors import Code
-from backup_proto.framing import MAX_FRAME, Msg, encodeData
+from backup_proto.framing import Msg
 from backup_client.restoring import placeRestore
 from tests.helpers import (
     clientKey, connectInMemory, flush, makeFactory, serverTLSOptions, treeSignature,

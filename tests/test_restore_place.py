@@ -6,7 +6,6 @@ asked.
 
 import os
 import stat
-import zipfile
 
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -156,7 +156,6 @@ class StateMachineTests(SynchronousTestCase):
         """
         A weak key is refused and the connection closed.
         """
-        from cryptography.hazmat.primitives.asymmetric import rsa
         from tests.test_crypto import _fakeRSA, _pem
 
         wire = Wire(self.factory)

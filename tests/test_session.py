@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.archive import Limits, makeArchive
 from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import Msg, decodeFrame
+from backup_proto.framing import Msg
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.helpers import (
@@ -125,8 +125,8 @@ class SessionTests(SynchronousTestCase):
         client, server = self.keyed()
         src, zipPath = self.zipTree()
         corrupt = corruptFirstData(client, attempts=99)
-        f = self.failureResultOf(self.settle(client.backup(zipPath, "src", "dir")),
-                                 VerificationFailed)
+        self.failureResultOf(self.settle(client.backup(zipPath, "src", "dir")),
+                             VerificationFailed)
         self.assertEqual(corrupt.count, 4)
         client.transport.loseConnection()
         flush(self.pump, self.clock)

@@ -142,11 +142,9 @@ class ServiceTests(SynchronousTestCase):
         """
         self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
         from backup_proto.database import Database
-        from backup_proto.storage import SnapshotStore
         from tests.helpers import runNow
 
         db = Database(os.path.abspath("data/user.db"), runNow)
-        store = SnapshotStore("data", db)
         db.runSync(lambda c: c.execute(
             "INSERT INTO users VALUES ('alice', x'00', x'00', 1, 'now')"))
         os.makedirs("data/users/alice/.staging/tmp1/tree")

@@ -12,8 +12,7 @@ from backup_proto.database import Database
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_proto.throttle import LoginThrottle
-from tests.helpers import makeFactory, runNow
-from tests.test_accounts import ManualRunner
+from tests.helpers import ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 
 

@@ -5,7 +5,6 @@ protocol: what is stored, what is refused, and backpressure.
 
 import os
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,7 +15,7 @@ from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
 from backup_proto.transfer import ChunkSender
-from tests.helpers import makeFactory, runNow
+from tests.helpers import ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 
 
@@ -265,18 +264,8 @@ class RestoreWireTests(SynchronousTestCase):
         transport is paused (a client that stops reading) nothing more is
         written and no more is read from disk than one batch ahead.
         """
-        queued = []
-
-        def manualIO(f, *args):
-            d = Deferred()
-            queued.append((d, f, args))
-            return d
-
-        def runRound():
-            for job in queued[:]:
-                queued.remove(job)
-                d, f, args = job
-                d.callback(f(*args))
+        manualIO = ManualRunner()
+        runRound = manualIO.runRound
 
         self.factory.runIO = manualIO
         self.wire.sendControl(Msg.RESTORE)
@@ -314,7 +303,7 @@ class RestoreWireTests(SynchronousTestCase):
         for _ in range(5):
             runRound()
         self.assertEqual(self.wire.received(), [])
-        self.assertLessEqual(len(queued), 1)
+        self.assertLessEqual(len(manualIO.jobs), 1)
         producer.resumeProducing()
         for _ in range(20):
             runRound()
@@ -334,17 +323,8 @@ class SenderBackpressureTests(SynchronousTestCase):
             f.write(data)
         ciphers = crypto.SessionCiphers(b"k" * 32)
         transport = StringTransport()
-        reads = []
-
-        def deferredIO(f, *args):
-            d = Deferred()
-            reads.append((d, f, args))
-            return d
-
-        def runReads():
-            for d, f, args in reads[:]:
-                reads.remove((d, f, args))
-                d.callback(f(*args))
+        deferredIO = ManualRunner()
+        runReads = deferredIO.runRound
 
         sent = []
         sender = ChunkSender("big", len(data), ciphers.upload, 1,
