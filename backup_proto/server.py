@@ -134,6 +134,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
     @ivar _upload: the L{_Upload} under way, if any.
     @ivar _download: the L{_Download} under way, if any.
     @ivar _jobs: thread jobs under way; staging is cleaned after them.
+    @ivar _transportPaused: whether we paused the transport because the
+        disk fell behind.
     """
 
     MAX_LENGTH = MAX_FRAME
@@ -152,6 +154,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._upload = None
         self._download = None
         self._jobs = 0
+        self._transportPaused = False
         self._loginDeadline = None
         self._connected = False
         self._handlers = {
@@ -262,7 +265,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         def done(result):
             self._jobs -= 1
-            if not self._connected:
+            if not self._connected or self.state is State.CLOSED:
                 self._cleanupIfIdle()
                 return None
             self.setTimeout(self.factory.idleTimeout)
@@ -274,7 +277,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         def failed(failure):
             self._jobs -= 1
-            if not self._connected:
+            if not self._connected or self.state is State.CLOSED:
                 self._cleanupIfIdle()
                 return None
             error = failure.value
@@ -296,6 +299,9 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def _resumeInput(self):
         if self._connected and self.state is not State.CLOSED and self.state is not State.BUSY:
+            if self._transportPaused:
+                self._transportPaused = False
+                self.transport.resumeProducing()
             self.paused = False
             self.dataReceived(b"")
 
@@ -444,12 +450,17 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._resume(State.RECEIVING)
 
     def _pauseForDisk(self):
+        """
+        The disk fell behind: stop parsing frames and stop reading the
+        socket (L{_resumeInput} undoes both, whatever state comes next).
+        """
         self.paused = True
-        self.transport.pauseProducing()
+        if not self._transportPaused:
+            self._transportPaused = True
+            self.transport.pauseProducing()
 
     def _resumeForDisk(self):
         if self._connected and self.state is State.RECEIVING:
-            self.transport.resumeProducing()
             self.callLater(0, self._resumeInput)
 
     def _data(self, body):

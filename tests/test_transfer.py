@@ -73,6 +73,34 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual([s["id"] for s in self.snapshots()], [snap["id"]])
         self.assertIs(self.wire.proto.state, State.KEYED)
 
+    def test_diskBackpressure(self):
+        """
+        When writes fall behind, the server stops reading the socket; it
+        reads again once they drain, even if the upload ended meanwhile, so
+        the COMMIT that follows is processed.
+        """
+        from backup_proto.transfer import ChunkReceiver
+
+        self.patch(ChunkReceiver, "highWater", crypto.CHUNK_SIZE)
+        io = ManualRunner()
+        self.factory.runIO = io
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        io.runRound()  # the staging folder
+        transfer = self.wire.last()[1]["transfer"]
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
+        self.assertEqual(self.wire.transport.producerState, "paused")
+        frames = []
+        for _ in range(50):
+            io.runAll()
+            self.factory.clock.advance(0)
+            frames += self.wire.received()
+        kind, ck = frames[-1]
+        self.assertIs(kind, Msg.CKSUM)
+        self.assertEqual(self.wire.transport.producerState, "producing")
+        self.factory.runIO = runNow
+        self.wire.sendControl(Msg.COMMIT, crc=ck["crc"])
+        self.assertIs(self.wire.last()[0], Msg.DONE)
+
     def test_outOfOrder(self):
         """
         Chunks sent out of order fail authentication; the server reports
