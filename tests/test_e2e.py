@@ -285,6 +285,51 @@ class BackupRestoreTests(EndToEndCase):
         stored = os.path.join(self.server.dataDir, "users", "alice", snapshotId, "tree")
         self.assertEqual(os.listdir(stored), ["file"])
 
+    def test_progressOnTerminal(self):
+        """
+        On a terminal the client draws progress bars (bytes, rate) for
+        zipping and sending; --quiet draws none.
+        """
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.ok("register")
+        with open("blob", "wb") as f:
+            f.write(os.urandom(4 << 20))
+
+        def stderrOnTerminal(*args):
+            master, slave = pty.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+            env = dict(os.environ, BACKUP_SERVER=f"localhost:{self.server.port}",
+                       BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+                       BACKUP_USER="alice", BACKUP_PASSWORD="pw",
+                       BACKUP_CONFIG_DIR=os.path.join(self.base, "config"), COLUMNS="100")
+            proc = subprocess.Popen([command("backup-client"), *args], env=env,
+                                    stdout=subprocess.PIPE, stderr=slave,
+                                    stdin=subprocess.DEVNULL)
+            os.close(slave)
+            chunks = []
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            proc.wait(60)
+            os.close(master)
+            self.assertEqual(proc.returncode, 0)
+            return b"".join(chunks).decode("utf-8", "replace")
+
+        shown = stderrOnTerminal("backup", "blob")
+        self.assertIn("zip blob", shown)
+        self.assertIn("send blob", shown)
+        self.assertIn("B/s", shown)
+        self.assertEqual(stderrOnTerminal("--quiet", "backup", "blob"), "")
+
     def test_missingPath(self):
         """
         Backing up a path that does not exist is a usage error.
