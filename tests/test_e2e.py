@@ -285,6 +285,35 @@ class BackupRestoreTests(EndToEndCase):
         stored = os.path.join(self.server.dataDir, "users", "alice", snapshotId, "tree")
         self.assertEqual(os.listdir(stored), ["file"])
 
+    def test_concurrentBackupsSameUser(self):
+        """
+        Three backups of one folder by one user at the same time each get
+        their own snapshot (ids in the same second get a suffix), and each
+        holds the whole tree.
+        """
+        self.ok("register")
+        os.makedirs("docs")
+        with open("docs/data", "wb") as f:
+            f.write(os.urandom(3 << 20))
+        env = dict(os.environ, BACKUP_SERVER=f"localhost:{self.server.port}",
+                   BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"), BACKUP_USER="alice",
+                   BACKUP_PASSWORD="pw", BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
+                   TMPDIR=self.tmp)
+        procs = [subprocess.Popen([command("backup-client"), "backup", "docs"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL) for _ in range(3)]
+        ids = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err)
+            ids.append(out.strip().splitlines()[-1])
+        self.assertEqual(len(set(ids)), 3)
+        listed = json.loads(self.ok("list", "--json").stdout)
+        self.assertEqual(sorted(s["id"] for s in listed), sorted(ids))
+        for snapshotId in ids:
+            stored = os.path.join(self.server.dataDir, "users", "alice", snapshotId, "docs")
+            self.assertEqual(treeSignature(stored), treeSignature("docs"))
+
     def test_progressOnTerminal(self):
         """
         On a terminal the client draws progress bars (bytes, rate) for
