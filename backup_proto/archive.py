@@ -151,23 +151,50 @@ def _zipInfo(arcname, st):
 _SAMPLE = 65536
 
 
+def _rawDeflate(data):
+    compressor = isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+class _Precompressed:
+    """
+    A stand-in compressor for a zipfile entry whose whole content was
+    already deflated as the sample: it hands over that stream instead of
+    compressing the file a second time (zipfile still computes the CRC and
+    sizes from the bytes written).
+    """
+
+    def __init__(self, packed):
+        self._packed = packed
+
+    def compress(self, data):
+        return b""
+
+    def flush(self):
+        packed, self._packed = self._packed, b""
+        return packed
+
+
 def _chooseMethod(path, head, size, compression):
     """
     Pick how to store a file: C{ZIP_STORED} for small files, already
     compressed formats and data that does not shrink (C{head}, its first
     64 KiB, is deflated as a sample), or expands so much that the server's
     ratio limit would refuse it; C{ZIP_DEFLATED} otherwise.
+
+    @return: C{(method, packed)}: C{packed} is the raw deflate stream of the
+        whole file when the sample was the whole file, else C{None}.
     """
     if compression == "store" or size < 512:
-        return zipfile.ZIP_STORED
+        return zipfile.ZIP_STORED, None
     if compression == "deflate":
-        return zipfile.ZIP_DEFLATED
+        return zipfile.ZIP_DEFLATED, None
     if os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES:
-        return zipfile.ZIP_STORED
-    packed = len(isal_zlib.compress(head, DEFLATE_LEVEL))
-    if packed > len(head) * 0.9 or packed * 50 < len(head):
-        return zipfile.ZIP_STORED
-    return zipfile.ZIP_DEFLATED
+        return zipfile.ZIP_STORED, None
+    packed = _rawDeflate(head)
+    if len(packed) > len(head) * 0.9 or len(packed) * 50 < len(head):
+        return zipfile.ZIP_STORED, None
+    return zipfile.ZIP_DEFLATED, (packed if len(head) == size else None)
 
 
 def _addFile(zf, path, arcname, st, compression, progress):
@@ -175,11 +202,11 @@ def _addFile(zf, path, arcname, st, compression, progress):
     with os.fdopen(fd, "rb") as src:
         head = src.read(_SAMPLE)
         info = _zipInfo(arcname, st)
-        info.compress_type = _chooseMethod(path, head, st.st_size, compression)
+        info.compress_type, packed = _chooseMethod(path, head, st.st_size, compression)
         info.file_size = st.st_size
         total = 0
         with zf.open(info, "w", force_zip64=st.st_size > (1 << 30)) as dst:
-            _useFastDeflate(dst, info)
+            _useFastDeflate(dst, info, packed)
             block = head
             while block:
                 dst.write(block)
@@ -190,17 +217,23 @@ def _addFile(zf, path, arcname, st, compression, progress):
     return total
 
 
-def _useFastDeflate(stream, info):
+def _useFastDeflate(stream, info, packed=None):
     """
     Make a zipfile entry stream use ISA-L for deflate/inflate.  zipfile has
     no hook for this; its streams keep the codec in C{_compressor} /
     C{_decompressor} (CPython 3.8 to 3.14), and the format on disk is the
     same raw deflate.  Where the attribute is missing, zlib stays.
+
+    @param packed: for a writer, the whole entry already deflated (see
+        L{_Precompressed}), or C{None}.
     """
     if info.compress_type != zipfile.ZIP_DEFLATED:
         return
     if getattr(stream, "_compressor", None) is not None:
-        stream._compressor = isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+        if packed is not None:
+            stream._compressor = _Precompressed(packed)
+        else:
+            stream._compressor = isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
     elif getattr(stream, "_decompressor", None) is not None and stream.tell() == 0:
         stream._decompressor = isal_zlib.decompressobj(-15)
 

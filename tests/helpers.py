@@ -171,6 +171,12 @@ def makeTrickyTree(root):
         f.write(os.urandom(3 * 1024 * 1024 + 17))
     with open(os.path.join(root, "text.log"), "w") as f:
         f.write("a fairly compressible line of log text\n" * 20000)
+    import random
+
+    rng = random.Random(7)
+    with open(os.path.join(root, "notes.txt"), "w") as f:  # small, deflated in one go
+        f.write(" ".join(rng.choice(["backup", "restore", "zip", "twisted", "tls", "snapshot"])
+                         for _ in range(1500)))
     os.symlink("héllo wörld ✓.txt", os.path.join(root, "link to hello"))
     os.symlink("../outside/target", os.path.join(root, "dangling"))
     os.utime(os.path.join(root, "empty"), (1_600_000_000, 1_600_000_000))

@@ -194,7 +194,7 @@ class BackupRestoreTests(EndToEndCase):
         listed = json.loads(self.ok("list", "--json").stdout)
         self.assertEqual([s["id"] for s in listed], [snapshotId])
         self.assertEqual(listed[0]["source"], "photos")
-        self.assertEqual(listed[0]["files"], 6)
+        self.assertEqual(listed[0]["files"], 7)
         self.assertTrue(listed[0]["created"].endswith("Z"))
         restored = json.loads(self.ok("restore", "out", "--json").stdout)
         self.assertEqual(restored["snapshot"], snapshotId)
