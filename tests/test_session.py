@@ -68,6 +68,27 @@ class SessionTests(SynchronousTestCase):
         staging = os.path.join(self.data, "users", "alice", ".staging")
         self.assertEqual(os.listdir(staging), [])
 
+    def test_listPages(self):
+        """
+        Sixty snapshots come back in pages of 25, oldest first, and the
+        client joins the pages.
+        """
+        client, server = self.keyed()
+
+        def add(conn):
+            for i in range(60):
+                conn.execute(
+                    "INSERT INTO snapshots VALUES ('alice', ?, 'src', 'dir', ?, 1, 2, 3)",
+                    (f"src-{i:03d}", f"2026-01-01T00:00:{i:02d}Z"))
+
+        self.factory.store.db.runSync(add)
+        pages = []
+        original = client._deliver
+        client._deliver = lambda kind, body: (pages.append(kind), original(kind, body))
+        listed = self.successResultOf(self.settle(client.listSnapshots()))
+        self.assertEqual([s["id"] for s in listed], [f"src-{i:03d}" for i in range(60)])
+        self.assertEqual(len(pages), 3)
+
     def test_sessionKeysDiffer(self):
         """
         Each connection gets a new session key.
