@@ -15,6 +15,7 @@ from twisted.internet.ssl import (
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto import crypto
 from backup_proto.accounts import AccountStore
@@ -26,6 +27,21 @@ from backup_proto.storage import SnapshotStore
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
+
+
+class TestCase(SynchronousTestCase):
+    """
+    A trial test case that runs in a folder of its own, under trial (whose
+    cwd is one shared C{_trial_temp}) as under pytest.
+    """
+
+    def setUp(self):
+        super().setUp()
+        here = os.getcwd()
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        os.chdir(path)
+        self.addCleanup(os.chdir, here)
 
 
 class ManualRunner:

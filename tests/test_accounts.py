@@ -5,17 +5,16 @@ Tests for L{backup_proto.accounts} and its SQLite storage.
 import os
 import sqlite3
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.accounts import (
     AUTH_FAILED_TEXT, AccountStore, SALT_SIZE, checkPassword, checkUsername, deriveKey,
 )
 from backup_proto.database import Database
 from backup_proto.errors import Code, ProtocolError
-from tests.helpers import ManualRunner, runNow
+from tests.helpers import TestCase, ManualRunner, runNow
 
 
-class NameTests(SynchronousTestCase):
+class NameTests(TestCase):
     def test_good(self):
         """
         Lowercase letters, digits, '.', '_' and '-' are fine, 1 to 32 long.
@@ -45,8 +44,9 @@ class NameTests(SynchronousTestCase):
             self.assertEqual(e.code, Code.BAD_PASSWORD)
 
 
-class StoreTests(SynchronousTestCase):
+class StoreTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.path = os.path.abspath("user.db")
         self.db = Database(self.path, runNow)
         self.store = AccountStore(self.db, runNow, iterations=1234)

@@ -6,12 +6,11 @@ import os
 import stat
 import zipfile
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.archive import (
     ArchiveError, Limits, checkArchiveFile, extractArchive, makeArchive,
 )
-from tests.helpers import makeTrickyTree, treeSignature
+from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
 
 def craft(path, entries):
@@ -36,7 +35,7 @@ D = stat.S_IFDIR | 0o755
 L = stat.S_IFLNK | 0o777
 
 
-class RoundTripTests(SynchronousTestCase):
+class RoundTripTests(TestCase):
     def test_tree(self):
         """
         Bytes, empty files and folders, modes, mtimes (to the second), and
@@ -142,7 +141,7 @@ class RoundTripTests(SynchronousTestCase):
             self.assertEqual(zf.getinfo("src/zeros.txt").compress_type, zipfile.ZIP_STORED)
 
 
-class FastDeflateTests(SynchronousTestCase):
+class FastDeflateTests(TestCase):
     def test_isalStreamsAreStandard(self):
         """
         Deflated entries are written by ISA-L and read back by ISA-L, and a
@@ -176,7 +175,7 @@ class FastDeflateTests(SynchronousTestCase):
         self.assertEqual(calls, ["c", "c", "d"])  # sample, entry, reading
 
 
-class RefusalTests(SynchronousTestCase):
+class RefusalTests(TestCase):
     """
     Each crafted archive is refused whole, and nothing is written.
     """

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 import zlib
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.cksum import Cksum, cksumBytes, cksumFile
+from tests.helpers import TestCase
 
 
-class FixedVectorTests(SynchronousTestCase):
+class FixedVectorTests(TestCase):
     """
     Vectors checked against coreutils C{cksum}.
     """
@@ -60,12 +60,13 @@ class FixedVectorTests(SynchronousTestCase):
         self.assertEqual(c.value(), 930766865)
 
 
-class CoreutilsTests(SynchronousTestCase):
+class CoreutilsTests(TestCase):
     """
     Random files of several sizes against the C{cksum} binary.
     """
 
     def setUp(self):
+        super().setUp()
         if shutil.which("cksum") is None:
             self.skipTest("coreutils cksum is not installed")
 

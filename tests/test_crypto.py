@@ -4,11 +4,10 @@ Tests for L{backup_proto.crypto}: key vetting, key wrap, chunk sealing.
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto import crypto
 from backup_proto.errors import Code, ProtocolError
-from tests.helpers import clientKey
+from tests.helpers import TestCase, clientKey
 
 
 def _pem(publicKey):
@@ -26,7 +25,7 @@ def _fakeRSA(bits, e=65537):
     return rsa.RSAPublicNumbers(e, n).public_key()
 
 
-class KeyVettingTests(SynchronousTestCase):
+class KeyVettingTests(TestCase):
     def refused(self, pem):
         e = self.assertRaises(ProtocolError, crypto.loadClientPublicKey, pem)
         self.assertEqual(e.code, Code.BAD_KEY)
@@ -68,7 +67,7 @@ class KeyVettingTests(SynchronousTestCase):
         self.refused(b"-----BEGIN PUBLIC KEY-----\n" + b"A" * 20000)
 
 
-class WrapTests(SynchronousTestCase):
+class WrapTests(TestCase):
     def test_roundTrip(self):
         """
         A wrapped secret unwraps with the private key.
@@ -94,8 +93,9 @@ class WrapTests(SynchronousTestCase):
         self.assertEqual(e.code, Code.BAD_KEY)
 
 
-class ChunkTests(SynchronousTestCase):
+class ChunkTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.ciphers = crypto.SessionCiphers(b"s" * 32)
 
     def test_roundTrip(self):

@@ -14,14 +14,15 @@ import json
 import os
 import subprocess
 
-from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import TestCase
 from tests.test_crash import waitFor
 from tests.test_e2e import EndToEndCase, ServerProcess
 
 
 class SmallDiskCase(EndToEndCase):
     def setUp(self):
+        TestCase.setUp(self)  # not EndToEndCase's: the server starts on the tmpfs below
         self.base = os.path.abspath("e2e")
         self.disk = os.path.join(self.base, "data")
         os.makedirs(self.disk)
@@ -77,7 +78,7 @@ class SmallDiskCase(EndToEndCase):
         self.assertRecovered()
 
 
-class UnpackFullTests(SynchronousTestCase):
+class UnpackFullTests(TestCase):
     def test_unpackENOSPC(self):
         """
         ENOSPC while unpacking (simulated) is reported as storage-full and

@@ -11,9 +11,8 @@ import subprocess
 import sys
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import makeTrickyTree, treeSignature
+from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
 BIN = os.path.dirname(sys.executable)
 
@@ -79,10 +78,11 @@ class ServerProcess:
             self.process.wait(30)
 
 
-class EndToEndCase(SynchronousTestCase):
+class EndToEndCase(TestCase):
     serverArgs = ()
 
     def setUp(self):
+        super().setUp()
         self.base = os.path.abspath("e2e")
         os.makedirs(self.base)
         self.server = ServerProcess(self.base, *self.serverArgs)

@@ -2,15 +2,15 @@
 Tests for L{backup_proto.framing}.
 """
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import (
     MAX_CONTROL, Msg, decodeFrame, encodeControl, encodeData, parseControl,
 )
+from tests.helpers import TestCase
 
 
-class FrameTests(SynchronousTestCase):
+class FrameTests(TestCase):
     def test_roundTrip(self):
         """
         A control message decodes to its type and JSON body.
@@ -51,7 +51,7 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(e.code, Code.BAD_FRAME)
 
 
-class ParseControlTests(SynchronousTestCase):
+class ParseControlTests(TestCase):
     def check(self, body, **schema):
         return self.assertRaises(ProtocolError, parseControl, Msg.LOGIN, body, **schema)
 

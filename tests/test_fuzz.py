@@ -11,12 +11,11 @@ import tempfile
 import zipfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.archive import ArchiveError, Limits, checkArchive, extractArchive
 from backup_proto.errors import ProtocolError
 from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, parseControl
-from tests.helpers import makeFactory
+from tests.helpers import TestCase, makeFactory
 from tests.wire import Wire
 
 FUZZ = settings(max_examples=150, deadline=None,
@@ -32,7 +31,7 @@ def factory():
     return _factory
 
 
-class FrameFuzzTests(SynchronousTestCase):
+class FrameFuzzTests(TestCase):
     @FUZZ
     @given(st.lists(st.binary(max_size=3000), max_size=8))
     def test_serverSurvivesAnyBytes(self, pieces):
@@ -70,7 +69,7 @@ json_values = st.recursive(
 )
 
 
-class MessageFuzzTests(SynchronousTestCase):
+class MessageFuzzTests(TestCase):
     @FUZZ
     @given(st.one_of(st.binary(max_size=500),
                      json_values.map(lambda v: __import__("json").dumps(v).encode())))
@@ -99,7 +98,7 @@ modes = st.sampled_from([0, stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_I
 entries = st.lists(st.tuples(names, st.binary(max_size=64), modes), min_size=1, max_size=8)
 
 
-class ArchiveFuzzTests(SynchronousTestCase):
+class ArchiveFuzzTests(TestCase):
     @FUZZ
     @given(entries)
     def test_validatorAndExtractor(self, items):

@@ -16,13 +16,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.archive import Limits, makeArchive
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_client.restoring import placeRestore
 from tests.helpers import (
+    TestCase,
     clientKey, connectInMemory, flush, makeFactory, serverTLSOptions, treeSignature,
 )
 from tests.test_archive import D, F, L, craft
@@ -30,8 +30,9 @@ from tests.test_crypto import _fakeRSA, _pem
 from tests.wire import Wire, control, frame
 
 
-class HostileCase(SynchronousTestCase):
+class HostileCase(TestCase):
     def setUp(self):
+        super().setUp()
         self.data = os.path.abspath("data")
         self.factory = makeFactory(self.data, limits=Limits(maxEntries=1000,
                                                             maxUnpacked=50 << 20,

@@ -12,12 +12,12 @@ import zipfile
 
 from twisted.plugin import getPlugins
 from twisted.application.service import IServiceMaker
-from twisted.trial.unittest import SynchronousTestCase
+from tests.helpers import TestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class PackagingTests(SynchronousTestCase):
+class PackagingTests(TestCase):
     def test_pluginVisibleHere(self):
         """
         In this environment twistd finds the plugin.

@@ -7,21 +7,21 @@ asked.
 import os
 import stat
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto import server as serverModule
 from backup_proto.archive import ArchiveError, Limits, makeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
-from tests.helpers import clientKey, connectInMemory, flush, makeFactory
+from tests.helpers import TestCase, clientKey, connectInMemory, flush, makeFactory
 from tests.test_archive import D, F, L, craft
 
 
-class MaliciousServerTests(SynchronousTestCase):
+class MaliciousServerTests(TestCase):
     """
     The real server, patched to send crafted zips, and the real client.
     """
 
     def setUp(self):
+        super().setUp()
         self.factory = makeFactory(os.path.abspath("data"))
         os.makedirs("src")
         with open("src/a", "w") as f:
@@ -98,8 +98,9 @@ class MaliciousServerTests(SynchronousTestCase):
         self.restoreCrafted([("other/", b"", D), ("other/a", b"1", F)])
 
 
-class PlacementTests(SynchronousTestCase):
+class PlacementTests(TestCase):
     def setUp(self):
+        super().setUp()
         os.makedirs("src/sub")
         with open("src/a", "w") as f:
             f.write("new a")

@@ -6,17 +6,17 @@ frame limits and timeouts.
 import os
 import struct
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.errors import Code
 from backup_proto.framing import MAX_FRAME, Msg
 from backup_proto.server import State
-from tests.helpers import makeFactory
+from tests.helpers import TestCase, makeFactory
 from tests.wire import Wire, control, frame
 
 
-class StateMachineTests(SynchronousTestCase):
+class StateMachineTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.factory = makeFactory(os.path.abspath("data"))
 
     def assertRefused(self, wire, code):
@@ -165,8 +165,9 @@ class StateMachineTests(SynchronousTestCase):
         self.assertRefused(wire, Code.BAD_KEY)
 
 
-class TimeoutTests(SynchronousTestCase):
+class TimeoutTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.factory = makeFactory(os.path.abspath("data"), idleTimeout=60, loginTimeout=20)
 
     def test_idle(self):
@@ -224,7 +225,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertTrue(wire.closed)
 
 
-class ConnectionLimitTests(SynchronousTestCase):
+class ConnectionLimitTests(TestCase):
     def test_perPeer(self):
         """
         Connections over the per-address limit are refused; others and

@@ -7,7 +7,6 @@ import os
 
 from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.archive import Limits, makeArchive
 from backup_proto.errors import Code, ProtocolError
@@ -15,13 +14,15 @@ from backup_proto.framing import Msg
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.helpers import (
+    TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
     makeTrickyTree, treeSignature,
 )
 
 
-class SessionTests(SynchronousTestCase):
+class SessionTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.data = os.path.abspath("data")
         self.factory = makeFactory(self.data)
         self.clock = self.factory.clock

@@ -9,10 +9,10 @@ import ssl
 from OpenSSL import SSL
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto import tap
 from backup_proto.certs import makeCertificates, writeCertificates
+from tests.helpers import TestCase
 
 
 def handshake(serverContext, maximum):
@@ -51,7 +51,7 @@ def handshake(serverContext, maximum):
     raise AssertionError("handshake did not finish")
 
 
-class OptionsTests(SynchronousTestCase):
+class OptionsTests(TestCase):
     def test_defaults(self):
         """
         Without --listen, the default ssl: endpoint on 40445 is used, and
@@ -105,8 +105,9 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(name, text)
 
 
-class ServiceTests(SynchronousTestCase):
+class ServiceTests(TestCase):
     def setUp(self):
+        super().setUp()
         writeCertificates("certs", makeCertificates())
         self.reactor = MemoryReactorClock()
 
@@ -164,7 +165,7 @@ class ServiceTests(SynchronousTestCase):
         db.close()
 
 
-class CertsTests(SynchronousTestCase):
+class CertsTests(TestCase):
     def test_files(self):
         """
         backup-certs writes four files, keys 0600, SANs as asked, and does

@@ -5,18 +5,17 @@ Per-account login delays and load shedding of password hashing.
 import os
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.accounts import AccountStore
 from backup_proto.database import Database
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_proto.throttle import LoginThrottle
-from tests.helpers import ManualRunner, makeFactory, runNow
+from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 
 
-class ThrottleTests(SynchronousTestCase):
+class ThrottleTests(TestCase):
     def test_growingDelay(self):
         """
         Three failures are free; then the delay doubles up to the maximum;
@@ -48,7 +47,7 @@ class ThrottleTests(SynchronousTestCase):
         self.assertGreater(t.delayFor("d"), 0)
 
 
-class ServerDelayTests(SynchronousTestCase):
+class ServerDelayTests(TestCase):
     def test_accountDelayedNotOthers(self):
         """
         After three failed logins on other connections, a fourth login for
@@ -68,7 +67,7 @@ class ServerDelayTests(SynchronousTestCase):
         self.assertEqual(slow.last(), (Msg.OK, {"user": "alice"}))
 
 
-class SheddingTests(SynchronousTestCase):
+class SheddingTests(TestCase):
     def test_busy(self):
         """
         When more hashes wait than allowed, new logins are refused as busy

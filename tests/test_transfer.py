@@ -6,7 +6,6 @@ protocol: what is stored, what is refused, and backpressure.
 import os
 
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto import crypto
 from backup_proto.archive import makeArchive
@@ -15,7 +14,7 @@ from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
 from backup_proto.transfer import ChunkSender
-from tests.helpers import ManualRunner, makeFactory, runNow
+from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 
 
@@ -29,8 +28,9 @@ def makeZip(name="docs", size=200_000):
         return path, f.read()
 
 
-class UploadTests(SynchronousTestCase):
+class UploadTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.data = os.path.abspath("data")
         self.factory = makeFactory(self.data)
         self.zipPath, self.zip = makeZip()
@@ -261,8 +261,9 @@ class UploadTests(SynchronousTestCase):
         self.assertTrue(self.stagingEmpty())
 
 
-class RestoreWireTests(SynchronousTestCase):
+class RestoreWireTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.data = os.path.abspath("data")
         self.factory = makeFactory(self.data)
         self.zipPath, self.zip = makeZip()
@@ -343,7 +344,7 @@ class RestoreWireTests(SynchronousTestCase):
         self.assertGreater(sent + len(rest), 64)
 
 
-class SenderBackpressureTests(SynchronousTestCase):
+class SenderBackpressureTests(TestCase):
     def test_pauseStopsSending(self):
         """
         A paused transport stops the L{ChunkSender}; resuming continues it,
