@@ -19,7 +19,10 @@ The benchmark suite (run by hand; not part of the test suite):
 4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
 
 Prints a table with the ratios ours / theirs and ours / ceiling, and writes
-benchmarks/results/bench-<UTC time>.json.
+benchmarks/results/bench-<UTC time>.json.  What a run writes besides the
+trees (several GB) is deleted at its end unless --keep is given; wait half
+a minute before the next run (this file system creates files slowly right
+after deleting many).
 """
 
 import argparse
@@ -221,6 +224,8 @@ def main():
     parser.add_argument("--work", default="/tmp/backup-proto-bench")
     parser.add_argument("--compression", default="auto", choices=("auto", "store", "deflate"))
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep this run's server data, restores and baseline repositories")
     args = parser.parse_args()
     trees = args.trees.split(",")
     work = os.path.abspath(args.work)
@@ -273,6 +278,14 @@ def main():
     finally:
         if sshd is not None:
             sshd.stop()
+        if not args.keep:
+            # each run leaves several GB (snapshots, restores, repositories)
+            for name in os.listdir(work):
+                if name.startswith("server-") or name in (
+                        "restore", "rsync", "restic", "restic-restore", "borg"):
+                    path = os.path.join(work, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
     report(results)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", f"bench-{run}.json")
