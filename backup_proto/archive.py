@@ -496,9 +496,58 @@ def _makeDirs(dest, parts, made):
     return path
 
 
-def _writeFile(zf, entry, path, budget, progress):
+class _Releaser:
+    """
+    Gives back the page cache and disk blocks of the part of a zip that has
+    been unpacked, by punching holes in it (C{fallocate(2)}), when the zip is
+    thrown away afterwards anyway.  New page-cache pages are slow on this
+    kind of machine (a VM), so recycling the zip's pages for the unpacked
+    files roughly halves the time to unpack a large file, and the zip's
+    dirty pages are never written to disk.  Does nothing where
+    C{fallocate} cannot punch holes.
+    """
+
+    _PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    _fallocate = None
+
+    def __init__(self, path):
+        self._fd = None
+        self._done = 0
+        try:
+            if _Releaser._fallocate is None:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong,
+                                           ctypes.c_longlong]
+                _Releaser._fallocate = libc.fallocate
+            self._fd = os.open(path, os.O_WRONLY)
+        except (OSError, AttributeError):
+            self._fd = None
+
+    def release(self, upto):
+        """
+        Punch out bytes C{0..upto} of the zip (everything already read).
+        """
+        if self._fd is None or upto <= self._done:
+            return
+        if self._fallocate(self._fd, self._PUNCH, 0, upto) != 0:
+            self.close()
+            return
+        self._done = upto
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+#: Punch the consumed part of a stored entry every this many bytes.
+_RELEASE_EVERY = 64 << 20
+
+
+def _writeFile(zf, entry, path, budget, progress, releaser=None):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     written = 0
+    stored = entry.info.compress_type == zipfile.ZIP_STORED
     try:
         with zf.open(entry.info) as src:
             _useFastDeflate(src, entry.info)
@@ -516,6 +565,9 @@ def _writeFile(zf, entry, path, budget, progress):
                     view = view[os.write(fd, view):]
                 if progress is not None:
                     progress(len(block))
+                if releaser is not None and stored and written % _RELEASE_EVERY < len(block):
+                    # the data starts after the local header, past this offset
+                    releaser.release(entry.info.header_offset + written)
         os.fchmod(fd, entry.mode)
         os.utime(fd, (entry.mtime, entry.mtime))
     finally:
@@ -523,7 +575,7 @@ def _writeFile(zf, entry, path, budget, progress):
     return written
 
 
-def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True):
+def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True, consume=False):
     """
     Check and unpack an archive into C{dest} (blocking: run in a thread).
 
@@ -533,20 +585,22 @@ def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True):
     modes and times are applied last, deepest first (or later by the caller
     with L{applyDirAttributes}, if C{applyDirs} is false).
 
+    @param consume: the zip is thrown away afterwards, whatever happens:
+        release its pages as it is unpacked (L{_Releaser}).
     @raise ArchiveError: the archive is unsafe, corrupt or over a limit.
     @return: the L{ArchiveIndex}.
     """
     try:
         with zipfile.ZipFile(zipPath) as zf:
             index = checkArchive(zf, limits)
-            extractChecked(zf, index, dest, limits, progress, applyDirs)
+            extractChecked(zf, index, dest, limits, progress, applyDirs, consume)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
             NotImplementedError, OverflowError) as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None
     return index
 
 
-def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True):
+def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True, consume=False):
     """
     Unpack an archive already checked by L{checkArchive}, from the same open
     C{zf} (validating one object and extracting another is how parser
@@ -555,14 +609,21 @@ def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True):
     made = set()
     links = []
     budget = limits.maxUnpacked
+    offsets = [e.info.header_offset for e in index.entries]
+    releaser = None
+    if consume and zf.filename and offsets == sorted(offsets):
+        # only when entries come in file order: nothing released is read again
+        releaser = _Releaser(zf.filename)
     try:
         for entry in index.entries:
+            if releaser is not None:
+                releaser.release(entry.info.header_offset)
             if entry.kind == "dir":
                 _makeDirs(dest, entry.parts, made)
             elif entry.kind == "file":
                 parent = _makeDirs(dest, entry.parts[:-1], made)
                 path = os.path.join(parent, entry.parts[-1])
-                budget -= _writeFile(zf, entry, path, budget, progress)
+                budget -= _writeFile(zf, entry, path, budget, progress, releaser)
             else:
                 links.append(entry)
         for entry in links:
@@ -575,6 +636,9 @@ def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True):
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
             NotImplementedError, OverflowError) as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None
+    finally:
+        if releaser is not None:
+            releaser.close()
     if applyDirs:
         applyDirAttributes(dest, index)
 

@@ -109,7 +109,7 @@ def _unpackUpload(zipPath, tree, limits, name, kind):
     @return: the L{backup_proto.archive.ArchiveIndex}.
     """
     os.mkdir(tree, 0o700)
-    index = extractArchive(zipPath, tree, limits)
+    index = extractArchive(zipPath, tree, limits, consume=True)
     if index.root != name or index.kind != kind:
         raise ArchiveError("archive does not hold the declared name and kind")
     os.unlink(zipPath)  # before the flush: its pages need never reach the disk

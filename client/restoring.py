@@ -94,7 +94,8 @@ def placeRestore(zipPath, dest, name, kind, limits, overwrite=False, progress=No
             findConflicts(index, dest, overwrite)
             staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
             try:
-                extractChecked(zf, index, staging, limits, progress=progress, applyDirs=False)
+                extractChecked(zf, index, staging, limits, progress=progress, applyDirs=False,
+                               consume=True)
                 _merge(os.path.join(staging, index.root), os.path.join(dest, index.root))
                 applyDirAttributes(dest, index)
             finally:

@@ -141,6 +141,70 @@ class RoundTripTests(TestCase):
             self.assertEqual(zf.getinfo("src/zeros.txt").compress_type, zipfile.ZIP_STORED)
 
 
+class ConsumeTests(TestCase):
+    def makeZip(self, reorder=False):
+        os.makedirs("src", exist_ok=True)
+        self.data = {}
+        for i in range(4):
+            self.data[f"f{i}"] = os.urandom(300_000)
+            with open(f"src/f{i}", "wb") as f:
+                f.write(self.data[f"f{i}"])
+        with zipfile.ZipFile("c.zip", "w") as zf:
+            zf.writestr(zipfile.ZipInfo("src/"), b"")
+            for name, data in self.data.items():
+                zf.writestr(f"src/{name}", data)
+            if reorder:
+                zf.filelist.reverse()  # central directory no longer in file order
+        return os.path.abspath("c.zip")
+
+    def test_releasesWhatWasUnpacked(self):
+        """
+        With consume, the unpacked part of the zip is punched out (its
+        blocks are given back) and the files are intact.
+        """
+        from backup_proto.archive import _Releaser
+
+        with open("probe", "wb") as f:
+            f.write(os.urandom(1 << 20))
+        probe = _Releaser("probe")
+        probe.release(1 << 20)
+        probe.close()
+        if os.stat("probe").st_blocks > 8:
+            self.skipTest("this file system cannot punch holes (the release is a no-op)")
+        path = self.makeZip()
+        before = os.stat(path).st_blocks
+        os.mkdir("out")
+        extractArchive(path, "out", Limits(), consume=True)
+        for name, data in self.data.items():
+            with open(f"out/src/{name}", "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertLess(os.stat(path).st_blocks, before // 2)
+
+    def test_outOfOrderNotReleased(self):
+        """
+        When the central directory is not in file order nothing is released
+        (a released range could still be needed), and the files are intact.
+        """
+        path = self.makeZip(reorder=True)
+        before = os.stat(path).st_blocks
+        os.mkdir("out")
+        extractArchive(path, "out", Limits(), consume=True)
+        for name, data in self.data.items():
+            with open(f"out/src/{name}", "rb") as f:
+                self.assertEqual(f.read(), data)
+        self.assertEqual(os.stat(path).st_blocks, before)
+
+    def test_withoutConsumeKept(self):
+        """
+        Without consume the zip is left whole.
+        """
+        path = self.makeZip()
+        before = os.stat(path).st_blocks
+        os.mkdir("out")
+        extractArchive(path, "out", Limits())
+        self.assertEqual(os.stat(path).st_blocks, before)
+
+
 class FastDeflateTests(TestCase):
     def test_isalStreamsAreStandard(self):
         """

@@ -91,7 +91,7 @@ class UnpackFullTests(TestCase):
         from tests.test_transfer import makeZip
         from tests.wire import Wire
 
-        def full(*args):
+        def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         self.patch(serverModule, "extractArchive", full)
