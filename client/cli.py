@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from twisted.internet import task
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import TimeoutError as NoAnswer, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.ssl import (
@@ -50,6 +50,9 @@ EXIT_STORAGE_FULL = 7
 
 DEFAULT_PORT = 40445
 CONNECT_TIMEOUT = 15
+#: Seconds to wait for the handshake and each login-phase answer (the
+#: server may delay a throttled login by up to a minute).
+ANSWER_TIMEOUT = 90
 
 _AUTH_CODES = {Code.AUTH_FAILED, Code.TOO_MANY_ATTEMPTS, Code.NAME_TAKEN,
                Code.BAD_USERNAME, Code.BAD_PASSWORD}
@@ -240,11 +243,25 @@ async def _connect(reactor, args):
     return proto
 
 
+async def _answered(reactor, proto, d):
+    """
+    Wait for an answer to a login-phase request (the TLS handshake happens
+    here too): a server that accepts the connection but never answers is
+    "unreachable" after L{ANSWER_TIMEOUT} seconds, not a hang.
+    """
+    d.addTimeout(ANSWER_TIMEOUT, reactor)
+    try:
+        return await d
+    except NoAnswer:
+        proto.transport.abortConnection()
+        raise Fatal(EXIT_UNREACHABLE, f"no answer from the server in {ANSWER_TIMEOUT} s")
+
+
 async def _session(reactor, args, user, password):
     key = await deferToThread(loadOrCreateKey, _configDir(args))
     proto = await _connect(reactor, args)
-    await proto.login(user, password)
-    await proto.exchangeKeys(key)
+    await _answered(reactor, proto, proto.login(user, password))
+    await _answered(reactor, proto, proto.exchangeKeys(key))
     return proto
 
 
@@ -262,7 +279,7 @@ async def cmdRegister(reactor, args):
     user = _needUser(args)
     password = _readPassword(args, confirm=True)
     proto = await _connect(reactor, args)
-    await proto.register(user, password)
+    await _answered(reactor, proto, proto.register(user, password))
     proto.transport.loseConnection()
     print(f"registered {user}")
     return EXIT_OK

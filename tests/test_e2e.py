@@ -149,6 +149,29 @@ class AccountTests(EndToEndCase):
         closed = self.client("list", server=f"localhost:{freePort()}")
         self.assertEqual(closed.returncode, 4, closed.stderr)
 
+    def test_silentServer(self):
+        """
+        A server that accepts the connection but never answers (not even the
+        TLS handshake) makes the client exit 4 instead of hanging.
+        """
+        import backup_client.cli as cli
+
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(5)
+            port = silent.getsockname()[1]
+            env = dict(os.environ, BACKUP_SERVER=f"localhost:{port}",
+                       BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+                       BACKUP_USER="alice", BACKUP_PASSWORD="pw",
+                       BACKUP_CONFIG_DIR=os.path.join(self.base, "config"))
+            code = (f"import backup_client.cli as c; c.ANSWER_TIMEOUT = 2;"
+                    f" c.run(['list'])")
+            result = subprocess.run([sys.executable, "-c", code], env=env,
+                                    capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 4, result.stderr)
+        self.assertIn("no answer", result.stderr)
+        self.assertEqual(cli.ANSWER_TIMEOUT, 90)
+
     def test_usage(self):
         """
         Usage errors exit 2; no password and no terminal exit 2.
