@@ -157,6 +157,13 @@ class ConsumeTests(TestCase):
                 zf.filelist.reverse()  # central directory no longer in file order
         return os.path.abspath("c.zip")
 
+    def extractAndCheck(self, path, consume):
+        os.mkdir("out")
+        extractArchive(path, "out", Limits(), consume=consume)
+        for name, data in self.data.items():
+            with open(f"out/src/{name}", "rb") as f:
+                self.assertEqual(f.read(), data)
+
     def test_releasesWhatWasUnpacked(self):
         """
         With consume, the unpacked part of the zip is punched out (its
@@ -173,11 +180,7 @@ class ConsumeTests(TestCase):
             self.skipTest("this file system cannot punch holes (the release is a no-op)")
         path = self.makeZip()
         before = os.stat(path).st_blocks
-        os.mkdir("out")
-        extractArchive(path, "out", Limits(), consume=True)
-        for name, data in self.data.items():
-            with open(f"out/src/{name}", "rb") as f:
-                self.assertEqual(f.read(), data)
+        self.extractAndCheck(path, consume=True)
         self.assertLess(os.stat(path).st_blocks, before // 2)
 
     def test_outOfOrderNotReleased(self):
@@ -187,11 +190,7 @@ class ConsumeTests(TestCase):
         """
         path = self.makeZip(reorder=True)
         before = os.stat(path).st_blocks
-        os.mkdir("out")
-        extractArchive(path, "out", Limits(), consume=True)
-        for name, data in self.data.items():
-            with open(f"out/src/{name}", "rb") as f:
-                self.assertEqual(f.read(), data)
+        self.extractAndCheck(path, consume=True)
         self.assertEqual(os.stat(path).st_blocks, before)
 
     def test_withoutConsumeKept(self):
@@ -200,8 +199,7 @@ class ConsumeTests(TestCase):
         """
         path = self.makeZip()
         before = os.stat(path).st_blocks
-        os.mkdir("out")
-        extractArchive(path, "out", Limits())
+        self.extractAndCheck(path, consume=False)
         self.assertEqual(os.stat(path).st_blocks, before)
 
 

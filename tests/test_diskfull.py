@@ -86,7 +86,6 @@ class UnpackFullTests(TestCase):
         """
         from backup_proto import server as serverModule
         from backup_proto.errors import Code
-        from backup_proto.framing import Msg
         from tests.helpers import makeFactory
         from tests.test_transfer import makeZip
         from tests.wire import Wire
@@ -98,10 +97,6 @@ class UnpackFullTests(TestCase):
         factory = makeFactory(os.path.abspath("data"))
         zipPath, data = makeZip()
         wire = Wire(factory).keyed()
-        wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(data))
-        transfer = wire.last()[1]["transfer"]
-        wire.send(b"".join(wire.sealedChunks(data, transfer)))
-        wire.sendControl(Msg.COMMIT, crc=wire.last()[1]["crc"])
-        self.assertEqual(wire.last()[1]["code"], Code.STORAGE_FULL)
+        self.assertEqual(wire.backup(data)[1]["code"], Code.STORAGE_FULL)
         wire.proto.connectionLost(None)
         self.assertEqual(os.listdir("data/users/alice/.staging"), [])

@@ -164,8 +164,7 @@ class AccountTests(EndToEndCase):
                        BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
                        BACKUP_USER="alice", BACKUP_PASSWORD="pw",
                        BACKUP_CONFIG_DIR=os.path.join(self.base, "config"))
-            code = (f"import backup_client.cli as c; c.ANSWER_TIMEOUT = 2;"
-                    f" c.run(['list'])")
+            code = "import backup_client.cli as c; c.ANSWER_TIMEOUT = 2; c.run(['list'])"
             result = subprocess.run([sys.executable, "-c", code], env=env,
                                     capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 4, result.stderr)

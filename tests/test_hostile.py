@@ -50,11 +50,7 @@ class HostileCase(TestCase):
         with open(self.aliceZip, "rb") as f:
             data = f.read()
         wire = Wire(self.factory).keyed("alice")
-        wire.sendControl(Msg.BACKUP, name="alice-src", kind="dir", size=len(data))
-        transfer = wire.last()[1]["transfer"]
-        wire.send(b"".join(wire.sealedChunks(data, transfer)))
-        wire.sendControl(Msg.COMMIT, crc=wire.last()[1]["crc"])
-        self.aliceSnapshot = wire.last()[1]["snapshot"]["id"]
+        self.aliceSnapshot = wire.backup(data, name="alice-src")[1]["snapshot"]["id"]
         self.aliceStored = treeSignature(self.snapshotPath())
         Wire(self.factory).register("mallory")
 

@@ -224,16 +224,9 @@ class UploadTests(TestCase):
         An upload that is not a safe archive is refused after COMMIT and
         nothing is stored; earlier snapshots stay.
         """
-        transfer = self.begin()
-        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
-        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
-        good = self.wire.last()[1]["snapshot"]["id"]
+        good = self.wire.backup(self.zip)[1]["snapshot"]["id"]
         junk = b"not a zip at all" * 100
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(junk))
-        transfer = self.wire.last()[1]["transfer"]
-        self.wire.send(b"".join(self.wire.sealedChunks(junk, transfer)))
-        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
-        self.assertEqual(self.wire.last()[1]["code"], Code.BAD_ARCHIVE)
+        self.assertEqual(self.wire.backup(junk)[1]["code"], Code.BAD_ARCHIVE)
         self.wire.proto.connectionLost(None)
         self.assertEqual([s["id"] for s in self.snapshots()], [good])
         self.assertTrue(self.stagingEmpty())
@@ -268,11 +261,7 @@ class RestoreWireTests(TestCase):
         self.factory = makeFactory(self.data)
         self.zipPath, self.zip = makeZip()
         self.wire = Wire(self.factory).keyed()
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
-        transfer = self.wire.last()[1]["transfer"]
-        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
-        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
-        self.snapshot = self.wire.last()[1]["snapshot"]
+        self.snapshot = self.wire.backup(self.zip)[1]["snapshot"]
 
     def test_unknownAndOthers(self):
         """
@@ -317,10 +306,7 @@ class RestoreWireTests(TestCase):
         with open(zipPath, "rb") as f:
             zipData = f.read()
         self.factory.runIO = runNow
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(zipData))
-        transfer = self.wire.last()[1]["transfer"]
-        self.wire.send(b"".join(self.wire.sealedChunks(zipData, transfer)))
-        self.wire.sendControl(Msg.COMMIT, crc=self.wire.last()[1]["crc"])
+        self.wire.backup(zipData)
         self.wire.received()
         self.factory.runIO = manualIO
         self.wire.sendControl(Msg.RESTORE)

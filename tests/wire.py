@@ -94,6 +94,18 @@ class Wire:
         self.key()
         return self
 
+    def backup(self, data, name="docs", kind="dir"):
+        """
+        Upload C{data} as a whole, in order, and COMMIT it.
+
+        @return: the frame that answered the COMMIT.
+        """
+        self.sendControl(Msg.BACKUP, name=name, kind=kind, size=len(data))
+        transfer = self.last()[1]["transfer"]
+        self.send(b"".join(self.sealedChunks(data, transfer)))
+        self.sendControl(Msg.COMMIT, crc=self.last()[1]["crc"])
+        return self.last()
+
     def sealedChunks(self, data, transfer, size=None):
         size = len(data) if size is None else size
         chunks = []
