@@ -54,6 +54,11 @@ _MAX_LINK_TARGET = 4096
 _PERM_BITS = 0o777
 
 
+#: What zipfile and zlib raise for a corrupt or unsupported zip.
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+              OverflowError)
+
+
 class ArchiveError(Exception):
     """
     An archive is unsafe, malformed, or over a limit; the message names the
@@ -472,8 +477,7 @@ def checkArchiveFile(zipPath, limits):
     try:
         with zipfile.ZipFile(zipPath) as zf:
             return checkArchive(zf, limits)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
-            NotImplementedError, OverflowError) as e:
+    except ZIP_ERRORS as e:
         raise ArchiveError(f"not a valid zip archive ({e})") from None
 
 
@@ -594,8 +598,7 @@ def extractArchive(zipPath, dest, limits, progress=None, applyDirs=True, consume
         with zipfile.ZipFile(zipPath) as zf:
             index = checkArchive(zf, limits)
             extractChecked(zf, index, dest, limits, progress, applyDirs, consume)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
-            NotImplementedError, OverflowError) as e:
+    except ZIP_ERRORS as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None
     return index
 
@@ -633,8 +636,7 @@ def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True, consu
             os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
     except FileExistsError:
         raise ArchiveError("archive has two entries for one path") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError,
-            NotImplementedError, OverflowError) as e:
+    except ZIP_ERRORS as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None
     finally:
         if releaser is not None:

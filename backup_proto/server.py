@@ -316,7 +316,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             if job is not None:
                 if getattr(job, "receiver", None) is not None:
                     job.receiver.abort()
-                self.factory.runIO(self.factory.store.removeStaging, job.staging)
+                self._removeStaging(job.staging)
         self._upload = self._download = None
 
     def _removeStaging(self, staging):

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 
 from backup_proto.archive import (
-    ArchiveError, applyDirAttributes, checkArchive, extractChecked,
+    ZIP_ERRORS, ArchiveError, applyDirAttributes, checkArchive, extractChecked,
 )
 
 
@@ -100,6 +100,6 @@ def placeRestore(zipPath, dest, name, kind, limits, overwrite=False, progress=No
                 applyDirAttributes(dest, index)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise ArchiveError(f"not a valid zip archive ({e})") from None
     return index
