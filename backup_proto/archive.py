@@ -1,6 +1,10 @@
 # -*- test-case-name: tests.test_archive -*-
 """
-Making, checking and unpacking the zip archives both sides exchange.
+Checking and unpacking zip archives held in a file (a restore, on the
+client), and what the zip makers share: the method choice and the entry
+layout.  Zips are made as they are sent by L{backup_proto.zipstream}; the
+server unpacks uploads as they arrive with L{backup_proto.unzipstream},
+which applies the same checks.
 
 One module serves the client (backup, restore) and the server (receive,
 restore), so that the two sides apply I{the same} checks to a zip they did
@@ -55,8 +59,8 @@ _PERM_BITS = 0o777
 
 
 #: What zipfile and zlib raise for a corrupt or unsupported zip.
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
-              OverflowError)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, isal_zlib.error, EOFError, ValueError,
+              NotImplementedError, OverflowError)
 
 
 class ArchiveError(Exception):
@@ -120,10 +124,11 @@ class ArchiveIndex:
 @dataclass
 class ArchiveReport:
     """
-    What L{makeArchive} put into an archive, and what it had to leave out.
+    What L{backup_proto.zipstream.planArchive} put into an archive, and what it had to leave out.
 
     @ivar skipped: one line per special file (socket, FIFO, device) skipped.
     @ivar unreadable: one line per file or folder that could not be read.
+    @ivar changed: one line per file that changed while it was read.
     """
 
     files: int = 0
@@ -132,55 +137,36 @@ class ArchiveReport:
     size: int = 0
     skipped: list = field(default_factory=list)
     unreadable: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- making
+# ---------------------------------------------------------------- choosing
 
 
-def _extraTimestamp(mtime):
+def extraTimestamp(mtime):
     mtime = int(mtime)
     if not -(2**31) <= mtime < 2**31:
         return b""
     return struct.pack("<HHBl", _EXT_TIMESTAMP, 5, 1, mtime)
 
 
-def _zipInfo(arcname, st):
-    mtime = max(st.st_mtime, 315532800)  # DOS times start in 1980
-    info = zipfile.ZipInfo(arcname, time.localtime(mtime)[:6])
-    info.create_system = 3  # Unix, so that readers honour external_attr
-    info.external_attr = (stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode)) << 16
-    info.extra = _extraTimestamp(st.st_mtime)
-    return info
+SAMPLE_SIZE = 65536
 
 
-_SAMPLE = 65536
+def newDeflater():
+    """
+    @return: a raw deflate compressor (ISA-L, L{DEFLATE_LEVEL}): the stream
+        for a zip entry.
+    """
+    return isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
 
 
-def _rawDeflate(data):
-    compressor = isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+def rawDeflate(data):
+    compressor = newDeflater()
     return compressor.compress(data) + compressor.flush()
 
 
-class _Precompressed:
-    """
-    A stand-in compressor for a zipfile entry whose whole content was
-    already deflated as the sample: it hands over that stream instead of
-    compressing the file a second time (zipfile still computes the CRC and
-    sizes from the bytes written).
-    """
-
-    def __init__(self, packed):
-        self._packed = packed
-
-    def compress(self, data):
-        return b""
-
-    def flush(self):
-        packed, self._packed = self._packed, b""
-        return packed
-
-
-def _chooseMethod(path, head, size, compression):
+def chooseMethod(path, head, size, compression):
     """
     Pick how to store a file: C{ZIP_STORED} for small files, already
     compressed formats and data that does not shrink (C{head}, its first
@@ -196,130 +182,23 @@ def _chooseMethod(path, head, size, compression):
         return zipfile.ZIP_DEFLATED, None
     if os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES:
         return zipfile.ZIP_STORED, None
-    packed = _rawDeflate(head)
+    packed = rawDeflate(head)
     if len(packed) > len(head) * 0.9 or len(packed) * 50 < len(head):
         return zipfile.ZIP_STORED, None
     return zipfile.ZIP_DEFLATED, (packed if len(head) == size else None)
 
 
-def _addFile(zf, path, arcname, st, compression, progress):
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src:
-        head = src.read(_SAMPLE)
-        info = _zipInfo(arcname, st)
-        info.compress_type, packed = _chooseMethod(path, head, st.st_size, compression)
-        info.file_size = st.st_size
-        total = 0
-        with zf.open(info, "w", force_zip64=st.st_size > (1 << 30)) as dst:
-            _useFastDeflate(dst, info, packed)
-            block = head
-            while block:
-                dst.write(block)
-                total += len(block)
-                if progress is not None:
-                    progress(len(block))
-                block = src.read(COPY_BLOCK)
-    return total
-
-
-def _useFastDeflate(stream, info, packed=None):
+def _useFastInflate(stream, info):
     """
-    Make a zipfile entry stream use ISA-L for deflate/inflate.  zipfile has
-    no hook for this; its streams keep the codec in C{_compressor} /
-    C{_decompressor} (CPython 3.8 to 3.14), and the format on disk is the
-    same raw deflate.  Where the attribute is missing, zlib stays.
-
-    @param packed: for a writer, the whole entry already deflated (see
-        L{_Precompressed}), or C{None}.
+    Make a zipfile entry stream use ISA-L to inflate.  zipfile has no hook
+    for this; its readers keep the codec in C{_decompressor} (CPython 3.8 to
+    3.14), and the format is the same raw deflate.  Where the attribute is
+    missing, zlib stays.
     """
     if info.compress_type != zipfile.ZIP_DEFLATED:
         return
-    if getattr(stream, "_compressor", None) is not None:
-        if packed is not None:
-            stream._compressor = _Precompressed(packed)
-        else:
-            stream._compressor = isal_zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
-    elif getattr(stream, "_decompressor", None) is not None and stream.tell() == 0:
+    if getattr(stream, "_decompressor", None) is not None and stream.tell() == 0:
         stream._decompressor = isal_zlib.decompressobj(-15)
-
-
-def makeArchive(source, zipPath, name=None, compression="auto", progress=None):
-    """
-    Zip a file or a folder tree (blocking: run it in a thread).
-
-    Links are stored as links and never followed; sockets, FIFOs and devices
-    are skipped; files and folders that cannot be read are left out.  Both
-    are reported, so the caller can warn and exit with "finished with
-    warnings".
-
-    @param source: the file or folder (a link given here is followed: it is
-        what the user named).
-    @param zipPath: the zip file to create (must not exist).
-    @param name: the root name in the archive; default the basename.
-    @param progress: called with byte counts as file data is read.
-    @return: an L{ArchiveReport}.
-    """
-    source = os.path.abspath(source)
-    name = name or os.path.basename(source.rstrip(os.sep))
-    report = ArchiveReport()
-    st = os.stat(source)
-    fd = os.open(zipPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(
-        raw, "w", compresslevel=1, allowZip64=True
-    ) as zf:
-        if stat.S_ISDIR(st.st_mode):
-            _addTree(zf, source, name, st, compression, progress, report)
-        elif stat.S_ISREG(st.st_mode):
-            report.size += _addFile(zf, source, name, st, compression, progress)
-            report.files += 1
-        else:
-            raise ArchiveError(f"{name} is not a regular file or a folder")
-    return report
-
-
-def _addTree(zf, top, name, topStat, compression, progress, report):
-    stack = [(top, name, topStat)]
-    while stack:
-        path, arcname, st = stack.pop()
-        dirInfo = _zipInfo(arcname + "/", st)
-        dirInfo.external_attr |= 0x10  # MS-DOS directory flag
-        zf.writestr(dirInfo, b"")
-        report.dirs += 1
-        try:
-            with os.scandir(path) as it:
-                children = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            report.unreadable.append(f"{arcname}: {e.strerror}")
-            continue
-        subdirs = []
-        for child in children:
-            childArc = f"{arcname}/{child.name}"
-            try:
-                childArc.encode("utf-8")
-                cst = child.stat(follow_symlinks=False)
-            except UnicodeEncodeError:
-                report.unreadable.append(f"{childArc!a}: name is not valid UTF-8")
-                continue
-            except OSError as e:
-                report.unreadable.append(f"{childArc}: {e.strerror}")
-                continue
-            mode = cst.st_mode
-            try:
-                if stat.S_ISDIR(mode):
-                    subdirs.append((child.path, childArc, cst))
-                elif stat.S_ISREG(mode):
-                    report.size += _addFile(zf, child.path, childArc, cst, compression, progress)
-                    report.files += 1
-                elif stat.S_ISLNK(mode):
-                    info = _zipInfo(childArc, cst)
-                    info.compress_type = zipfile.ZIP_STORED
-                    zf.writestr(info, os.readlink(child.path).encode("utf-8", "surrogateescape"))
-                    report.links += 1
-                else:
-                    report.skipped.append(f"{childArc}: special file skipped")
-            except OSError as e:
-                report.unreadable.append(f"{childArc}: {e.strerror}")
-        stack.extend(reversed(subdirs))
 
 
 # ---------------------------------------------------------------- checking
@@ -361,7 +240,7 @@ def checkName(name):
     return parts, isDir
 
 
-def _entryMtime(info):
+def entryMtime(info):
     extra = info.extra
     i = 0
     while i + 4 <= len(extra):
@@ -373,7 +252,7 @@ def _entryMtime(info):
     return int(time.mktime(info.date_time + (0, 0, -1)))
 
 
-def _entryKind(info, isDir):
+def entryKind(info, isDir):
     mode = info.external_attr >> 16
     fmt = stat.S_IFMT(mode)
     if fmt == 0:
@@ -417,7 +296,7 @@ def checkArchive(zf, limits):
     for info in infos:
         parts, isDir = checkName(info.filename)
         shown = "/".join(parts)[:200]
-        kind, mode = _entryKind(info, isDir)
+        kind, mode = entryKind(info, isDir)
         if kind is None:
             raise ArchiveError(f"entry '{shown}' is not a file, folder or link")
         if info.flag_bits & 0x1:
@@ -448,7 +327,7 @@ def checkArchive(zf, limits):
                 raise ArchiveError(f"link '{shown}' has a NUL in its target")
         if kind == "file":
             files += 1
-        entries.append(Entry(info, parts, kind, mode, _entryMtime(info), target))
+        entries.append(Entry(info, parts, kind, mode, entryMtime(info), target))
 
     root = entries[0].parts[0]
     for entry in entries:
@@ -484,7 +363,7 @@ def checkArchiveFile(zipPath, limits):
 # ---------------------------------------------------------------- unpacking
 
 
-def _makeDirs(dest, parts, made):
+def makeDirs(dest, parts, made):
     path = dest
     for i, part in enumerate(parts):
         path = os.path.join(path, part)
@@ -554,7 +433,7 @@ def _writeFile(zf, entry, path, budget, progress, releaser=None):
     stored = entry.info.compress_type == zipfile.ZIP_STORED
     try:
         with zf.open(entry.info) as src:
-            _useFastDeflate(src, entry.info)
+            _useFastInflate(src, entry.info)
             while True:
                 block = src.read(COPY_BLOCK)
                 if not block:
@@ -622,15 +501,15 @@ def extractChecked(zf, index, dest, limits, progress=None, applyDirs=True, consu
             if releaser is not None:
                 releaser.release(entry.info.header_offset)
             if entry.kind == "dir":
-                _makeDirs(dest, entry.parts, made)
+                makeDirs(dest, entry.parts, made)
             elif entry.kind == "file":
-                parent = _makeDirs(dest, entry.parts[:-1], made)
+                parent = makeDirs(dest, entry.parts[:-1], made)
                 path = os.path.join(parent, entry.parts[-1])
                 budget -= _writeFile(zf, entry, path, budget, progress, releaser)
             else:
                 links.append(entry)
         for entry in links:
-            parent = _makeDirs(dest, entry.parts[:-1], made)
+            parent = makeDirs(dest, entry.parts[:-1], made)
             path = os.path.join(parent, entry.parts[-1])
             os.symlink(entry.target, path)
             os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)

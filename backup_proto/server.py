@@ -19,6 +19,7 @@ import base64
 import enum
 import os
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -27,11 +28,13 @@ from twisted.internet.protocol import Factory
 
 from backup_proto import crypto
 from backup_proto.accounts import AUTH_FAILED_TEXT
-from backup_proto.archive import ArchiveError, extractArchive, makeArchive, syncTree
+from backup_proto.archive import ArchiveError, syncTree
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
+from backup_proto.unzipstream import ExtractSink
+from backup_proto.zipstream import ArchiveStream, planArchive
 
 #: How many times a client may ask for a transfer to be sent again.
 MAX_RESENDS = 3
@@ -83,43 +86,35 @@ class _Upload:
         self.result = None
 
     @property
-    def zipPath(self):
-        return os.path.join(self.staging, f"upload-{self.attempt}.zip")
+    def treePath(self):
+        return os.path.join(self.staging, f"tree-{self.attempt}")
 
 
 class _Download:
     """
-    A restore under way: the snapshot row and the zip made of it.
+    A restore under way: the snapshot row and the plan of its zip.
     """
 
-    def __init__(self, row, staging):
+    def __init__(self, row, plan):
         self.row = row
-        self.staging = staging
-        self.zipPath = os.path.join(staging, "restore.zip")
-        self.size = None
+        self.plan = plan
+        self.size = plan.size
         self.attempt = 0
         self.sender = None
         self.crc = None
 
 
-def _unpackUpload(zipPath, tree, limits, name, kind):
+def _finishUpload(sink, name, kind):
     """
-    Check, unpack and flush an uploaded zip into C{tree} (runs in a thread).
+    Finish unpacking an upload and flush it to disk (runs in a thread).
 
     @return: the L{backup_proto.archive.ArchiveIndex}.
     """
-    os.mkdir(tree, 0o700)
-    index = extractArchive(zipPath, tree, limits, consume=True)
+    index = sink.finish()
     if index.root != name or index.kind != kind:
         raise ArchiveError("archive does not hold the declared name and kind")
-    os.unlink(zipPath)  # before the flush: its pages need never reach the disk
-    syncTree(tree)
+    syncTree(sink.dest)
     return index
-
-
-def _zipSnapshot(path, zipPath, name, compression):
-    makeArchive(path, zipPath, name=name, compression=compression)
-    return os.path.getsize(zipPath)
 
 
 class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
@@ -312,12 +307,11 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         """
         if self._jobs or self._connected:
             return
-        for job in (self._upload, self._download):
-            if job is not None:
-                if getattr(job, "receiver", None) is not None:
-                    job.receiver.abort()
-                self._removeStaging(job.staging)
-        self._upload = self._download = None
+        upload, self._upload = self._upload, None
+        self._download = None
+        if upload is not None:
+            d = upload.receiver.abort() if upload.receiver is not None else succeed(None)
+            d.addCallback(lambda _: self._removeStaging(upload.staging))
 
     def _removeStaging(self, staging):
         return self.factory.runIO(self.factory.store.removeStaging, staging)
@@ -443,7 +437,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         upload.attempt += 1
         transfer = self._nextTransfer("up")
         upload.receiver = ChunkReceiver(
-            upload.zipPath, upload.size, self._ciphers.upload, transfer,
+            ExtractSink(upload.treePath, self.factory.limits), upload.size,
+            self._ciphers.upload, transfer,
             self.factory.runIO, self._pauseForDisk, self._resumeForDisk,
         )
         self._send(Msg.READY, transfer=transfer, attempt=upload.attempt)
@@ -482,15 +477,14 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         crc, length, rejected = upload.result
         if rejected or fields["crc"] != crc or length != upload.size:
             raise ProtocolError(Code.BAD_UPLOAD, "cannot commit an upload that did not verify")
-        tree = os.path.join(upload.staging, "tree")
-        zipPath = upload.zipPath
+        sink = upload.receiver.sink
         factory = self.factory
-        d = factory.runCPU(_unpackUpload, zipPath, tree, factory.limits, upload.name, upload.kind)
+        d = factory.runCPU(_finishUpload, sink, upload.name, upload.kind)
 
         def unpacked(index):
             meta = {"source": upload.name, "kind": upload.kind, "zip_size": upload.size,
                     "size": index.size, "files": index.files}
-            return factory.store.commit(self.username, tree, meta)
+            return factory.store.commit(self.username, sink.dest, meta)
 
         d.addCallback(unpacked)
 
@@ -532,18 +526,10 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             if row is None:
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
             prepared["row"] = row
-            return factory.runIO(factory.store.newStaging, self.username)
-
-        def staged(staging):
-            self._download = _Download(prepared["row"], staging)
-            path = factory.store.snapshotPath(self.username, prepared["row"])
-            return factory.runCPU(
-                _zipSnapshot, path, self._download.zipPath, prepared["row"]["source"],
-                factory.restoreCompression,
-            )
+            path = factory.store.snapshotPath(self.username, row)
+            return factory.runCPU(planArchive, path, row["source"], factory.restoreCompression)
 
         d.addCallback(found)
-        d.addCallback(staged)
 
         def notFound(failure):
             failure.trap(ProtocolError)
@@ -554,11 +540,11 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         d.addErrback(notFound)
 
-        def ready(size):
-            if size is None:
+        def ready(plan):
+            if plan is None:
                 self._resume(State.KEYED)
                 return
-            self._download.size = size
+            self._download = _Download(prepared["row"], plan)
             self._beginDownloadAttempt()
 
         self._busy(d, ready)
@@ -574,7 +560,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         )
         self.state = State.SENDING
         download.sender = ChunkSender(
-            download.zipPath, download.size, self._ciphers.download, transfer,
+            lambda: ArchiveStream(download.plan), download.size, self._ciphers.download, transfer,
             self.sendString, self.factory.runIO, progress=lambda n: self.resetTimeout(),
         )
         d = download.sender.start(self.transport)
@@ -596,7 +582,6 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         if fields["crc"] != self._download.crc:
             raise ProtocolError(Code.BAD_MESSAGE, "COMMIT names a checksum that was not sent")
         download, self._download = self._download, None
-        self._removeStaging(download.staging)
         self.log.info(
             "restore of {id} done user={user}", id=download.row["id"], user=self.username
         )

@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.test_transfer -*-
 """
-Streaming a file as sealed DATA chunks, and receiving one into a file.
+Streaming bytes as sealed DATA chunks, and receiving them.
 
 Both directions use these two classes: the client sends backups and the
 server sends restores with L{ChunkSender}; the server receives backups and
-the client receives restores with L{ChunkReceiver}.  File reads and writes
-run in threads (C{runIO}); only sealing, opening and the CRC (all C code)
-run on the reactor.  Memory stays bounded: the sender is a push producer
+the client receives restores with L{ChunkReceiver}.  What is sent is read
+from a I{source} (a file, or a zip made as it is read:
+L{backup_proto.zipstream.ArchiveStream}); what is received goes to a
+I{sink} (a file, L{FileSink}, or a zip unpacked as it arrives).  Sources
+and sinks run in threads (C{runIO}); only sealing, opening and the CRC (all
+C code) run on the reactor.  Memory stays bounded: the sender is a push producer
 that stops when the transport is full, and the receiver pauses its input
 while more than L{ChunkReceiver.highWater} bytes wait for the disk.
 """
@@ -45,17 +48,17 @@ class TransferAborted(Exception):
     """
 
 
-def _readBatch(fileObj, lengths):
+def _readBatch(source, lengths):
     """
     Read consecutive chunks of the given lengths (runs in a thread).
 
-    @raise ProtocolError: if the file is shorter than it should be.
+    @raise ProtocolError: if the source is shorter than it should be.
     """
     chunks = []
     for length in lengths:
-        data = fileObj.read(length)
+        data = source.read(length)
         if len(data) != length:
-            raise ProtocolError(Code.INTERNAL, "file changed while it was being sent")
+            raise ProtocolError(Code.INTERNAL, "data changed while it was being sent")
         chunks.append(data)
     return chunks
 
@@ -63,7 +66,7 @@ def _readBatch(fileObj, lengths):
 @implementer(IPushProducer)
 class ChunkSender:
     """
-    Sends C{size} bytes of a file as the DATA chunks of one transfer.
+    Sends C{size} bytes of a source as the DATA chunks of one transfer.
 
     @ivar crc: the L{Cksum} of what was read and sent so far.
     @ivar _pending: chunks read from disk but not yet sealed and sent.
@@ -72,16 +75,17 @@ class ChunkSender:
     @ivar _reading: whether a read is under way in a thread.
     """
 
-    def __init__(self, path, size, cipher, transfer, sendFrame, runIO, progress=None):
+    def __init__(self, openSource, size, cipher, transfer, sendFrame, runIO, progress=None):
         """
-        @param path: the file to send; it must hold at least C{size} bytes.
+        @param openSource: called in a thread, returns the source: an object
+            with C{read(n)} and C{close()} holding at least C{size} bytes.
         @param cipher: the L{ChunkCipher} of the sending direction.
         @param transfer: this transfer's number.
         @param sendFrame: writes one frame body (the protocol's C{sendString}).
         @param runIO: C{runIO(f, *args) -> Deferred} running C{f} in a thread.
         @param progress: called with the plaintext byte count of each chunk.
         """
-        self._path = path
+        self._openSource = openSource
         self.size = size
         self._cipher = cipher
         self._transfer = transfer
@@ -110,16 +114,16 @@ class ChunkSender:
         self._consumer = consumer
         consumer.registerProducer(self, True)
         self._reading = True
-        d = self._runIO(open, self._path, "rb")
+        d = self._runIO(self._openSource)
         d.addCallbacks(self._opened, self._fail)
         return done
 
-    def _opened(self, fileObj):
+    def _opened(self, source):
         self._reading = False
+        self._file = source
         if self._done is None:
-            fileObj.close()
+            self._closeSource()
             return
-        self._file = fileObj
         self._pump()
 
     def _readMore(self):
@@ -134,6 +138,7 @@ class ChunkSender:
     def _read(self, chunks):
         self._reading = False
         if self._done is None:
+            self._closeSource()
             return
         self._pending.extend(chunks)
         self._pump()
@@ -162,8 +167,8 @@ class ChunkSender:
         done, self._done = self._done, None
         if done is None:
             return
-        if self._file is not None:
-            self._file.close()
+        if not self._reading:
+            self._closeSource()
         self._pending.clear()
         if self._consumer is not None:
             self._consumer.unregisterProducer()
@@ -173,8 +178,16 @@ class ChunkSender:
         else:
             done.errback(failure)
 
+    def _closeSource(self):
+        # only when no read is under way in a thread
+        source, self._file = self._file, None
+        if source is not None:
+            source.close()
+
     def _fail(self, failure):
         self._reading = False
+        if self._done is None:
+            self._closeSource()
         self._finish(failure)
 
     # IPushProducer
@@ -191,36 +204,51 @@ class ChunkSender:
         self._finish(Failure(TransferAborted("transfer stopped")))
 
 
-def _openForWrite(path):
-    return os.fdopen(
-        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb"
-    )
-
-
-def _writeBatch(fileObj, path, chunks):
+class FileSink:
     """
-    Write chunks (runs in a thread); open the file first if needed.
-
-    @return: the open file.
+    A sink writing into a new file (C{O_EXCL}, mode 0600), created at the
+    first write.
     """
-    if fileObj is None:
-        fileObj = _openForWrite(path)
+
+    def __init__(self, path):
+        self.path = path
+        self._file = None
+
+    def _open(self):
+        if self._file is None:
+            self._file = os.fdopen(
+                os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                        0o600), "wb")
+        return self._file
+
+    def write(self, data):
+        self._open().write(data)
+
+    def close(self):
+        self._open().close()
+
+    def discard(self):
+        if self._file is not None:
+            self._file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _writeBatch(sink, chunks):
+    """
+    Write chunks to a sink (runs in a thread).
+    """
     for chunk in chunks:
-        fileObj.write(chunk)
-    return fileObj
-
-
-def _close(fileObj, path):
-    if fileObj is None:
-        fileObj = _openForWrite(path)
-    fileObj.close()
+        sink.write(chunk)
 
 
 class ChunkReceiver:
     """
-    Receives the DATA chunks of one transfer into a new file.
-
-    The file is created with C{O_EXCL} and mode 0600.  A chunk that fails
+    Receives the DATA chunks of one transfer into a sink (see the module
+    docstring: C{write}, C{close} and C{discard}, called in threads, one at
+    a time).  A chunk that fails
     authentication is counted in L{rejected} and not written, so that the
     transfer can end and be resent; a chunk beyond the declared size, or of
     the wrong length, is a L{ProtocolError}.
@@ -232,15 +260,15 @@ class ChunkReceiver:
 
     highWater = 8 * CHUNK_SIZE * READ_BATCH
 
-    def __init__(self, path, size, cipher, transfer, runIO, pauseInput, resumeInput,
+    def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput,
                  progress=None):
         """
-        @param path: the file to create.
+        @param sink: where the plaintext goes, e.g. a L{FileSink}.
         @param pauseInput: called when too much data waits for the disk.
         @param resumeInput: called when it has drained; must not re-enter the
             frame parser synchronously (see STYLE.md 2(a)).
         """
-        self.path = path
+        self.sink = sink
         self.size = size
         self._cipher = cipher
         self._transfer = transfer
@@ -254,10 +282,10 @@ class ChunkReceiver:
         self._queued = 0
         self._writing = False
         self._inputPaused = False
-        self._file = None
         self._error = None
         self._finished = None
         self._aborted = False
+        self._discarded = None
         self.crc = Cksum()
         self.rejected = 0
 
@@ -307,11 +335,10 @@ class ChunkReceiver:
         batch, self._queue = self._queue, []
         self._queued = 0
         self._writing = True
-        d = self._runIO(_writeBatch, self._file, self.path, batch)
+        d = self._runIO(_writeBatch, self.sink, batch)
         d.addCallbacks(self._written, self._writeFailed)
 
-    def _written(self, fileObj):
-        self._file = fileObj
+    def _written(self, _):
         self._writing = False
         if self._aborted:
             self._discard()
@@ -334,7 +361,7 @@ class ChunkReceiver:
     def finish(self):
         """
         @return: a L{Deferred} firing with C{(crc, length, rejected)} once
-            every chunk has arrived and been written and the file is closed,
+            every chunk has arrived and been written and the sink is closed,
             or failing with a L{ProtocolError}.
         """
         self._finished = Deferred()
@@ -349,30 +376,30 @@ class ChunkReceiver:
         if self._error is not None:
             finished.errback(self._error)
             return
-        fileObj, self._file = self._file, None
-        d = self._runIO(_close, fileObj, self.path)
+        d = self._runIO(self.sink.close)
         d.addCallback(lambda _: (self.crc.value(), self.crc.length, self.rejected))
         d.addErrback(lambda f: Failure(storageError(f.value)))
         d.chainDeferred(finished)
 
     def abort(self):
         """
-        Stop and delete the file, whatever state the transfer is in.
+        Stop and discard what the sink holds, whatever state the transfer
+        is in.
+
+        @return: a L{Deferred} that fires once the sink is discarded (after
+            any write under way in a thread).
         """
-        self._aborted = True
-        self._queue, self._queued = [], 0
-        if not self._writing:
-            self._discard()
+        if self._discarded is None:
+            self._discarded = Deferred()
+            self._aborted = True
+            self._queue, self._queued = [], 0
+            if not self._writing:
+                self._discard()
+        d = Deferred()
+        self._discarded.addBoth(lambda result: d.callback(None) or result)
+        return d
 
     def _discard(self):
-        fileObj, self._file = self._file, None
-
-        def discard():
-            if fileObj is not None:
-                fileObj.close()
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-        self._runIO(discard).addErrback(lambda f: None)
+        d = self._runIO(self.sink.discard)
+        d.addErrback(lambda f: None)
+        d.chainDeferred(self._discarded)

@@ -35,7 +35,7 @@ from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
-from backup_proto.archive import makeArchive
+from backup_proto.zipstream import writeArchive
 from backup_client.protocol import BackupClientProtocol
 
 BIN = os.path.dirname(sys.executable)
@@ -165,7 +165,7 @@ def main():
     os.makedirs(os.path.join(work, "payload"))
     with open(os.path.join(work, "payload", "data"), "wb") as f:
         f.write(os.urandom(int(args.payload_mib * 2**20)))
-    makeArchive(os.path.join(work, "payload"), os.path.join(work, "payload_backup.zip"))
+    writeArchive(os.path.join(work, "payload"), os.path.join(work, "payload_backup.zip"))
     port = freePort()
     log = open(os.path.join(work, "server.log"), "wb")
     server = subprocess.Popen(

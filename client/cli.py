@@ -33,7 +33,8 @@ from twisted.internet.ssl import (
 from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
-from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits, makeArchive
+from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
+from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
@@ -301,22 +302,6 @@ async def cmdList(reactor, args):
     return EXIT_OK
 
 
-def _zipSource(path, zipPath, name, compression, quiet):
-    total = None
-    if not quiet and os.path.isdir(path):
-        total = 0
-        for root, dirs, files in os.walk(path):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(root, f)).st_size
-                except OSError:
-                    pass
-    elif not quiet:
-        total = os.path.getsize(path)
-    with progressBar(f"zip {name}", total, quiet) as bar:
-        return makeArchive(path, zipPath, name=name, compression=compression, progress=bar)
-
-
 async def cmdBackup(reactor, args):
     user = _needUser(args)
     path = os.path.abspath(args.path)
@@ -332,23 +317,28 @@ async def cmdBackup(reactor, args):
     password = _readPassword(args, False)
     quiet = _quiet(args)
     kind = "dir" if os.path.isdir(path) else "file"
-    work = tempfile.mkdtemp(prefix="backup-client-")
-    try:
-        zipPath = os.path.join(work, f"{name}_backup.zip")
-        report = await deferToThread(_zipSource, path, zipPath, name, args.compression, quiet)
-        for line in report.skipped + report.unreadable:
-            print(f"warning: {line}", file=sys.stderr)
-        proto = await _session(reactor, args, user, password)
-        size = os.path.getsize(zipPath)
-        with progressBar(f"send {name}", size, quiet) as bar:
-            snapshot = await proto.backup(zipPath, name, kind, progress=bar)
-        proto.transport.loseConnection()
-    finally:
-        await deferToThread(shutil.rmtree, work, True)
+    plan = await deferToThread(planArchive, path, name, args.compression)
+    report = plan.report
+    for line in report.skipped + report.unreadable:
+        print(f"warning: {line}", file=sys.stderr)
+    streams = []
+
+    def openStream():
+        # each attempt reads the files anew, with the same plan
+        streams.append(ArchiveStream(plan))
+        return streams[-1]
+
+    proto = await _session(reactor, args, user, password)
+    with progressBar(f"send {name}", plan.size, quiet) as bar:
+        snapshot = await proto.backup(openStream, plan.size, name, kind, progress=bar)
+    proto.transport.loseConnection()
+    changed = streams[-1].changed
+    for line in changed:
+        print(f"warning: {line}", file=sys.stderr)
     if not quiet:
         print(f"stored {snapshot['files']} files, {snapshot['size']} bytes", file=sys.stderr)
     print(snapshot["id"])
-    return EXIT_WARNINGS if report.skipped or report.unreadable else EXIT_OK
+    return EXIT_WARNINGS if report.skipped or report.unreadable or changed else EXIT_OK
 
 
 async def cmdRestore(reactor, args):

@@ -13,13 +13,15 @@ import base64
 import os
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionDone
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
 
 from backup_proto import crypto
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
 from backup_proto.server import MAX_RESENDS, checkSourceName
-from backup_proto.transfer import ChunkReceiver, ChunkSender
+from backup_proto.transfer import ChunkReceiver, ChunkSender, FileSink, TransferAborted
 
 _SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
                     "zip_size": int, "size": int, "files": int}
@@ -143,6 +145,16 @@ class BackupClientProtocol(Int32StringReceiver):
         self._flushInbox()
         return d
 
+    def _pendingError(self):
+        """
+        @return: the server's first ERROR not yet awaited, else a
+            L{ConnectionGone} for the lost connection.
+        """
+        for kind, body in self._inbox:
+            if kind is Msg.ERROR:
+                return body
+        return ConnectionGone(self._lost or Failure(ConnectionDone("transfer stopped")))
+
     async def _call(self, request, fields, *answers, **schema):
         self.sendString(encodeControl(request, **fields))
         kind, body = await self._expect(*answers)
@@ -206,15 +218,19 @@ class BackupClientProtocol(Int32StringReceiver):
 
     # ------------------------------------------------------------ backup
 
-    async def _backup(self, zipPath, name, kind, progress):
-        size = os.path.getsize(zipPath)
+    async def _backup(self, openSource, size, name, kind, progress):
         request = (Msg.BACKUP, {"name": name, "size": size, "kind": kind})
         for attempt in range(1 + MAX_RESENDS):
             _, ready = await self._call(*request, Msg.READY,
                                         required={"transfer": int, "attempt": int})
-            sender = ChunkSender(zipPath, size, self._ciphers.upload, ready["transfer"],
+            sender = ChunkSender(openSource, size, self._ciphers.upload, ready["transfer"],
                                  self.sendString, self._runIO, progress)
-            ours = await sender.start(self.transport)
+            try:
+                ours = await sender.start(self.transport)
+            except TransferAborted:
+                # the server refused the upload midway (say, its disk is
+                # full): its ERROR tells why
+                raise self._pendingError() from None
             _, theirs = await self._expect(Msg.CKSUM)
             theirs = parseControl(Msg.CKSUM, theirs,
                                   required={"crc": int, "size": int, "rejected": int})
@@ -227,16 +243,20 @@ class BackupClientProtocol(Int32StringReceiver):
             f"upload failed verification after {MAX_RESENDS} resends"
         )
 
-    def backup(self, zipPath, name, kind, progress=None):
+    def backup(self, openSource, size, name, kind, progress=None):
         """
         Upload a zip, resending it (up to three times) until the server's
         C{cksum} matches ours, then ask the server to store it.
 
+        @param openSource: called in a thread for each attempt; returns the
+            zip to send, an object with C{read(n)} and C{close()}: an open
+            file, or a L{backup_proto.zipstream.ArchiveStream}.
+        @param size: the zip's size in bytes.
         @param kind: C{"dir"} or C{"file"}: what the zip holds.
         @param progress: called with byte counts as chunks are sent.
         @return: a L{Deferred} with the new snapshot's catalog row.
         """
-        return ensureDeferred(self._backup(zipPath, name, kind, progress))
+        return ensureDeferred(self._backup(openSource, size, name, kind, progress))
 
     # ------------------------------------------------------------ restore
 
@@ -278,7 +298,7 @@ class BackupClientProtocol(Int32StringReceiver):
             zipPath = os.path.join(workDir, f"{begin['name']}_backup.{attempt}.zip")
             self._finished = None
             self._receiver = ChunkReceiver(
-                zipPath, begin["size"], self._ciphers.download, begin["transfer"],
+                FileSink(zipPath), begin["size"], self._ciphers.download, begin["transfer"],
                 self._runIO, self._pauseInput, self._resumeInput, progress,
             )
             _, theirs = await self._expect(Msg.CKSUM)

@@ -220,3 +220,12 @@ def treeSignature(root):
                     data = f.read()
                 result[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), data)
     return result
+
+
+def fileSource(path):
+    """
+    @return: C{(openSource, size)} for sending the file at C{path} with
+        L{BackupClientProtocol.backup}.
+    """
+    path = os.path.abspath(path)
+    return (lambda: open(path, "rb")), os.path.getsize(path)

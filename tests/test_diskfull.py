@@ -6,7 +6,8 @@ removed, earlier snapshots stay, and the server keeps serving.
 Mounting needs privileges; where the mount is refused these tests are
 skipped and the same paths are still covered in-process by
 C{tests.test_transfer.UploadTests.test_storageFull} and
-L{UnpackFullTests} below.
+L{UnpackFullTests} below.  Since an upload is unpacked as it arrives, a full
+disk shows during the transfer itself.
 """
 
 import errno
@@ -66,26 +67,37 @@ class SmallDiskCase(EndToEndCase):
         self.assertIn("storage full", result.stderr)
         self.assertRecovered()
 
-    def test_fullDuringUnpack(self):
+    def test_oneCopyOnly(self):
         """
-        An upload that fits but whose unpacked copy does not fails with exit
-        code 7.
+        The upload is unpacked as it arrives, with no copy of the zip: a
+        backup of 13 MB fits on the 24 MB disk, and a second one, which
+        does not, fails with exit code 7 and keeps the first.
         """
         with open("medium", "wb") as f:
             f.write(os.urandom(13 << 20))
+        first = self.ok("backup", "medium").stdout.strip().splitlines()[-1]
         result = self.client("backup", "medium")
         self.assertEqual(result.returncode, 7, result.stderr)
-        self.assertRecovered()
+        self.assertIn("storage full", result.stderr)
+        self.kept = [self.kept, first]
+        staging = os.path.join(self.disk, "users", "alice", ".staging")
+        waitFor(lambda: os.listdir(staging) == [], timeout=10)
+        self.assertEqual(os.listdir(staging), [])
+        listed = json.loads(self.ok("list", "--json").stdout)
+        self.assertEqual([s["id"] for s in listed], self.kept)
+        self.ok("restore", "back", "--snapshot", first)
+        with open("back/medium", "rb") as f, open("medium", "rb") as g:
+            self.assertEqual(f.read(), g.read())
 
 
 class UnpackFullTests(TestCase):
     def test_unpackENOSPC(self):
         """
-        ENOSPC while unpacking (simulated) is reported as storage-full and
-        the staging data is removed.
+        ENOSPC while unpacking the arriving zip (simulated) is reported as
+        storage-full and the staging data is removed.
         """
-        from backup_proto import server as serverModule
         from backup_proto.errors import Code
+        from backup_proto.unzipstream import StreamingExtractor
         from tests.helpers import makeFactory
         from tests.test_transfer import makeZip
         from tests.wire import Wire
@@ -93,7 +105,7 @@ class UnpackFullTests(TestCase):
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(serverModule, "extractArchive", full)
+        self.patch(StreamingExtractor, "_output", full)
         factory = makeFactory(os.path.abspath("data"))
         zipPath, data = makeZip()
         wire = Wire(factory).keyed()

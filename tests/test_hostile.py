@@ -17,11 +17,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from backup_proto.archive import Limits, makeArchive
+from backup_proto.archive import Limits
+from backup_proto.zipstream import writeArchive
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_client.restoring import placeRestore
 from tests.helpers import (
+    fileSource,
     TestCase,
     clientKey, connectInMemory, flush, makeFactory, serverTLSOptions, treeSignature,
 )
@@ -46,7 +48,7 @@ class HostileCase(TestCase):
         with open("alice-src/photo", "wb") as f:
             f.write(os.urandom(150_000))
         self.aliceZip = os.path.abspath("alice_backup.zip")
-        makeArchive("alice-src", self.aliceZip)
+        writeArchive("alice-src", self.aliceZip)
         with open(self.aliceZip, "rb") as f:
             data = f.read()
         wire = Wire(self.factory).keyed("alice")
@@ -71,7 +73,7 @@ class HostileCase(TestCase):
             d = step()
             flush(pump, self.clock)
             self.successResultOf(d)
-        d = client.backup(self.aliceZip, "alice-src", "dir")
+        d = client.backup(*fileSource(self.aliceZip), "alice-src", "dir")
         flush(pump, self.clock)
         snap = self.successResultOf(d)
         os.makedirs("work", exist_ok=True)

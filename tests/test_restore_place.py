@@ -9,9 +9,10 @@ import stat
 
 
 from backup_proto import server as serverModule
-from backup_proto.archive import ArchiveError, Limits, makeArchive
+from backup_proto.archive import ArchiveError, Limits
+from backup_proto.zipstream import writeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
-from tests.helpers import TestCase, clientKey, connectInMemory, flush, makeFactory
+from tests.helpers import TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory
 from tests.test_archive import D, F, L, craft
 
 
@@ -26,7 +27,7 @@ class MaliciousServerTests(TestCase):
         os.makedirs("src")
         with open("src/a", "w") as f:
             f.write("a")
-        makeArchive("src", os.path.abspath("src.zip"))
+        writeArchive("src", os.path.abspath("src.zip"))
         client, server, self.pump = connectInMemory(self.factory)
         self.client = client
         for step in (lambda: client.register("alice", "pw"),
@@ -35,7 +36,7 @@ class MaliciousServerTests(TestCase):
             d = step()
             flush(self.pump, self.factory.clock)
             self.successResultOf(d)
-        d = client.backup(os.path.abspath("src.zip"), "src", "dir")
+        d = client.backup(*fileSource(os.path.abspath("src.zip")), "src", "dir")
         flush(self.pump, self.factory.clock)
         self.successResultOf(d)
         os.makedirs("outside")
@@ -45,12 +46,11 @@ class MaliciousServerTests(TestCase):
     def restoreCrafted(self, entries):
         crafted = craft(os.path.abspath("evil.zip"), entries)
 
-        def fakeZip(path, zipPath, name, compression):
-            with open(crafted, "rb") as src, open(zipPath, "wb") as dst:
-                dst.write(src.read())
-            return os.path.getsize(zipPath)
+        class CraftedPlan:
+            size = os.path.getsize(crafted)
 
-        self.patch(serverModule, "_zipSnapshot", fakeZip)
+        self.patch(serverModule, "planArchive", lambda *args: CraftedPlan())
+        self.patch(serverModule, "ArchiveStream", lambda plan: open(crafted, "rb"))
         os.makedirs("work", exist_ok=True)
         d = self.client.restore(None, "work")
         flush(self.pump, self.factory.clock)
@@ -106,7 +106,7 @@ class PlacementTests(TestCase):
             f.write("new a")
         with open("src/sub/b", "w") as f:
             f.write("new b")
-        makeArchive("src", "src.zip")
+        writeArchive("src", "src.zip")
 
     def test_intoMissingDest(self):
         """
@@ -165,7 +165,7 @@ class PlacementTests(TestCase):
         """
         os.chmod("src/sub", 0o555)
         try:
-            makeArchive("src", "ro.zip")
+            writeArchive("src", "ro.zip")
         finally:
             os.chmod("src/sub", 0o755)
         placeRestore("ro.zip", os.path.abspath("dest"), "src", "dir", Limits())

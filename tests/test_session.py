@@ -8,12 +8,14 @@ import os
 from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
 
-from backup_proto.archive import Limits, makeArchive
+from backup_proto.archive import Limits
+from backup_proto.zipstream import writeArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.helpers import (
+    fileSource,
     TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
     makeTrickyTree, treeSignature,
@@ -47,7 +49,7 @@ class SessionTests(TestCase):
     def zipTree(self):
         src = makeTrickyTree(os.path.abspath("src"))
         zipPath = os.path.abspath("src_backup.zip")
-        makeArchive(src, zipPath)
+        writeArchive(src, zipPath)
         return src, zipPath
 
     def test_fullRoundTrip(self):
@@ -58,7 +60,7 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         self.assertEqual(self.successResultOf(self.settle(client.listSnapshots())), [])
         src, zipPath = self.zipTree()
-        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        snap = self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
         listed = self.successResultOf(self.settle(client.listSnapshots()))
         self.assertEqual([s["id"] for s in listed], [snap["id"]])
         os.mkdir("work")
@@ -109,16 +111,17 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src, zipPath = self.zipTree()
         corrupt = corruptFirstData(client, attempts=1)
-        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        snap = self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
         self.assertEqual(corrupt.count, 1)
         self.assertEqual(corrupt.readies, 2)
         stored = os.path.join(self.data, "users", "alice", snap["id"], "src")
         self.assertEqual(treeSignature(src), treeSignature(stored))
 
-    def test_storageCorruptionResent(self):
+    def test_damageAfterDecryptionRefused(self):
         """
-        Bytes damaged after decryption (on the server's disk) make the
-        cksums differ; the client resends and the clean copy is stored.
+        Bytes damaged after decryption, on their way into the unpacked
+        files, fail that entry's CRC-32: the server refuses the upload
+        (bad-archive) and stores nothing, rather than keep a damaged file.
         """
         client, server = self.keyed()
         src, zipPath = self.zipTree()
@@ -127,17 +130,20 @@ class SessionTests(TestCase):
 
         def damagingIO(f, *args):
             if f.__name__ == "_writeBatch" and not damaged:
-                fileObj, path, chunks = args
-                chunks = [bytes([chunks[0][0] ^ 1]) + chunks[0][1:]] + chunks[1:]
-                damaged.append(path)
-                args = (fileObj, path, chunks)
+                sink, chunks = args
+                middle = chunks[-1]
+                at = len(middle) // 2
+                chunks = chunks[:-1] + [middle[:at] + bytes([middle[at] ^ 1]) + middle[at + 1:]]
+                damaged.append(sink)
+                args = (sink, chunks)
             return runNow(f, *args)
 
         self.factory.runIO = damagingIO
-        snap = self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        failure = self.failureResultOf(
+            self.settle(client.backup(*fileSource(zipPath), "src", "dir")), ProtocolError)
+        self.assertEqual(failure.value.code, Code.BAD_ARCHIVE)
         self.assertEqual(len(damaged), 1)
-        stored = os.path.join(self.data, "users", "alice", snap["id"], "src")
-        self.assertEqual(treeSignature(src), treeSignature(stored))
+        self.assertEqual(os.listdir(os.path.join(self.data, "users", "alice")), [".staging"])
 
     def test_threeResendsFail(self):
         """
@@ -147,7 +153,7 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src, zipPath = self.zipTree()
         corrupt = corruptFirstData(client, attempts=99)
-        self.failureResultOf(self.settle(client.backup(zipPath, "src", "dir")),
+        self.failureResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")),
                              VerificationFailed)
         self.assertEqual(corrupt.count, 4)
         client.transport.loseConnection()
@@ -163,7 +169,7 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         src, zipPath = self.zipTree()
-        d = client.backup(zipPath, "src", "dir")
+        d = client.backup(*fileSource(zipPath), "src", "dir")
         self.pump.pump()
         self.clock.advance(0)
         self.pump.pump()
@@ -182,7 +188,7 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         src, zipPath = self.zipTree()
-        self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
         original = server.sendString
         state = {"corrupted": 0, "begins": 0}
 
@@ -210,7 +216,7 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         src, zipPath = self.zipTree()
-        self.successResultOf(self.settle(client.backup(zipPath, "src", "dir")))
+        self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
         original = server.sendString
         sent = []
 

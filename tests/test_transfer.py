@@ -8,7 +8,7 @@ import os
 from twisted.internet.testing import StringTransport
 
 from backup_proto import crypto
-from backup_proto.archive import makeArchive
+from backup_proto.zipstream import writeArchive
 from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
@@ -23,7 +23,7 @@ def makeZip(name="docs", size=200_000):
     with open(os.path.join(name, "data.bin"), "wb") as f:
         f.write(os.urandom(size))
     path = os.path.abspath(f"{name}_backup.zip")
-    makeArchive(name, path)
+    writeArchive(name, path)
     with open(path, "rb") as f:
         return path, f.read()
 
@@ -302,7 +302,7 @@ class RestoreWireTests(TestCase):
         with open("docs/big.bin", "wb") as f:
             f.write(os.urandom(crypto.CHUNK_SIZE * 64))
         zipPath = os.path.abspath("big.zip")
-        makeArchive("docs", zipPath)
+        writeArchive("docs", zipPath)
         with open(zipPath, "rb") as f:
             zipData = f.read()
         self.factory.runIO = runNow
@@ -345,7 +345,7 @@ class SenderBackpressureTests(TestCase):
         runReads = deferredIO.runRound
 
         sent = []
-        sender = ChunkSender("big", len(data), ciphers.upload, 1,
+        sender = ChunkSender(lambda: open("big", "rb"), len(data), ciphers.upload, 1,
                              lambda body: (sent.append(body), transport.write(body)),
                              deferredIO)
         done = sender.start(transport)

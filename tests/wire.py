@@ -98,12 +98,16 @@ class Wire:
         """
         Upload C{data} as a whole, in order, and COMMIT it.
 
-        @return: the frame that answered the COMMIT.
+        @return: the frame that answered the COMMIT, or the ERROR that came
+            instead of the CKSUM.
         """
         self.sendControl(Msg.BACKUP, name=name, kind=kind, size=len(data))
         transfer = self.last()[1]["transfer"]
         self.send(b"".join(self.sealedChunks(data, transfer)))
-        self.sendControl(Msg.COMMIT, crc=self.last()[1]["crc"])
+        kind, fields = self.last()
+        if kind is Msg.ERROR:
+            return kind, fields
+        self.sendControl(Msg.COMMIT, crc=fields["crc"])
         return self.last()
 
     def sealedChunks(self, data, transfer, size=None):

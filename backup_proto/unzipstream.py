@@ -1,0 +1,571 @@
+# -*- test-case-name: tests.test_zipstream -*-
+"""
+Unpacking a zip as its bytes arrive, without a temporary file.
+
+L{StreamingExtractor} reads a zip front to back: each local header, the
+entry's data (written into the destination at once), its data descriptor,
+then the central directory, which must describe exactly the entries already
+seen (same names, methods, sizes, CRCs and offsets, in the same order), and
+the end records.  Only what the central directory holds -- an entry's type
+(file or link) and mode -- waits for the end: until then every non-folder
+entry is a private file (mode 0600, created with C{O_EXCL|O_NOFOLLOW}), and
+L{StreamingExtractor.finish} turns the links into links and applies modes
+and times.  Nothing is ever written below a link, since links are made last
+and no entry may lie below a file or link.
+
+It applies the checks of L{backup_proto.archive.checkArchive} (names,
+duplicates, one root, limits, compression ratio), and a few of its own: an
+entry must give its sizes in the local header (every zip made by
+L{backup_proto.zipstream} or by C{zipfile} into a file does), and every
+CRC-32 is checked as the data is written.
+
+The destination must be a fresh folder that the caller removes on error.
+"""
+
+import os
+import shutil
+import struct
+import unicodedata
+import zlib
+
+from isal import isal_zlib
+
+from backup_proto.archive import (
+    COPY_BLOCK,
+    ArchiveError,
+    ArchiveIndex,
+    Entry,
+    Limits,
+    checkName,
+    entryKind,
+    entryMtime,
+    makeDirs,
+)
+from backup_proto.zipstream import (
+    CENTRAL,
+    CENTRAL_SIG,
+    DEFLATED,
+    DESCRIPTOR32,
+    DESCRIPTOR64,
+    DESCRIPTOR_SIG,
+    EOCD,
+    EOCD64,
+    EOCD64_SIG,
+    EOCD_SIG,
+    FLAG_DESCRIPTOR,
+    FLAG_UTF8,
+    LOCAL,
+    LOCAL_SIG,
+    LOCATOR64,
+    LOCATOR64_SIG,
+    MARKER,
+    STORED,
+    ZIP64_TAG,
+)
+
+_MAX_LINK_TARGET = 4096
+_KNOWN_FLAGS = FLAG_DESCRIPTOR | FLAG_UTF8 | 0x06  # 0x06: deflate speed hints
+
+
+class _Seen:
+    """
+    One entry as its local header announced it, and what was written.
+    """
+
+    def __init__(self, name, parts, isDir, flags, method, crc, csize, usize, offset):
+        self.name = name
+        self.parts = parts
+        self.isDir = isDir
+        self.flags = flags
+        self.method = method
+        self.crc = crc
+        self.csize = csize
+        self.usize = usize
+        self.offset = offset
+        self.path = None
+
+
+def _zip64Values(extra, wanted):
+    """
+    Read the zip64 extra field's values for the fields that are 0xFFFFFFFF.
+
+    @param wanted: how many 8-byte values the record needs.
+    """
+    i = 0
+    while i + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, i)
+        if tag == ZIP64_TAG:
+            if size < 8 * wanted or i + 4 + size > len(extra):
+                raise ArchiveError("archive has a short zip64 field")
+            return list(struct.unpack_from(f"<{wanted}Q", extra, i + 4))
+        i += 4 + size
+    raise ArchiveError("archive lacks a zip64 field it needs")
+
+
+class StreamingExtractor:
+    """
+    Unpacks a zip fed to L{write} piece by piece into C{dest} (blocking
+    calls: use it from one thread).
+
+    @ivar position: bytes of the zip consumed so far.
+    """
+
+    def __init__(self, dest, limits=None, progress=None):
+        self._dest = dest
+        self._limits = limits or Limits()
+        self._progress = progress
+        self._buffer = bytearray()
+        self._step = self._header
+        self._need = 4
+        self._seen = []
+        self._keys = {}
+        self._made = set()
+        self._root = None
+        self._total = 0
+        self._central = 0
+        self._entries = []
+        self._done = False
+        self._fd = None
+        self._current = None
+        self.position = 0
+
+    # ---------------------------------------------------------- feeding
+
+    def write(self, data):
+        """
+        Take the next bytes of the zip.
+
+        @raise ArchiveError: the zip is unsafe, corrupt or over a limit.
+        @raise OSError: writing failed (a full disk, say).
+        """
+        view = memoryview(data)
+        while view:
+            if self._step == self._data:
+                used = self._data(view)
+                self.position += used
+                view = view[used:]
+                continue
+            used = self._need - len(self._buffer)
+            if used <= 0:
+                raise ArchiveError("archive has data after its end")
+            used = min(used, len(view))
+            self._buffer += view[:used]
+            self.position += used
+            view = view[used:]
+            if len(self._buffer) == self._need:
+                block = bytes(self._buffer)
+                self._buffer.clear()
+                self._step(block)
+
+    def _expect(self, count, step):
+        self._need = count
+        self._step = step
+
+    # ---------------------------------------------------------- local entries
+
+    def _header(self, block):
+        (sig,) = struct.unpack("<I", block)
+        self._recordStart = self.position - 4
+        if sig == EOCD_SIG and not self._seen:
+            raise ArchiveError("archive is empty")
+        if sig == LOCAL_SIG:
+            self._expect(LOCAL.size - 4, self._localFixed)
+        elif sig == CENTRAL_SIG and self._seen:
+            self._expect(CENTRAL.size - 4, self._centralFixed)
+        else:
+            raise ArchiveError("archive has an unexpected record (not a zip, or a "
+                               "zip without sizes in its local headers)")
+
+    def _localFixed(self, block):
+        fields = LOCAL.unpack(struct.pack("<I", LOCAL_SIG) + block)
+        self._local = fields
+        nameLen, extraLen = fields[9], fields[10]
+        self._expect(nameLen + extraLen, self._localVariable)
+        if nameLen + extraLen == 0:
+            self._need = 0
+            self._localVariable(b"")
+
+    def _localVariable(self, block):
+        _, _, flags, method, _, _, crc, csize, usize, nameLen, _ = self._local
+        offset = self._recordStart
+        rawName, extra = block[:nameLen], block[nameLen:]
+        if flags & ~_KNOWN_FLAGS:
+            raise ArchiveError("archive has an entry with unsupported flags (encrypted?)")
+        if method not in (STORED, DEFLATED):
+            raise ArchiveError("archive has an entry with an unsupported compression method")
+        if len(self._seen) >= self._limits.maxEntries:
+            raise ArchiveError(f"archive has more than {self._limits.maxEntries} entries")
+        name = rawName.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "strict")
+        parts, isDir = checkName(name)
+        shown = "/".join(parts)[:200]
+        zip64 = csize == MARKER or usize == MARKER
+        if zip64:
+            usize, csize = _zip64Values(extra, 2)
+        if method == STORED and csize != usize:
+            raise ArchiveError(f"entry '{shown}' is stored with two different sizes")
+        if flags & FLAG_DESCRIPTOR and csize == 0 and usize == 0 and not isDir:
+            # zero sizes with a descriptor: the sizes are unknown until the end
+            if method == DEFLATED:
+                raise ArchiveError(f"entry '{shown}' has no sizes in its local header")
+        entry = _Seen(rawName, parts, isDir, flags, method, crc, csize, usize, offset)
+        entry.zip64 = zip64
+        self._place(entry, shown)
+        self._seen.append(entry)
+        self._current = entry
+        self._remaining = csize
+        self._written = 0
+        self._crc = 0
+        self._inflater = isal_zlib.decompressobj(-15) if method == DEFLATED else None
+        if csize == 0:
+            self._endData()
+        else:
+            self._expect(1, self._data)
+
+    def _place(self, entry, shown):
+        """
+        Check an entry against the ones before it and create it (a folder,
+        or an empty private file to be filled).
+        """
+        key = unicodedata.normalize("NFC", "/".join(entry.parts))
+        if key in self._keys:
+            raise ArchiveError(f"archive has two entries named '{shown}'")
+        if self._root is None:
+            self._root = entry.parts[0]
+            self._rootIsFile = not entry.isDir and len(entry.parts) == 1
+        elif entry.parts[0] != self._root:
+            raise ArchiveError("archive has more than one top-level entry")
+        elif self._rootIsFile:
+            raise ArchiveError("archive's top-level file has other entries")
+        for depth in range(1, len(entry.parts)):
+            parent = unicodedata.normalize("NFC", "/".join(entry.parts[:depth]))
+            if self._keys.get(parent, True) is False:
+                raise ArchiveError(f"entry '{shown}' is below a file or link")
+        self._keys[key] = entry.isDir
+        if entry.isDir:
+            if entry.csize or entry.usize:
+                raise ArchiveError(f"folder entry '{shown}' has data")
+            makeDirs(self._dest, entry.parts, self._made)
+            return
+        parent = makeDirs(self._dest, entry.parts[:-1], self._made)
+        entry.path = os.path.join(parent, entry.parts[-1])
+        try:
+            self._fd = os.open(
+                entry.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            )
+        except FileExistsError:
+            raise ArchiveError("archive has two entries for one path") from None
+
+    def _data(self, view):
+        """
+        Consume up to the rest of the current entry's data from C{view}.
+
+        @return: how many bytes were used.
+        """
+        used = min(len(view), self._remaining)
+        piece = view[:used]
+        self._remaining -= used
+        if self._inflater is None:
+            self._output(piece)
+        else:
+            self._inflate(piece)
+        if self._remaining == 0:
+            self._endData()
+        return used
+
+    def _inflate(self, piece):
+        inflater = self._inflater
+        data = bytes(piece)
+        while data and not inflater.eof:
+            out = inflater.decompress(data, COPY_BLOCK)
+            data = inflater.unconsumed_tail
+            self._output(out)
+        if self._remaining == 0:
+            while not inflater.eof:
+                out = inflater.decompress(b"", COPY_BLOCK)
+                if not out:
+                    break
+                self._output(out)
+            if not inflater.eof:
+                raise ArchiveError(self._what("has a truncated deflate stream"))
+
+    def _output(self, data):
+        if not data:
+            return
+        entry = self._current
+        self._written += len(data)
+        self._total += len(data)
+        if self._written > entry.usize:
+            raise ArchiveError(self._what("is larger than it declares"))
+        if self._total > self._limits.maxUnpacked:
+            raise ArchiveError(f"archive unpacks to more than {self._limits.maxUnpacked} bytes")
+        if (
+            self._written > self._limits.ratioFloor
+            and self._written > self._limits.maxRatio * max(entry.csize, 1)
+        ):
+            raise ArchiveError(self._what(f"expands more than {self._limits.maxRatio} times"))
+        self._crc = isal_zlib.crc32(data, self._crc)
+        if self._progress is not None:
+            self._progress(len(data))
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def _what(self, problem):
+        return f"entry '{'/'.join(self._current.parts)[:200]}' {problem}"
+
+    def _endData(self):
+        entry = self._current
+        if entry.flags & FLAG_DESCRIPTOR:
+            self._expect((DESCRIPTOR64 if entry.zip64 else DESCRIPTOR32).size, self._descriptor)
+            return
+        self._checkEntry(entry.crc, entry.csize, entry.usize)
+
+    def _descriptor(self, block):
+        entry = self._current
+        struct_ = DESCRIPTOR64 if len(block) == DESCRIPTOR64.size else DESCRIPTOR32
+        sig, crc, csize, usize = struct_.unpack(block)
+        if sig != DESCRIPTOR_SIG:
+            raise ArchiveError(self._what("has no data descriptor"))
+        if csize != entry.csize:
+            raise ArchiveError(self._what("has a descriptor that disagrees with its header"))
+        entry.crc, entry.usize = crc, usize
+        self._checkEntry(crc, csize, usize)
+
+    def _checkEntry(self, crc, csize, usize):
+        if self._written != usize:
+            raise ArchiveError(self._what("does not match its declared size"))
+        if self._crc != crc:
+            raise ArchiveError(self._what("fails its CRC-32 check"))
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._current = None
+        self._expect(4, self._header)
+
+    # ---------------------------------------------------------- central directory
+
+    def _centralFixed(self, block):
+        fields = CENTRAL.unpack(struct.pack("<I", CENTRAL_SIG) + block)
+        self._centralRecord = fields
+        self._expect(fields[10] + fields[11] + fields[12], self._centralVariable)
+        if self._need == 0:
+            self._centralVariable(b"")
+
+    def _centralVariable(self, block):
+        (_, _, _, flags, method, _, _, crc, csize, usize, nameLen, extraLen, _, _, _,
+         external, offset) = self._centralRecord
+        name, extra = block[:nameLen], block[nameLen:nameLen + extraLen]
+        index = len(self._entries)
+        if index >= len(self._seen):
+            raise ArchiveError("archive's central directory lists more entries than it holds")
+        seen = self._seen[index]
+        wanted = [usize, csize, offset].count(MARKER)
+        if wanted:
+            values = iter(_zip64Values(extra, wanted))
+            usize = next(values) if usize == MARKER else usize
+            csize = next(values) if csize == MARKER else csize
+            offset = next(values) if offset == MARKER else offset
+        if (name, flags, method, crc, csize, usize, offset) != (
+            seen.name, seen.flags, seen.method, seen.crc, seen.csize, seen.usize, seen.offset
+        ):
+            raise ArchiveError(
+                f"entry '{'/'.join(seen.parts)[:200]}' differs between the central "
+                "directory and its local header"
+            )
+        info = _Info(external, extra, self._centralRecord[5], self._centralRecord[6])
+        kind, mode = entryKind(info, seen.isDir)
+        if kind is None:
+            raise ArchiveError(
+                f"entry '{'/'.join(seen.parts)[:200]}' is not a file, folder or link")
+        self._entries.append(Entry(info, seen.parts, kind, mode, entryMtime(info)))
+        self._central += 1
+        self._expect(4, self._centralNext)
+
+    def _centralNext(self, block):
+        (sig,) = struct.unpack("<I", block)
+        if sig == CENTRAL_SIG:
+            self._expect(CENTRAL.size - 4, self._centralFixed)
+        elif sig == EOCD64_SIG:
+            self._expect(EOCD64.size - 4, lambda b: self._expect(4, self._centralNext))
+        elif sig == LOCATOR64_SIG:
+            self._expect(LOCATOR64.size - 4, lambda b: self._expect(4, self._centralNext))
+        elif sig == EOCD_SIG:
+            self._expect(EOCD.size - 4, self._end)
+        else:
+            raise ArchiveError("archive has an unexpected record in its central directory")
+
+    def _end(self, block):
+        fields = EOCD.unpack(struct.pack("<I", EOCD_SIG) + block)
+        count, commentLen = fields[4], fields[7]
+        if len(self._entries) != len(self._seen) or count not in (
+            len(self._entries) & 0xFFFF, 0xFFFF
+        ):
+            raise ArchiveError("archive's central directory does not list every entry")
+        self._done = True
+        self._expect(commentLen, self._trailer)
+        if commentLen == 0:
+            self._need = 0
+
+    def _trailer(self, block):
+        self._need = 0
+
+    # ---------------------------------------------------------- the end
+
+    @property
+    def complete(self):
+        """
+        Whether the zip's end record has arrived.
+        """
+        return self._done
+
+    def finish(self):
+        """
+        Check that the whole zip arrived, make the links, and give files and
+        folders their modes and times (folders last, deepest first).
+
+        @raise ArchiveError: the zip ended early or a link is unsafe.
+        @return: an L{ArchiveIndex}.
+        """
+        self.close()
+        if not self._done or self._buffer:
+            raise ArchiveError("archive ended early")
+        files = 0
+        for entry in self._entries:
+            path = os.path.join(self._dest, *entry.parts)
+            if entry.kind == "file":
+                files += 1
+                os.chmod(path, entry.mode)
+                os.utime(path, (entry.mtime, entry.mtime))
+            elif entry.kind == "link":
+                if len(entry.parts) == 1:
+                    raise ArchiveError("archive's top-level entry is a link")
+                entry.target = self._linkTarget(path, entry)
+                os.unlink(path)
+                os.symlink(entry.target, path)
+                os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+        first = self._entries[0]
+        root = first.parts[0]
+        kind = "file" if len(first.parts) == 1 and first.kind != "dir" else "dir"
+        index = ArchiveIndex(root, kind, self._entries, files, self._total)
+        dirs = [e for e in self._entries if e.kind == "dir"]
+        for entry in sorted(dirs, key=lambda e: len(e.parts), reverse=True):
+            path = os.path.join(self._dest, *entry.parts)
+            os.chmod(path, entry.mode)
+            os.utime(path, (entry.mtime, entry.mtime))
+        return index
+
+    @staticmethod
+    def _linkTarget(path, entry):
+        shown = "/".join(entry.parts)[:200]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            raw = os.read(fd, _MAX_LINK_TARGET + 1)
+        finally:
+            os.close(fd)
+        if not 0 < len(raw) <= _MAX_LINK_TARGET:
+            raise ArchiveError(f"link '{shown}' has an empty or over-long target")
+        try:
+            target = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"link '{shown}' has an unreadable target") from None
+        if "\x00" in target:
+            raise ArchiveError(f"link '{shown}' has a NUL in its target")
+        return target
+
+    def close(self):
+        """
+        Close the file being written, if any (after an error, say).
+        """
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _Info:
+    """
+    The central directory fields L{entryKind} and L{entryMtime} read.
+    """
+
+    def __init__(self, external, extra, dosTime, dosDate):
+        self.external_attr = external
+        self.extra = extra
+        self.date_time = (
+            (dosDate >> 9) + 1980, max((dosDate >> 5) & 0xF, 1), max(dosDate & 0x1F, 1),
+            dosTime >> 11, (dosTime >> 5) & 0x3F, (dosTime & 0x1F) * 2,
+        )
+
+
+def extractStream(source, dest, limits=None):
+    """
+    Unpack a zip file with L{StreamingExtractor} (blocking), as a reader of
+    a whole file would: for tests and tools.
+    """
+    extractor = StreamingExtractor(dest, limits)
+    try:
+        with open(source, "rb") as f:
+            while True:
+                block = f.read(COPY_BLOCK)
+                if not block:
+                    break
+                extractor.write(block)
+        return extractor.finish()
+    except (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error) as e:
+        raise ArchiveError(f"archive is corrupt ({e})") from None
+    finally:
+        extractor.close()
+
+
+class ExtractSink:
+    """
+    A L{backup_proto.transfer.ChunkReceiver} sink that unpacks the zip into
+    C{dest} (a new folder, made at the first write) as it arrives.  An unsafe or corrupt zip does not stop the
+    transfer: the first L{ArchiveError} is kept (C{error}), the rest of the
+    data is dropped, and L{finish} raises it, so that a transfer damaged on
+    the way can still end and be resent.  Storage errors (C{OSError}) are
+    raised at once.
+    """
+
+    def __init__(self, dest, limits=None, progress=None):
+        self.dest = dest
+        self.error = None
+        self._made = False
+        self._extractor = StreamingExtractor(dest, limits, progress)
+
+    def write(self, data):
+        if self.error is not None:
+            return
+        if not self._made:
+            os.mkdir(self.dest, 0o700)
+            self._made = True
+        try:
+            self._extractor.write(data)
+        except ArchiveError as e:
+            self._failed(e)
+        except (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error) as e:
+            self._failed(ArchiveError(f"archive is corrupt ({e})"))
+
+    def _failed(self, error):
+        self.error = error
+        self._extractor.close()
+
+    def close(self):
+        """
+        The transfer ended; what is unpacked stays for L{finish}.
+        """
+        if self.error is None and not self._extractor.complete:
+            self._failed(ArchiveError("archive ended early"))
+        self._extractor.close()
+
+    def finish(self):
+        """
+        L{StreamingExtractor.finish} (blocking), or raise the kept error.
+        """
+        if self.error is not None:
+            raise self.error
+        return self._extractor.finish()
+
+    def discard(self):
+        """
+        Remove everything unpacked.
+        """
+        self._extractor.close()
+        shutil.rmtree(self.dest, ignore_errors=True)

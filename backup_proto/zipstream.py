@@ -1,0 +1,504 @@
+# -*- test-case-name: tests.test_zipstream -*-
+"""
+Making a zip as a stream of bytes, without a temporary file.
+
+The protocol declares a transfer's size before its first byte, so a zip is
+made in two passes.  L{planArchive} walks the tree, picks each file's
+method and works out every entry's size and so the zip's exact length (a
+file to be deflated is deflated once to count; small results are kept for
+the second pass).  L{ArchiveStream} then produces the zip's bytes, file by
+file, as the sender asks for them: zipping overlaps with sending, and the
+zip is never written to a disk (on this kind of machine each byte written
+costs as much as sending it).
+
+The layout is the one L{backup_proto.archive} documents and checks.  File
+entries set general-purpose bit 3: their CRC-32 (and the sizes again) are
+in a data descriptor after the data, since a file is read only once while
+it is sent; their sizes are in the local header too, as the planned sizes,
+so that a reader can unpack the stream as it arrives
+(L{backup_proto.unzipstream}).  Any zip reader reads the result.
+
+A file that changes between the passes is handled the way GNU tar handles
+one that changes while it is read: what is sent keeps the planned length
+(a stored file that shrank is padded with zeros, one that grew is cut),
+the archive stays valid, and the file is reported in
+L{ArchiveReport.changed}.  The one case that cannot be kept to its planned
+length, a deflated file whose new content compresses worse, stops the
+stream with L{ArchiveChanged}.
+"""
+
+import os
+import stat
+import struct
+import time
+from dataclasses import dataclass
+
+from isal import isal_zlib
+
+from backup_proto.archive import (
+    COPY_BLOCK,
+    ArchiveError,
+    ArchiveReport,
+    chooseMethod,
+    extraTimestamp,
+    newDeflater,
+    SAMPLE_SIZE,
+)
+
+STORED = 0
+DEFLATED = 8
+
+LOCAL_SIG = 0x04034B50
+CENTRAL_SIG = 0x02014B50
+DESCRIPTOR_SIG = 0x08074B50
+EOCD_SIG = 0x06054B50
+EOCD64_SIG = 0x06064B50
+LOCATOR64_SIG = 0x07064B50
+
+LOCAL = struct.Struct("<IHHHHHIIIHH")
+CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+DESCRIPTOR32 = struct.Struct("<IIII")
+DESCRIPTOR64 = struct.Struct("<IIQQ")
+EOCD = struct.Struct("<IHHHHIIH")
+EOCD64 = struct.Struct("<IQHHIIQQQQ")
+LOCATOR64 = struct.Struct("<IIQI")
+
+FLAG_DESCRIPTOR = 0x08
+FLAG_UTF8 = 0x800
+ZIP64_TAG = 0x0001
+#: A 32-bit size or offset field holding this value is in the zip64 extra.
+MARKER = 0xFFFFFFFF
+#: Sizes and offsets from this value on are written in a zip64 extra field
+#: (tests lower it, and L{ZIP64_COUNT}, to check zip64 on small zips).
+ZIP64_LIMIT = MARKER
+#: From this many entries on the end records are zip64 ones.
+ZIP64_COUNT = 0xFFFF
+
+#: Deflated entries of at most this many bytes keep their planned deflate
+#: stream for the second pass, up to L{KEEP_BUDGET} bytes in all.
+KEEP_BUDGET = 16 << 20
+
+_VERSION = 20
+_VERSION64 = 45
+_MADE_BY = (3 << 8) | _VERSION64  # Unix, so that readers honour the mode bits
+
+
+class ArchiveChanged(ArchiveError):
+    """
+    A file changed while it was being sent in a way the planned zip cannot
+    hold: nothing was stored, and the backup can simply be run again.
+    """
+
+
+def _dosTime(mtime):
+    t = time.localtime(max(mtime, 315532800))  # DOS times start in 1980
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), (
+        ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    )
+
+
+@dataclass
+class PlannedEntry:
+    """
+    One entry of a planned zip.
+
+    @ivar path: the file to read, for a file entry; else C{None}.
+    @ivar content: a folder's (empty) or a link's content (its target).
+    @ivar packed: a file's whole deflate stream, kept from the plan.
+    @ivar st: the C{os.stat_result} the plan saw.
+    """
+
+    name: bytes
+    method: int
+    external: int
+    dosTime: int
+    dosDate: int
+    extra: bytes
+    usize: int
+    csize: int
+    crc: int = 0
+    path: str = None
+    content: bytes = None
+    packed: bytes = None
+    st: os.stat_result = None
+    offset: int = 0
+
+    @property
+    def flags(self):
+        flags = 0 if self.name.isascii() else FLAG_UTF8
+        return flags | (FLAG_DESCRIPTOR if self.path is not None else 0)
+
+    @property
+    def zip64(self):
+        return self.usize >= ZIP64_LIMIT or self.csize >= ZIP64_LIMIT
+
+    def localHeader(self):
+        extra = self.extra
+        usize, csize = self.usize, self.csize
+        if self.zip64:
+            extra = struct.pack("<HHQQ", ZIP64_TAG, 16, usize, csize) + extra
+            usize = csize = MARKER
+        crc = 0 if self.path is not None else self.crc
+        version = _VERSION64 if self.zip64 else _VERSION
+        return LOCAL.pack(LOCAL_SIG, version, self.flags, self.method, self.dosTime,
+                          self.dosDate, crc, csize, usize, len(self.name),
+                          len(extra)) + self.name + extra
+
+    def descriptor(self, crc=None, usize=None):
+        """
+        The data descriptor of a file entry, with the CRC-32 and size of
+        what was sent (a stream's own values; the layout follows the plan).
+        """
+        if self.path is None:
+            return b""
+        crc = self.crc if crc is None else crc
+        usize = self.usize if usize is None else usize
+        if self.zip64:
+            return DESCRIPTOR64.pack(DESCRIPTOR_SIG, crc, self.csize, usize)
+        return DESCRIPTOR32.pack(DESCRIPTOR_SIG, crc, self.csize, usize)
+
+    def centralRecord(self, crc=None, usize=None):
+        """
+        This entry's central directory record (see L{descriptor}).
+        """
+        crc = self.crc if crc is None else crc
+        fields = []
+        planned, csize, offset = self.usize, self.csize, self.offset
+        usize = planned if usize is None else usize
+        if planned >= ZIP64_LIMIT:
+            fields.append(usize)
+            usize = MARKER
+        if csize >= ZIP64_LIMIT:
+            fields.append(csize)
+            csize = MARKER
+        if offset >= ZIP64_LIMIT:
+            fields.append(offset)
+            offset = MARKER
+        extra = self.extra
+        if fields:
+            extra = struct.pack(f"<HH{len(fields)}Q", ZIP64_TAG, 8 * len(fields),
+                                *fields) + extra
+        version = _VERSION64 if fields or self.zip64 else _VERSION
+        return CENTRAL.pack(CENTRAL_SIG, _MADE_BY, version, self.flags, self.method,
+                            self.dosTime, self.dosDate, crc, csize, usize,
+                            len(self.name), len(extra), 0, 0, 0, self.external,
+                            offset) + self.name + extra
+
+    def spanLength(self):
+        """
+        @return: the bytes from this entry's local header to its end.
+        """
+        return len(self.localHeader()) + self.csize + len(self.descriptor())
+
+
+@dataclass
+class ArchivePlan:
+    """
+    A zip worked out by L{planArchive}: its entries, exact size and report.
+    """
+
+    entries: list
+    size: int
+    centralOffset: int
+    centralSize: int
+    report: ArchiveReport
+
+
+def _entryFor(arcname, st, keepStat=False, **fields):
+    dosTime, dosDate = _dosTime(st.st_mtime)
+    external = (stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode)) << 16
+    if stat.S_ISDIR(st.st_mode):
+        external |= 0x10  # MS-DOS directory flag
+    return PlannedEntry(
+        name=arcname.encode("utf-8"), external=external, dosTime=dosTime,
+        dosDate=dosDate, extra=extraTimestamp(st.st_mtime),
+        st=st if keepStat else None, **fields,
+    )
+
+
+def _planFile(path, arcname, st, compression, budget):
+    """
+    Plan one file entry: read it once to pick the method, and to count its
+    deflated size when it is to be deflated.
+    """
+    size = st.st_size
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as src:
+        head = src.read(SAMPLE_SIZE)
+        method, packed = chooseMethod(path, head, size, compression)
+        entry = _entryFor(arcname, st, keepStat=True, method=method, usize=size,
+                          csize=size, path=path)
+        if method == STORED:
+            return entry
+        if packed is None:
+            compressor = newDeflater()
+            csize = len(compressor.compress(head))
+            while True:
+                block = src.read(COPY_BLOCK)
+                if not block:
+                    break
+                csize += len(compressor.compress(block))
+            csize += len(compressor.flush())
+            entry.csize = csize
+        else:
+            entry.csize = len(packed)
+            if len(packed) <= budget[0]:
+                budget[0] -= len(packed)
+                entry.packed = packed
+                entry.crc = isal_zlib.crc32(head)
+    return entry
+
+
+def planArchive(source, name=None, compression="auto"):
+    """
+    Walk a file or a folder tree and plan its zip (blocking: run it in a
+    thread).  Links are stored as links and never followed; sockets, FIFOs
+    and devices are skipped, and files and folders that cannot be read are
+    left out; both are reported.
+
+    @param source: the file or folder (a link given here is followed: it is
+        what the user named).
+    @param name: the root name in the archive; default the basename.
+    @return: an L{ArchivePlan}.
+    """
+    source = os.path.abspath(source)
+    name = name or os.path.basename(source.rstrip(os.sep))
+    report = ArchiveReport()
+    st = os.stat(source)
+    entries = []
+    budget = [KEEP_BUDGET]
+    if stat.S_ISDIR(st.st_mode):
+        _planTree(entries, source, name, st, compression, budget, report)
+    elif stat.S_ISREG(st.st_mode):
+        entries.append(_planFile(source, name, st, compression, budget))
+        report.files += 1
+        report.size += st.st_size
+    else:
+        raise ArchiveError(f"{name} is not a regular file or a folder")
+    offset = 0
+    for entry in entries:
+        entry.offset = offset
+        offset += entry.spanLength()
+    centralOffset = offset
+    centralSize = sum(len(entry.centralRecord()) for entry in entries)
+    size = centralOffset + centralSize + len(_endRecords(len(entries), centralOffset,
+                                                         centralSize))
+    return ArchivePlan(entries, size, centralOffset, centralSize, report)
+
+
+def _planTree(entries, top, name, topStat, compression, budget, report):
+    stack = [(top, name, topStat)]
+    while stack:
+        path, arcname, st = stack.pop()
+        entries.append(_entryFor(arcname + "/", st, method=STORED, usize=0, csize=0,
+                                 content=b""))
+        report.dirs += 1
+        try:
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            report.unreadable.append(f"{arcname}: {e.strerror}")
+            continue
+        subdirs = []
+        for child in children:
+            childArc = f"{arcname}/{child.name}"
+            try:
+                childArc.encode("utf-8")
+                cst = child.stat(follow_symlinks=False)
+            except UnicodeEncodeError:
+                report.unreadable.append(f"{childArc!a}: name is not valid UTF-8")
+                continue
+            except OSError as e:
+                report.unreadable.append(f"{childArc}: {e.strerror}")
+                continue
+            mode = cst.st_mode
+            try:
+                if stat.S_ISDIR(mode):
+                    subdirs.append((child.path, childArc, cst))
+                elif stat.S_ISREG(mode):
+                    entries.append(_planFile(child.path, childArc, cst, compression, budget))
+                    report.files += 1
+                    report.size += cst.st_size
+                elif stat.S_ISLNK(mode):
+                    target = os.readlink(child.path).encode("utf-8", "surrogateescape")
+                    entries.append(_entryFor(childArc, cst, method=STORED, usize=len(target),
+                                             csize=len(target), content=target,
+                                             crc=isal_zlib.crc32(target)))
+                    report.links += 1
+                else:
+                    report.skipped.append(f"{childArc}: special file skipped")
+            except OSError as e:
+                report.unreadable.append(f"{childArc}: {e.strerror}")
+        stack.extend(reversed(subdirs))
+
+
+def _endRecords(count, centralOffset, centralSize):
+    """
+    The end of central directory record, after a zip64 one (and its
+    locator) when the counts or offsets need it.
+    """
+    end = centralOffset + centralSize
+    if count >= ZIP64_COUNT or centralOffset >= ZIP64_LIMIT or centralSize >= ZIP64_LIMIT:
+        return (
+            EOCD64.pack(EOCD64_SIG, 44, _MADE_BY, _VERSION64, 0, 0, count, count,
+                        centralSize, centralOffset)
+            + LOCATOR64.pack(LOCATOR64_SIG, 0, end, 1)
+            + EOCD.pack(EOCD_SIG, 0, 0, 0xFFFF, 0xFFFF, MARKER, MARKER, 0)
+        )
+    return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)
+
+
+def _fileData(entry, changed, actual):
+    """
+    Yield a file entry's data, exactly C{entry.csize} bytes (the file is
+    read once), and record the CRC-32 and length of what was sent in
+    C{actual}.
+    """
+    if entry.packed is not None:
+        actual[id(entry)] = (entry.crc, entry.usize)
+        yield entry.packed
+        return
+    want = entry.usize
+    crc = 0
+    sent = 0
+    deflater = newDeflater() if entry.method == DEFLATED else None
+    why = None
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        fd, why = None, e.strerror
+    try:
+        while fd is not None and want > 0:
+            block = os.read(fd, min(COPY_BLOCK, want))
+            if not block:
+                break
+            want -= len(block)
+            crc = isal_zlib.crc32(block, crc)
+            if deflater is not None:
+                block = deflater.compress(block)
+                if sent + len(block) > entry.csize:
+                    raise ArchiveChanged(_changedText(entry))
+            sent += len(block)
+            yield block
+        if fd is not None:
+            after = os.fstat(fd)
+            if want or after.st_size != entry.st.st_size or (
+                after.st_mtime_ns != entry.st.st_mtime_ns
+            ):
+                why = "changed while it was read"
+    finally:
+        if fd is not None:
+            os.close(fd)
+    usize = entry.usize
+    if deflater is not None:
+        tail = deflater.flush()
+        if sent + len(tail) > entry.csize:
+            raise ArchiveChanged(_changedText(entry))
+        sent += len(tail)
+        yield tail
+        usize -= want  # what was read
+    if sent < entry.csize:
+        # a stored file that shrank gets zeros, as tar does; a deflate
+        # stream is complete already, and readers ignore what follows it
+        zeros = bytes(min(COPY_BLOCK, entry.csize - sent))
+        while sent < entry.csize:
+            pad = zeros[: entry.csize - sent]
+            if deflater is None:
+                crc = isal_zlib.crc32(pad, crc)
+            sent += len(pad)
+            yield pad
+    actual[id(entry)] = (crc, usize)
+    if why is not None:
+        changed.append(f"{entry.name.decode('utf-8', 'replace')}: {why}")
+
+
+def _changedText(entry):
+    return (f"{entry.name.decode('utf-8', 'replace')} changed while it was being sent; "
+            "nothing was stored: run the backup again")
+
+
+def _generate(plan, changed):
+    actual = {}
+    for entry in plan.entries:
+        yield entry.localHeader()
+        if entry.path is None:
+            yield entry.content
+        else:
+            yield from _fileData(entry, changed, actual)
+            yield entry.descriptor(*actual[id(entry)])
+    records = []
+    pending = 0
+    for entry in plan.entries:
+        record = entry.centralRecord(*actual.get(id(entry), (None, None)))
+        records.append(record)
+        pending += len(record)
+        if pending >= COPY_BLOCK:
+            yield b"".join(records)
+            records, pending = [], 0
+    records.append(_endRecords(len(plan.entries), plan.centralOffset, plan.centralSize))
+    yield b"".join(records)
+
+
+class ArchiveStream:
+    """
+    The bytes of a planned zip, read like a file (C{read} and C{close}; the
+    sender reads it in a thread).  Each stream reads the files anew, so a
+    resend makes a new one from the same plan.
+
+    @ivar changed: one line per file that changed while it was read.
+    """
+
+    def __init__(self, plan):
+        self._plan = plan
+        self.changed = []
+        self._blocks = _generate(plan, self.changed)
+        self._block = b""
+        self._offset = 0
+        self.position = 0
+
+    def read(self, n):
+        """
+        @return: the next C{n} bytes, fewer only at the end of the zip.
+        @raise ArchiveChanged: see the module docstring.
+        """
+        parts = []
+        while n > 0:
+            if self._offset >= len(self._block):
+                self._block = next(self._blocks, None)
+                self._offset = 0
+                if self._block is None:
+                    self._block = b""
+                    break
+                continue
+            piece = self._block[self._offset:self._offset + n]
+            self._offset += len(piece)
+            n -= len(piece)
+            parts.append(piece)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.position += len(data)
+        return data
+
+    def close(self):
+        self._blocks.close()
+
+
+def writeArchive(source, zipPath, name=None, compression="auto"):
+    """
+    Plan a zip and write it to a new file (blocking), for tools and tests.
+
+    @return: the L{ArchiveReport}, with C{changed} filled in.
+    """
+    plan = planArchive(source, name, compression)
+    stream = ArchiveStream(plan)
+    fd = os.open(zipPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while True:
+                block = stream.read(COPY_BLOCK)
+                if not block:
+                    break
+                f.write(block)
+    finally:
+        stream.close()
+    plan.report.changed = stream.changed
+    return plan.report

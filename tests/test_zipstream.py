@@ -1,0 +1,289 @@
+"""
+Tests for L{backup_proto.zipstream} (a zip made as it is read) and
+L{backup_proto.unzipstream} (a zip unpacked as it arrives).
+"""
+
+import os
+import struct
+import zipfile
+
+from backup_proto import zipstream
+from backup_proto.archive import ArchiveError, Limits
+from backup_proto.unzipstream import ExtractSink, StreamingExtractor, extractStream
+from backup_proto.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
+from tests.helpers import TestCase, makeTrickyTree, treeSignature
+from tests.test_archive import D, F, craft
+
+
+def readAll(stream, piece=65536):
+    parts = []
+    while True:
+        data = stream.read(piece)
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+
+
+def feed(data, dest, piece=7919, limits=None):
+    """
+    Unpack C{data} with a L{StreamingExtractor}, C{piece} bytes at a time.
+    """
+    os.mkdir(dest)
+    extractor = StreamingExtractor(dest, limits)
+    try:
+        for i in range(0, len(data), piece):
+            extractor.write(data[i:i + piece])
+        return extractor.finish()
+    finally:
+        extractor.close()
+
+
+class StreamRoundTripTests(TestCase):
+    def test_tree(self):
+        """
+        The planned size is exactly the stream's length; any zip reader
+        reads the stream; unpacked as it arrives, in odd-sized pieces, the
+        tree is identical (bytes, modes, mtimes, links).
+        """
+        src = makeTrickyTree(os.path.abspath("src"))
+        for compression in ("auto", "store", "deflate"):
+            plan = planArchive(src, compression=compression)
+            data = readAll(ArchiveStream(plan))
+            self.assertEqual(len(data), plan.size)
+            with open(f"{compression}.zip", "wb") as f:
+                f.write(data)
+            with zipfile.ZipFile(f"{compression}.zip") as zf:
+                self.assertIsNone(zf.testzip())
+                methods = {i.compress_type for i in zf.infolist() if i.file_size > 1000}
+            expected = {"store": {zipfile.ZIP_STORED}, "deflate": {zipfile.ZIP_DEFLATED},
+                        "auto": {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}}[compression]
+            self.assertEqual(methods, expected)
+            index = feed(data, f"out-{compression}")
+            self.assertEqual((index.root, index.kind), ("src", "dir"))
+            self.assertEqual(treeSignature(src), treeSignature(f"out-{compression}/src"))
+
+    def test_singleFile(self):
+        """
+        A single file is one entry at the root; its mode and mtime survive.
+        """
+        with open("one.txt", "w") as f:
+            f.write("hello " * 1000)
+        os.chmod("one.txt", 0o640)
+        os.utime("one.txt", (1_400_000_000, 1_400_000_000))
+        data = readAll(ArchiveStream(planArchive("one.txt")))
+        index = feed(data, "out")
+        self.assertEqual((index.root, index.kind, index.files), ("one.txt", "file", 1))
+        st = os.stat("out/one.txt")
+        self.assertEqual((st.st_mode & 0o777, int(st.st_mtime)), (0o640, 1_400_000_000))
+
+    def test_zip64(self):
+        """
+        With the zip64 thresholds lowered, sizes, offsets and the end
+        records take their zip64 forms; zipfile and the streaming reader
+        both read them.
+        """
+        self.patch(zipstream, "ZIP64_LIMIT", 1000)
+        self.patch(zipstream, "ZIP64_COUNT", 3)
+        src = makeTrickyTree(os.path.abspath("src"))
+        plan = planArchive(src)
+        self.assertTrue(any(e.zip64 for e in plan.entries))
+        data = readAll(ArchiveStream(plan))
+        self.assertEqual(len(data), plan.size)
+        self.assertIn(struct.pack("<I", zipstream.EOCD64_SIG), data)
+        with open("z.zip", "wb") as f:
+            f.write(data)
+        with zipfile.ZipFile("z.zip") as zf:
+            self.assertIsNone(zf.testzip())
+        feed(data, "out")
+        self.assertEqual(treeSignature(src), treeSignature("out/src"))
+
+    def test_resendReadsAgain(self):
+        """
+        Two streams of one plan give the same bytes (a resend).
+        """
+        src = makeTrickyTree(os.path.abspath("src"))
+        plan = planArchive(src)
+        self.assertEqual(readAll(ArchiveStream(plan)), readAll(ArchiveStream(plan), 1000))
+
+    def test_zipfileMade(self):
+        """
+        A zip that C{zipfile} wrote into a file (sizes in its local
+        headers) unpacks as it arrives too.
+        """
+        craft("c.zip", [("r/", b"", D), ("r/a", b"x" * 5000, F, zipfile.ZIP_DEFLATED),
+                        ("r/b", b"y", F)])
+        os.mkdir("out")
+        index = extractStream("c.zip", "out")
+        self.assertEqual(index.files, 2)
+        with open("out/r/a", "rb") as f:
+            self.assertEqual(f.read(), b"x" * 5000)
+
+
+class ChangedFileTests(TestCase):
+    """
+    A file that changes between planning and sending, handled as GNU tar
+    does: the archive keeps its planned length and stays valid, and the
+    file is reported.
+    """
+
+    def setUp(self):
+        super().setUp()
+        os.mkdir("src")
+        with open("src/data", "wb") as f:
+            f.write(os.urandom(100_000))
+
+    def test_shrunk(self):
+        plan = planArchive("src", compression="store")
+        with open("src/data", "r+b") as f:
+            f.truncate(60_000)
+        stream = ArchiveStream(plan)
+        data = readAll(stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertEqual(stream.changed, ["src/data: changed while it was read"])
+        feed(data, "out")
+        with open("out/src/data", "rb") as f, open("src/data", "rb") as g:
+            self.assertEqual(f.read(), g.read() + bytes(40_000))
+
+    def test_grown(self):
+        plan = planArchive("src", compression="store")
+        with open("src/data", "ab") as f:
+            f.write(b"more")
+        stream = ArchiveStream(plan)
+        data = readAll(stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertEqual(len(stream.changed), 1)
+        feed(data, "out")
+        self.assertEqual(os.path.getsize("out/src/data"), 100_000)
+
+    def test_vanished(self):
+        plan = planArchive("src", compression="store")
+        os.unlink("src/data")
+        stream = ArchiveStream(plan)
+        data = readAll(stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertIn("src/data", stream.changed[0])
+        feed(data, "out")
+
+    def test_deflatedCompressesWorse(self):
+        """
+        A deflated file whose new content does not fit its planned deflate
+        size stops the stream with L{ArchiveChanged}.
+        """
+        with open("src/data", "wb") as f:
+            f.write(b"compressible text " * 10_000)
+        plan = planArchive("src", compression="deflate")
+        with open("src/data", "wb") as f:
+            f.write(os.urandom(180_000))
+        self.assertRaises(ArchiveChanged, readAll, ArchiveStream(plan))
+
+    def test_deflatedCompressesBetter(self):
+        """
+        A deflated file that now compresses better is padded after its
+        deflate stream; readers ignore the padding.
+        """
+        with open("src/data", "wb") as f:
+            f.write(os.urandom(50_000) + b"a" * 50_000)
+        plan = planArchive("src", compression="deflate")
+        with open("src/data", "wb") as f:
+            f.write(b"a" * 100_000)
+        os.utime("src/data", ns=(1, 1))
+        stream = ArchiveStream(plan)
+        data = readAll(stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertEqual(len(stream.changed), 1)
+        feed(data, "out")
+        with open("out/src/data", "rb") as f:
+            self.assertEqual(f.read(), b"a" * 100_000)
+        with open("z.zip", "wb") as f:
+            f.write(data)
+        with zipfile.ZipFile("z.zip") as zf:
+            self.assertEqual(zf.read("src/data"), b"a" * 100_000)
+
+
+class StreamRefusalTests(TestCase):
+    """
+    What the streaming reader refuses, beyond the checks it shares with
+    L{backup_proto.archive.checkArchive} (covered through the server in
+    C{tests.test_hostile}).
+    """
+
+    def setUp(self):
+        super().setUp()
+        src = makeTrickyTree(os.path.abspath("src"))
+        self.data = bytearray(readAll(ArchiveStream(planArchive(src, compression="store"))))
+
+    def assertRefused(self, data, text):
+        e = self.assertRaises(ArchiveError, feed, bytes(data), "out")
+        self.assertIn(text, str(e))
+
+    def test_crcMismatch(self):
+        """
+        A byte flipped in a file's data fails the entry's CRC-32.
+        """
+        self.data[len(self.data) // 3] ^= 1  # inside the tree's 3 MB of random data
+        self.assertRefused(self.data, "fails its CRC-32 check")
+
+    def test_centralDiffers(self):
+        """
+        A central directory that disagrees with the local headers (here,
+        one CRC) is refused.
+        """
+        central = self.data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        self.data[central + 16] ^= 1
+        self.assertRefused(self.data, "differs between the central directory")
+
+    def test_truncated(self):
+        self.assertRefused(self.data[:-10], "ended early")
+
+    def test_trailingData(self):
+        self.assertRefused(self.data + b"x", "data after its end")
+
+    def test_notAZip(self):
+        self.assertRefused(b"hello world, not a zip", "unexpected record")
+
+    def test_empty(self):
+        with zipfile.ZipFile("e.zip", "w"):
+            pass
+        with open("e.zip", "rb") as f:
+            self.assertRefused(f.read(), "archive is empty")
+
+    def test_ratioLimit(self):
+        """
+        An entry inflating beyond the ratio limit is refused while it is
+        being written.
+        """
+        craft("bomb.zip", [("r/", b"", D), ("r/a", bytes(5 << 20), F, zipfile.ZIP_DEFLATED)])
+        with open("bomb.zip", "rb") as f:
+            e = self.assertRaises(ArchiveError, feed, f.read(), "out",
+                                  limits=Limits(maxRatio=10, ratioFloor=1 << 20))
+        self.assertIn("expands more than", str(e))
+
+
+class ExtractSinkTests(TestCase):
+    def test_errorKept(self):
+        """
+        A bad archive does not raise from C{write} (the transfer goes on);
+        L{ExtractSink.finish} raises it, and C{discard} removes what was
+        unpacked.
+        """
+        sink = ExtractSink(os.path.abspath("tree"))
+        sink.write(b"PK\x03\x04" + b"\xff" * 100)
+        sink.write(b"more")
+        sink.close()
+        self.assertRaises(ArchiveError, sink.finish)
+        sink.discard()
+        self.assertFalse(os.path.exists("tree"))
+
+    def test_writeArchive(self):
+        """
+        L{writeArchive} writes the stream to a file, and returns the report.
+        """
+        src = makeTrickyTree(os.path.abspath("src"))
+        report = writeArchive(src, "w.zip")
+        self.assertEqual(report.links, 2)
+        sink = ExtractSink(os.path.abspath("tree"))
+        with open("w.zip", "rb") as f:
+            sink.write(f.read())
+        sink.close()
+        sink.finish()
+        self.assertEqual(treeSignature(src), treeSignature("tree/src"))
