@@ -41,6 +41,7 @@ from backup_proto.archive import (
     entryMtime,
     makeDirs,
 )
+from backup_proto.directio import DirectWriter
 from backup_proto.zipstream import (
     CENTRAL,
     CENTRAL_SIG,
@@ -126,6 +127,7 @@ class StreamingExtractor:
         self._entries = []
         self._done = False
         self._fd = None
+        self._writer = DirectWriter()
         self._current = None
         self.position = 0
 
@@ -254,6 +256,7 @@ class StreamingExtractor:
             )
         except FileExistsError:
             raise ArchiveError("archive has two entries for one path") from None
+        self._writer.start(self._fd, entry.usize)
 
     def _data(self, view):
         """
@@ -306,8 +309,7 @@ class StreamingExtractor:
         self._crc = isal_zlib.crc32(data, self._crc)
         if self._progress is not None:
             self._progress(len(data))
-        while data:
-            data = data[os.write(self._fd, data):]
+        self._writer.write(data)
 
     def _what(self, problem):
         return f"entry '{'/'.join(self._current.parts)[:200]}' {problem}"
@@ -336,6 +338,7 @@ class StreamingExtractor:
         if self._crc != crc:
             raise ArchiveError(self._what("fails its CRC-32 check"))
         if self._fd is not None:
+            self._writer.finish()
             os.close(self._fd)
             self._fd = None
         self._current = None
@@ -478,6 +481,7 @@ class StreamingExtractor:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._writer.close()
 
 
 class _Info:

@@ -1,0 +1,147 @@
+# -*- test-case-name: tests.test_directio -*-
+"""
+Writing large files past the page cache (C{O_DIRECT}).
+
+On this kind of machine (a VM) a page-cache page the guest has not used
+before costs more than the copy into it: buffered writes of new data run
+at about 410 MB/s, while the same data written with C{O_DIRECT} from one
+reused, aligned buffer runs at about 1 GB/s (C{dd}, 2 GiB of random bytes,
+measured here).  The unpacked files of a snapshot are read rarely, so they
+need not stay cached.  The final C{syncfs} still makes them durable.
+
+C{O_DIRECT} wants the buffer address, the file offset and the length
+aligned to the device's block size; L{DirectWriter} copies data into a
+page-aligned C{mmap} buffer, writes whole buffers, and writes the last
+partial block with C{O_DIRECT} switched off.  Where C{O_DIRECT} is refused
+(tmpfs, some file systems, other systems), it writes the ordinary way.
+"""
+
+import errno
+import fcntl
+import mmap
+import os
+
+#: Files at least this large are written with C{O_DIRECT}.
+DIRECT_MIN = 8 << 20
+#: The aligned buffer: bytes per write.
+BUFFER_SIZE = 1 << 20
+#: Alignment assumed for offsets and lengths (the largest common block size).
+ALIGN = 4096
+
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def enableDirect(fd):
+    """
+    Switch C{O_DIRECT} on for C{fd}.
+
+    @return: whether it is on.
+    """
+    if not _O_DIRECT:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _disableDirect(fd):
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+
+
+def _writeAll(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class DirectWriter:
+    """
+    Writes one file after another, large ones through one aligned buffer.
+    Use L{start} for each file (an open, empty descriptor), L{write} for
+    its data, and L{finish} before closing it.
+    """
+
+    def __init__(self):
+        self._buffer = None
+        self._fill = 0
+        self._fd = None
+        self._direct = False
+
+    def start(self, fd, size):
+        """
+        Begin writing a file of C{size} bytes on C{fd}: with C{O_DIRECT} if
+        it is large enough and the file system allows it.
+
+        @return: whether this file goes past the page cache.
+        """
+        self._fd = fd
+        self._fill = 0
+        self._direct = size >= DIRECT_MIN and enableDirect(fd)
+        if self._direct and self._buffer is None:
+            self._buffer = mmap.mmap(-1, BUFFER_SIZE)
+        return self._direct
+
+    def write(self, data):
+        """
+        Write C{data} (any bytes-like object) to the current file.
+        """
+        if not self._direct:
+            _writeAll(self._fd, data)
+            return
+        view = memoryview(data)
+        while view:
+            piece = view[:BUFFER_SIZE - self._fill]
+            self._buffer[self._fill:self._fill + len(piece)] = piece
+            self._fill += len(piece)
+            view = view[len(piece):]
+            if self._fill == BUFFER_SIZE:
+                self._flush(BUFFER_SIZE)
+                if not self._direct:
+                    _writeAll(self._fd, view)
+                    return
+
+    def _flush(self, length):
+        try:
+            written = os.write(self._fd, memoryview(self._buffer)[:length])
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            written = 0
+        if written != length:
+            # refused or short (not expected for a regular file): the
+            # rest of the file goes the ordinary way
+            _disableDirect(self._fd)
+            self._direct = False
+            _writeAll(self._fd, memoryview(self._buffer)[written:length])
+        self._fill = 0
+
+    def finish(self):
+        """
+        Write what is buffered for the current file: the aligned part with
+        C{O_DIRECT}, the tail without.
+        """
+        if self._direct and self._fill:
+            fill = self._fill
+            aligned = fill - fill % ALIGN
+            tail = bytes(memoryview(self._buffer)[aligned:fill])
+            if aligned:
+                self._flush(aligned)
+            if tail:
+                if self._direct:
+                    _disableDirect(self._fd)
+                _writeAll(self._fd, tail)
+        self._fd = None
+        self._fill = 0
+        self._direct = False
+
+    def close(self):
+        """
+        Free the buffer.
+        """
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
