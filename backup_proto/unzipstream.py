@@ -13,11 +13,15 @@ L{StreamingExtractor.finish} turns the links into links and applies modes
 and times.  Nothing is ever written below a link, since links are made last
 and no entry may lie below a file or link.
 
-It applies the checks of L{backup_proto.archive.checkArchive} (names,
-duplicates, one root, limits, compression ratio), and a few of its own: an
-entry must give its sizes in the local header (every zip made by
-L{backup_proto.zipstream} or by C{zipfile} into a file does), and every
-CRC-32 is checked as the data is written.
+Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.checkName}),
+duplicates after NFC, entries under more than one root or below a file or
+link, a link at the top, types other than file, folder and link, encrypted
+entries and methods other than stored and deflated, too many entries, too
+many bytes or too high a compression ratio (L{backup_proto.archive.Limits}),
+and what the stream form adds: sizes missing from a local header (every zip
+made by L{backup_proto.zipstream}, or by C{zipfile} into a file, has them),
+a CRC-32 that does not match the data, and a central directory that does
+not match the entries.
 
 The destination must be a fresh folder that the caller removes on error.
 """
@@ -36,6 +40,7 @@ from backup_proto.archive import (
     ArchiveIndex,
     Entry,
     Limits,
+    applyDirAttributes,
     checkName,
     entryKind,
     entryMtime,
@@ -420,10 +425,12 @@ class StreamingExtractor:
         """
         return self._done
 
-    def finish(self):
+    def finish(self, applyDirs=True):
         """
         Check that the whole zip arrived, make the links, and give files and
-        folders their modes and times (folders last, deepest first).
+        folders their modes and times (folders last, deepest first; or
+        later, by the caller with L{backup_proto.archive.applyDirAttributes},
+        if C{applyDirs} is false).
 
         @raise ArchiveError: the zip ended early or a link is unsafe.
         @return: an L{ArchiveIndex}.
@@ -449,11 +456,8 @@ class StreamingExtractor:
         root = first.parts[0]
         kind = "file" if len(first.parts) == 1 and first.kind != "dir" else "dir"
         index = ArchiveIndex(root, kind, self._entries, files, self._total)
-        dirs = [e for e in self._entries if e.kind == "dir"]
-        for entry in sorted(dirs, key=lambda e: len(e.parts), reverse=True):
-            path = os.path.join(self._dest, *entry.parts)
-            os.chmod(path, entry.mode)
-            os.utime(path, (entry.mtime, entry.mtime))
+        if applyDirs:
+            applyDirAttributes(self._dest, index)
         return index
 
     @staticmethod
@@ -559,13 +563,13 @@ class ExtractSink:
             self._failed(ArchiveError("archive ended early"))
         self._extractor.close()
 
-    def finish(self):
+    def finish(self, applyDirs=True):
         """
         L{StreamingExtractor.finish} (blocking), or raise the kept error.
         """
         if self.error is not None:
             raise self.error
-        return self._extractor.finish()
+        return self._extractor.finish(applyDirs)
 
     def discard(self):
         """

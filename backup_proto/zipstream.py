@@ -216,6 +216,28 @@ def _entryFor(arcname, st, keepStat=False, **fields):
     )
 
 
+def _readBlocks(fd, size):
+    """
+    Yield at most C{size} bytes of a file: the first L{SAMPLE_SIZE}, then
+    blocks of L{COPY_BLOCK}, each read in full unless the file ends.  The
+    plan and the stream read a file in the same blocks, so that deflating
+    it gives the same stream both times.
+    """
+    want = min(SAMPLE_SIZE, size)
+    while size > 0:
+        block = os.read(fd, want)
+        while 0 < len(block) < want:
+            more = os.read(fd, want - len(block))
+            if not more:
+                break
+            block += more
+        if not block:
+            return
+        size -= len(block)
+        yield block
+        want = min(COPY_BLOCK, size)
+
+
 def _planFile(path, arcname, st, compression, budget):
     """
     Plan one file entry: read it once to pick the method, and to count its
@@ -223,8 +245,9 @@ def _planFile(path, arcname, st, compression, budget):
     """
     size = st.st_size
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src:
-        head = src.read(SAMPLE_SIZE)
+    try:
+        blocks = _readBlocks(fd, size)
+        head = next(blocks, b"")
         method, packed = chooseMethod(path, head, size, compression)
         entry = _entryFor(arcname, st, keepStat=True, method=method, usize=size,
                           csize=size, path=path)
@@ -233,10 +256,7 @@ def _planFile(path, arcname, st, compression, budget):
         if packed is None:
             compressor = newDeflater()
             csize = len(compressor.compress(head))
-            while True:
-                block = src.read(COPY_BLOCK)
-                if not block:
-                    break
+            for block in blocks:
                 csize += len(compressor.compress(block))
             csize += len(compressor.flush())
             entry.csize = csize
@@ -246,6 +266,8 @@ def _planFile(path, arcname, st, compression, budget):
                 budget[0] -= len(packed)
                 entry.packed = packed
                 entry.crc = isal_zlib.crc32(head)
+    finally:
+        os.close(fd)
     return entry
 
 
@@ -368,10 +390,7 @@ def _fileData(entry, changed, actual):
     except OSError as e:
         fd, why = None, e.strerror
     try:
-        while fd is not None and want > 0:
-            block = os.read(fd, min(COPY_BLOCK, want))
-            if not block:
-                break
+        for block in _readBlocks(fd, want) if fd is not None else ():
             want -= len(block)
             crc = isal_zlib.crc32(block, crc)
             if deflater is not None:

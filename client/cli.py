@@ -34,11 +34,12 @@ from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
 from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
+from backup_proto.unzipstream import ExtractSink
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
-from backup_client.restoring import RestoreConflict, placeRestore
+from backup_client.restoring import RestoreConflict, placeUnpacked
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -348,7 +349,6 @@ async def cmdRestore(reactor, args):
     dest = os.path.abspath(args.dest)
     if os.path.lexists(dest) and not os.path.isdir(dest):
         raise Fatal(EXIT_USAGE, f"{args.dest} exists and is not a folder")
-    work = tempfile.mkdtemp(prefix="backup-client-")
     bars = []
 
     def began(fields):
@@ -356,21 +356,27 @@ async def cmdRestore(reactor, args):
             bar.close()
         bars[:] = [progressBar(f"receive {fields['name']}", fields["size"], quiet)]
 
+    os.makedirs(dest, exist_ok=True)
+    # unpacked as it arrives, into a hidden folder inside DEST: moving it
+    # into place is renaming
+    staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+
+    def openSink(fields, attempt):
+        return ExtractSink(os.path.join(staging, str(attempt)), RESTORE_LIMITS)
+
     try:
         proto = await _session(reactor, args, user, password)
         try:
-            begin, zipPath = await proto.restore(
-                args.snapshot, work, progress=lambda n: bars[0](n), beginHook=began)
+            begin, sink = await proto.restore(
+                args.snapshot, openSink, progress=lambda n: bars[0](n), beginHook=began)
         finally:
             for bar in bars:
                 bar.close()
         proto.transport.loseConnection()
-        with progressBar(f"unpack {begin['name']}", None, quiet) as bar:
-            index = await deferToThread(
-                placeRestore, zipPath, dest, begin["name"], begin["kind"], RESTORE_LIMITS,
-                args.overwrite, bar)
+        index = await deferToThread(
+            placeUnpacked, sink, dest, begin["name"], begin["kind"], args.overwrite)
     finally:
-        await deferToThread(shutil.rmtree, work, True)
+        await deferToThread(shutil.rmtree, staging, True)
     target = os.path.join(dest, begin["name"])
     if args.json:
         print(json.dumps({"snapshot": begin["snapshot"], "path": target,

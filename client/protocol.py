@@ -10,7 +10,6 @@ is waiting with L{ConnectionGone}.
 """
 
 import base64
-import os
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionDone
@@ -21,7 +20,7 @@ from backup_proto import crypto
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
 from backup_proto.server import MAX_RESENDS, checkSourceName
-from backup_proto.transfer import ChunkReceiver, ChunkSender, FileSink, TransferAborted
+from backup_proto.transfer import ChunkReceiver, ChunkSender, TransferAborted
 
 _SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
                     "zip_size": int, "size": int, "files": int}
@@ -277,7 +276,7 @@ class BackupClientProtocol(Int32StringReceiver):
         if self._lost is None and self.paused:
             self.resumeProducing()
 
-    async def _restore(self, snapshotId, workDir, maxSize, progress, beginHook):
+    async def _restore(self, snapshotId, openSink, maxSize, progress, beginHook):
         request = (Msg.RESTORE, {"snapshot": snapshotId})
         for attempt in range(1 + MAX_RESENDS):
             _, begin = await self._call(
@@ -295,10 +294,10 @@ class BackupClientProtocol(Int32StringReceiver):
             self._lastTransfer = begin["transfer"]
             if beginHook is not None:
                 beginHook(begin)
-            zipPath = os.path.join(workDir, f"{begin['name']}_backup.{attempt}.zip")
+            sink = openSink(begin, attempt)
             self._finished = None
             self._receiver = ChunkReceiver(
-                FileSink(zipPath), begin["size"], self._ciphers.download, begin["transfer"],
+                sink, begin["size"], self._ciphers.download, begin["transfer"],
                 self._runIO, self._pauseInput, self._resumeInput, progress,
             )
             _, theirs = await self._expect(Msg.CKSUM)
@@ -310,19 +309,23 @@ class BackupClientProtocol(Int32StringReceiver):
             if crc == theirs["crc"] and length == begin["size"] == theirs["size"] and not rejected:
                 await self._call(Msg.COMMIT, {"crc": crc}, Msg.DONE,
                                  required={"snapshot": dict})
-                return begin, zipPath
-            await self._runIO(os.unlink, zipPath)
+                return begin, sink
+            await self._runIO(sink.discard)
             request = (Msg.RESEND, {})
         raise VerificationFailed(f"restore failed verification after {MAX_RESENDS} resends")
 
-    def restore(self, snapshotId, workDir, maxSize=1 << 42, progress=None, beginHook=None):
+    def restore(self, snapshotId, openSink, maxSize=1 << 42, progress=None, beginHook=None):
         """
-        Download a snapshot's zip into C{workDir}, resending until the
-        C{cksum} matches.
+        Download a snapshot's zip into a sink, resending until the C{cksum}
+        matches.
 
         @param snapshotId: an id, or C{None} for the newest snapshot.
+        @param openSink: called with the C{RESTORE_BEGIN} fields and the
+            attempt number (from 0); returns the sink for that attempt (see
+            L{backup_proto.transfer}): a L{FileSink}, or an
+            L{backup_proto.unzipstream.ExtractSink} unpacking as it goes.
         @param beginHook: called with the C{RESTORE_BEGIN} fields of each
             attempt (the CLI sizes its progress bar with it).
-        @return: a L{Deferred} with C{(beginFields, zipPath)}.
+        @return: a L{Deferred} with C{(beginFields, sink)}.
         """
-        return ensureDeferred(self._restore(snapshotId, workDir, maxSize, progress, beginHook))
+        return ensureDeferred(self._restore(snapshotId, openSink, maxSize, progress, beginHook))

@@ -3,22 +3,20 @@
 Putting a restored snapshot where the user asked, without ever writing
 outside it or over their files.
 
-The server's zip is untrusted: it is checked with the server's own checker
-(L{backup_proto.archive.checkArchive}), unpacked into a fresh hidden folder
-inside DEST, and only then moved into place.  Every conflict is found before
-anything is moved; without C{overwrite} the first one is reported and DEST is
-left as it was.
+The server's zip is untrusted: it is unpacked as it arrives, with the
+server's own checks (L{backup_proto.unzipstream.ExtractSink}), into a fresh
+hidden folder inside DEST, and only then moved into place.  Every conflict
+is found before anything is moved; without C{overwrite} the first one is
+reported and DEST is left as it was.
 """
 
 import os
 import shutil
 import stat
 import tempfile
-import zipfile
 
-from backup_proto.archive import (
-    ZIP_ERRORS, ArchiveError, applyDirAttributes, checkArchive, extractChecked,
-)
+from backup_proto.archive import COPY_BLOCK, ArchiveError, applyDirAttributes
+from backup_proto.unzipstream import ExtractSink
 
 
 class RestoreConflict(Exception):
@@ -75,31 +73,44 @@ def _merge(src, dst):
         os.rename(src, dst)
 
 
-def placeRestore(zipPath, dest, name, kind, limits, overwrite=False, progress=None):
+def placeUnpacked(sink, dest, name, kind, overwrite=False):
     """
-    Check the zip, then unpack it into C{dest} (blocking: run in a thread).
+    Finish a restore unpacked into C{sink} (blocking: run in a thread):
+    check it holds what the server announced, then move it into C{dest}.
+    The sink's folder must be inside C{dest}, so that moving is renaming.
 
+    @param sink: the L{backup_proto.unzipstream.ExtractSink} that received
+        the zip.
     @param name: the snapshot's top-level name the server announced.
     @param kind: C{"dir"} or C{"file"}, as announced.
     @raise ArchiveError: the zip is unsafe or not what was announced.
     @raise RestoreConflict: see L{findConflicts}.
     @return: the L{backup_proto.archive.ArchiveIndex}.
     """
-    try:
-        with zipfile.ZipFile(zipPath) as zf:
-            index = checkArchive(zf, limits)
-            if index.root != name or index.kind != kind:
-                raise ArchiveError("archive does not hold the snapshot the server announced")
-            os.makedirs(dest, exist_ok=True)
-            findConflicts(index, dest, overwrite)
-            staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
-            try:
-                extractChecked(zf, index, staging, limits, progress=progress, applyDirs=False,
-                               consume=True)
-                _merge(os.path.join(staging, index.root), os.path.join(dest, index.root))
-                applyDirAttributes(dest, index)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    except ZIP_ERRORS as e:
-        raise ArchiveError(f"not a valid zip archive ({e})") from None
+    index = sink.finish(applyDirs=False)
+    if index.root != name or index.kind != kind:
+        raise ArchiveError("archive does not hold the snapshot the server announced")
+    findConflicts(index, dest, overwrite)
+    _merge(os.path.join(sink.dest, index.root), os.path.join(dest, index.root))
+    applyDirAttributes(dest, index)
     return index
+
+
+def placeRestore(zipPath, dest, name, kind, limits, overwrite=False):
+    """
+    L{placeUnpacked} for a zip held in a file (blocking).
+    """
+    os.makedirs(dest, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+    try:
+        sink = ExtractSink(os.path.join(staging, "tree"), limits)
+        with open(zipPath, "rb") as f:
+            while True:
+                block = f.read(COPY_BLOCK)
+                if not block:
+                    break
+                sink.write(block)
+        sink.close()
+        return placeUnpacked(sink, dest, name, kind, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

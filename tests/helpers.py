@@ -229,3 +229,16 @@ def fileSource(path):
     """
     path = os.path.abspath(path)
     return (lambda: open(path, "rb")), os.path.getsize(path)
+
+
+def zipSinks(workDir):
+    """
+    @return: an C{openSink} for L{BackupClientProtocol.restore} that keeps
+        each attempt's zip as a file in C{workDir} (the sink's C{path}).
+    """
+    from backup_proto.transfer import FileSink
+
+    def openSink(begin, attempt):
+        return FileSink(os.path.join(os.path.abspath(workDir), f"{begin['name']}.{attempt}.zip"))
+
+    return openSink

@@ -24,6 +24,7 @@ from backup_proto.framing import Msg
 from backup_client.restoring import placeRestore
 from tests.helpers import (
     fileSource,
+    zipSinks,
     TestCase,
     clientKey, connectInMemory, flush, makeFactory, serverTLSOptions, treeSignature,
 )
@@ -77,9 +78,10 @@ class HostileCase(TestCase):
         flush(pump, self.clock)
         snap = self.successResultOf(d)
         os.makedirs("work", exist_ok=True)
-        d = client.restore(snap["id"], "work")
+        d = client.restore(snap["id"], zipSinks("work"))
         flush(pump, self.clock)
-        begin, zipPath = self.successResultOf(d)
+        begin, sink = self.successResultOf(d)
+        zipPath = sink.path
         dest = os.path.abspath(f"restored-{snap['id']}")
         placeRestore(zipPath, dest, "alice-src", "dir", Limits())
         self.assertEqual(treeSignature("alice-src"), treeSignature(os.path.join(dest, "alice-src")))

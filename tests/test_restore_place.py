@@ -12,7 +12,9 @@ from backup_proto import server as serverModule
 from backup_proto.archive import ArchiveError, Limits
 from backup_proto.zipstream import writeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
-from tests.helpers import TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory
+from tests.helpers import (
+    TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory, zipSinks,
+)
 from tests.test_archive import D, F, L, craft
 
 
@@ -52,9 +54,10 @@ class MaliciousServerTests(TestCase):
         self.patch(serverModule, "planArchive", lambda *args: CraftedPlan())
         self.patch(serverModule, "ArchiveStream", lambda plan: open(crafted, "rb"))
         os.makedirs("work", exist_ok=True)
-        d = self.client.restore(None, "work")
+        d = self.client.restore(None, zipSinks("work"))
         flush(self.pump, self.factory.clock)
-        begin, zipPath = self.successResultOf(d)
+        begin, sink = self.successResultOf(d)
+        zipPath = sink.path
         os.makedirs("dest", exist_ok=True)
         self.assertRaises(ArchiveError, placeRestore, zipPath, os.path.abspath("dest"),
                           begin["name"], begin["kind"], Limits())

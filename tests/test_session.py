@@ -16,6 +16,7 @@ from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.helpers import (
     fileSource,
+    zipSinks,
     TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
     makeTrickyTree, treeSignature,
@@ -64,7 +65,8 @@ class SessionTests(TestCase):
         listed = self.successResultOf(self.settle(client.listSnapshots()))
         self.assertEqual([s["id"] for s in listed], [snap["id"]])
         os.mkdir("work")
-        begin, restored = self.successResultOf(self.settle(client.restore(None, "work")))
+        begin, sink = self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
+        restored = sink.path
         self.assertEqual(begin["snapshot"], snap["id"])
         placeRestore(restored, "dest", "src", "dir", Limits())
         self.assertEqual(treeSignature(src), treeSignature("dest/src"))
@@ -203,7 +205,8 @@ class SessionTests(TestCase):
 
         server.sendString = corrupting
         os.mkdir("work")
-        begin, restored = self.successResultOf(self.settle(client.restore(None, "work")))
+        begin, sink = self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
+        restored = sink.path
         self.assertEqual((state["corrupted"], state["begins"]), (1, 2))
         self.assertEqual(os.listdir("work"), [os.path.basename(restored)])
         placeRestore(restored, "dest", "src", "dir", Limits())
@@ -230,7 +233,7 @@ class SessionTests(TestCase):
 
         server.sendString = cutting
         os.mkdir("work")
-        self.failureResultOf(self.settle(client.restore(None, "work")), ConnectionGone)
+        self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
         self.assertEqual(os.listdir("work"), [])
 
     def test_restoreUnknown(self):
@@ -239,7 +242,7 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         os.mkdir("work")
-        f = self.failureResultOf(self.settle(client.restore("nope-1", "work")), ProtocolError)
+        f = self.failureResultOf(self.settle(client.restore("nope-1", zipSinks("work"))), ProtocolError)
         self.assertEqual(f.value.code, Code.NOT_FOUND)
 
     def test_wrongCA(self):
