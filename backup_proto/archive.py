@@ -76,7 +76,7 @@ class Limits:
     ratioFloor: int = 1 << 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """
     One checked archive entry.

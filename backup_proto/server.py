@@ -40,6 +40,10 @@ from backup_proto.zipstream import ArchiveStream, planArchive
 MAX_RESENDS = 3
 #: Snapshots per SNAPSHOTS frame.
 LIST_PAGE = 25
+#: Deflated bytes a restore's plan keeps in memory (see
+#: L{backup_proto.zipstream.KEEP_BUDGET}): small, as restores may run side
+#: by side.
+RESTORE_KEEP_BUDGET = 2 << 20
 
 
 class State(enum.Enum):
@@ -527,7 +531,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
             prepared["row"] = row
             path = factory.store.snapshotPath(self.username, row)
-            return factory.runCPU(planArchive, path, row["source"], factory.restoreCompression)
+            return factory.runCPU(planArchive, path, row["source"], factory.restoreCompression,
+                                  RESTORE_KEEP_BUDGET)
 
         d.addCallback(found)
 

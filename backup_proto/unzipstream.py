@@ -78,6 +78,9 @@ class _Seen:
     One entry as its local header announced it, and what was written.
     """
 
+    __slots__ = ("name", "parts", "isDir", "flags", "method", "crc", "csize", "usize",
+                 "offset", "path", "zip64")
+
     def __init__(self, name, parts, isDir, flags, method, crc, csize, usize, offset):
         self.name = name
         self.parts = parts
@@ -492,6 +495,8 @@ class _Info:
     """
     The central directory fields L{entryKind} and L{entryMtime} read.
     """
+
+    __slots__ = ("external_attr", "extra", "date_time")
 
     def __init__(self, external, extra, dosTime, dosDate):
         self.external_attr = external

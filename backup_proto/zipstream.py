@@ -74,9 +74,10 @@ ZIP64_LIMIT = MARKER
 #: From this many entries on the end records are zip64 ones.
 ZIP64_COUNT = 0xFFFF
 
-#: Deflated entries of at most this many bytes keep their planned deflate
-#: stream for the second pass, up to L{KEEP_BUDGET} bytes in all.
-KEEP_BUDGET = 16 << 20
+#: Deflated entries of at most L{SAMPLE_SIZE} bytes keep their planned
+#: deflate stream for the second pass, up to this many bytes in all (memory
+#: traded for not deflating them twice).
+KEEP_BUDGET = 8 << 20
 
 _VERSION = 20
 _VERSION64 = 45
@@ -97,7 +98,7 @@ def _dosTime(mtime):
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class PlannedEntry:
     """
     One entry of a planned zip.
@@ -105,7 +106,7 @@ class PlannedEntry:
     @ivar path: the file to read, for a file entry; else C{None}.
     @ivar content: a folder's (empty) or a link's content (its target).
     @ivar packed: a file's whole deflate stream, kept from the plan.
-    @ivar st: the C{os.stat_result} the plan saw.
+    @ivar mtimeNs: a file's modification time when planned.
     """
 
     name: bytes
@@ -120,7 +121,7 @@ class PlannedEntry:
     path: str = None
     content: bytes = None
     packed: bytes = None
-    st: os.stat_result = None
+    mtimeNs: int = 0
     offset: int = 0
 
     @property
@@ -204,15 +205,15 @@ class ArchivePlan:
     report: ArchiveReport
 
 
-def _entryFor(arcname, st, keepStat=False, **fields):
+def _entryFor(arcname, st, **fields):
     dosTime, dosDate = _dosTime(st.st_mtime)
     external = (stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode)) << 16
     if stat.S_ISDIR(st.st_mode):
         external |= 0x10  # MS-DOS directory flag
     return PlannedEntry(
         name=arcname.encode("utf-8"), external=external, dosTime=dosTime,
-        dosDate=dosDate, extra=extraTimestamp(st.st_mtime),
-        st=st if keepStat else None, **fields,
+        dosDate=dosDate, extra=extraTimestamp(st.st_mtime), mtimeNs=st.st_mtime_ns,
+        **fields,
     )
 
 
@@ -249,8 +250,7 @@ def _planFile(path, arcname, st, compression, budget):
         blocks = _readBlocks(fd, size)
         head = next(blocks, b"")
         method, packed = chooseMethod(path, head, size, compression)
-        entry = _entryFor(arcname, st, keepStat=True, method=method, usize=size,
-                          csize=size, path=path)
+        entry = _entryFor(arcname, st, method=method, usize=size, csize=size, path=path)
         if method == STORED:
             return entry
         if packed is None:
@@ -271,7 +271,7 @@ def _planFile(path, arcname, st, compression, budget):
     return entry
 
 
-def planArchive(source, name=None, compression="auto"):
+def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -281,6 +281,7 @@ def planArchive(source, name=None, compression="auto"):
     @param source: the file or folder (a link given here is followed: it is
         what the user named).
     @param name: the root name in the archive; default the basename.
+    @param keepBudget: see L{KEEP_BUDGET}.
     @return: an L{ArchivePlan}.
     """
     source = os.path.abspath(source)
@@ -288,7 +289,7 @@ def planArchive(source, name=None, compression="auto"):
     report = ArchiveReport()
     st = os.stat(source)
     entries = []
-    budget = [KEEP_BUDGET]
+    budget = [keepBudget]
     if stat.S_ISDIR(st.st_mode):
         _planTree(entries, source, name, st, compression, budget, report)
     elif stat.S_ISREG(st.st_mode):
@@ -401,9 +402,7 @@ def _fileData(entry, changed, actual):
             yield block
         if fd is not None:
             after = os.fstat(fd)
-            if want or after.st_size != entry.st.st_size or (
-                after.st_mtime_ns != entry.st.st_mtime_ns
-            ):
+            if want or after.st_size != entry.usize or after.st_mtime_ns != entry.mtimeNs:
                 why = "changed while it was read"
     finally:
         if fd is not None:
