@@ -85,27 +85,25 @@ class Entry:
     @ivar kind: C{"file"}, C{"dir"} or C{"link"}.
     @ivar mode: permission bits to apply (C{0o777} at most).
     @ivar mtime: seconds since the epoch.
-    @ivar target: a link's target, else C{None}.
     """
 
-    info: object  # the central directory fields (external_attr, extra, date_time)
     parts: tuple
     kind: str
     mode: int
     mtime: int
-    target: str = None
 
 
 @dataclass
 class ArchiveIndex:
     """
-    What L{checkArchive} found: the root name, whether the archive is a
-    C{"dir"} or a C{"file"}, its entries, file count and unpacked size.
+    What an unpacked archive held: the root name, whether it is a C{"dir"}
+    or a C{"file"}, its folders (L{Entry}s, for L{applyDirAttributes}),
+    file count and unpacked size.
     """
 
     root: str
     kind: str
-    entries: list
+    dirs: list
     files: int
     size: int
 
@@ -269,8 +267,7 @@ def applyDirAttributes(dest, index):
     modification times, deepest first (writing into a folder changes its
     time, and a read-only folder cannot be filled or moved).
     """
-    dirs = [e for e in index.entries if e.kind == "dir"]
-    for entry in sorted(dirs, key=lambda e: len(e.parts), reverse=True):
+    for entry in sorted(index.dirs, key=lambda e: len(e.parts), reverse=True):
         path = os.path.join(dest, *entry.parts)
         os.chmod(path, entry.mode, follow_symlinks=False)
         os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)

@@ -258,7 +258,7 @@ class ChunkReceiver:
     @ivar highWater: bytes waiting for the disk above which input pauses.
     """
 
-    highWater = 8 * CHUNK_SIZE * READ_BATCH
+    highWater = 4 * CHUNK_SIZE * READ_BATCH
 
     def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput,
                  progress=None):

@@ -9,8 +9,8 @@ seen (same names, methods, sizes, CRCs and offsets, in the same order), and
 the end records.  Only what the central directory holds -- an entry's type
 (file or link) and mode -- waits for the end: until then every non-folder
 entry is a private file (mode 0600, created with C{O_EXCL|O_NOFOLLOW}), and
-L{StreamingExtractor.finish} turns the links into links and applies modes
-and times.  Nothing is ever written below a link, since links are made last
+the central directory, as it arrives, turns the links into links and
+gives files their modes and times; folders get theirs at the end.  Nothing is ever written below a link, since links are made last
 and no entry may lie below a file or link.
 
 Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.checkName}),
@@ -78,12 +78,11 @@ class _Seen:
     One entry as its local header announced it, and what was written.
     """
 
-    __slots__ = ("name", "parts", "isDir", "flags", "method", "crc", "csize", "usize",
-                 "offset", "path", "zip64")
+    __slots__ = ("name", "isDir", "flags", "method", "crc", "csize", "usize", "offset",
+                 "zip64")
 
-    def __init__(self, name, parts, isDir, flags, method, crc, csize, usize, offset):
-        self.name = name
-        self.parts = parts
+    def __init__(self, name, isDir, flags, method, crc, csize, usize, offset):
+        self.name = name  # as in the archive (the parts are kept only while needed)
         self.isDir = isDir
         self.flags = flags
         self.method = method
@@ -91,7 +90,14 @@ class _Seen:
         self.csize = csize
         self.usize = usize
         self.offset = offset
-        self.path = None
+
+
+def _parts(seen):
+    """
+    The path components of an entry already checked by L{checkName}.
+    """
+    name = seen.name.decode("utf-8" if seen.flags & FLAG_UTF8 else "cp437")
+    return tuple((name[:-1] if seen.isDir else name).split("/"))
 
 
 def _zip64Values(extra, wanted):
@@ -132,7 +138,9 @@ class StreamingExtractor:
         self._root = None
         self._total = 0
         self._central = 0
-        self._entries = []
+        self._dirs = []
+        self._files = 0
+        self._kind = None
         self._done = False
         self._fd = None
         self._writer = DirectWriter()
@@ -217,9 +225,10 @@ class StreamingExtractor:
             # zero sizes with a descriptor: the sizes are unknown until the end
             if method == DEFLATED:
                 raise ArchiveError(f"entry '{shown}' has no sizes in its local header")
-        entry = _Seen(rawName, parts, isDir, flags, method, crc, csize, usize, offset)
+        entry = _Seen(rawName, isDir, flags, method, crc, csize, usize, offset)
         entry.zip64 = zip64
-        self._place(entry, shown)
+        self._place(entry, parts, shown)
+        self._currentParts = parts
         self._seen.append(entry)
         self._current = entry
         self._remaining = csize
@@ -231,36 +240,36 @@ class StreamingExtractor:
         else:
             self._expect(1, self._data)
 
-    def _place(self, entry, shown):
+    def _place(self, entry, parts, shown):
         """
         Check an entry against the ones before it and create it (a folder,
         or an empty private file to be filled).
         """
-        key = unicodedata.normalize("NFC", "/".join(entry.parts))
+        key = unicodedata.normalize("NFC", "/".join(parts))
         if key in self._keys:
             raise ArchiveError(f"archive has two entries named '{shown}'")
         if self._root is None:
-            self._root = entry.parts[0]
-            self._rootIsFile = not entry.isDir and len(entry.parts) == 1
-        elif entry.parts[0] != self._root:
+            self._root = parts[0]
+            self._rootIsFile = not entry.isDir and len(parts) == 1
+        elif parts[0] != self._root:
             raise ArchiveError("archive has more than one top-level entry")
         elif self._rootIsFile:
             raise ArchiveError("archive's top-level file has other entries")
-        for depth in range(1, len(entry.parts)):
-            parent = unicodedata.normalize("NFC", "/".join(entry.parts[:depth]))
+        for depth in range(1, len(parts)):
+            parent = unicodedata.normalize("NFC", "/".join(parts[:depth]))
             if self._keys.get(parent, True) is False:
                 raise ArchiveError(f"entry '{shown}' is below a file or link")
         self._keys[key] = entry.isDir
         if entry.isDir:
             if entry.csize or entry.usize:
                 raise ArchiveError(f"folder entry '{shown}' has data")
-            makeDirs(self._dest, entry.parts, self._made)
+            makeDirs(self._dest, parts, self._made)
             return
-        parent = makeDirs(self._dest, entry.parts[:-1], self._made)
-        entry.path = os.path.join(parent, entry.parts[-1])
+        parent = makeDirs(self._dest, parts[:-1], self._made)
         try:
             self._fd = os.open(
-                entry.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                os.path.join(parent, parts[-1]),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
             )
         except FileExistsError:
             raise ArchiveError("archive has two entries for one path") from None
@@ -320,7 +329,7 @@ class StreamingExtractor:
         self._writer.write(data)
 
     def _what(self, problem):
-        return f"entry '{'/'.join(self._current.parts)[:200]}' {problem}"
+        return f"entry '{'/'.join(self._currentParts)[:200]}' {problem}"
 
     def _endData(self):
         entry = self._current
@@ -365,10 +374,11 @@ class StreamingExtractor:
         (_, _, _, flags, method, _, _, crc, csize, usize, nameLen, extraLen, _, _, _,
          external, offset) = self._centralRecord
         name, extra = block[:nameLen], block[nameLen:nameLen + extraLen]
-        index = len(self._entries)
+        index = self._central
         if index >= len(self._seen):
             raise ArchiveError("archive's central directory lists more entries than it holds")
         seen = self._seen[index]
+        parts = _parts(seen)
         wanted = [usize, csize, offset].count(MARKER)
         if wanted:
             values = iter(_zip64Values(extra, wanted))
@@ -379,17 +389,41 @@ class StreamingExtractor:
             seen.name, seen.flags, seen.method, seen.crc, seen.csize, seen.usize, seen.offset
         ):
             raise ArchiveError(
-                f"entry '{'/'.join(seen.parts)[:200]}' differs between the central "
+                f"entry '{'/'.join(parts)[:200]}' differs between the central "
                 "directory and its local header"
             )
         info = _Info(external, extra, self._centralRecord[5], self._centralRecord[6])
         kind, mode = entryKind(info, seen.isDir)
         if kind is None:
             raise ArchiveError(
-                f"entry '{'/'.join(seen.parts)[:200]}' is not a file, folder or link")
-        self._entries.append(Entry(info, seen.parts, kind, mode, entryMtime(info)))
+                f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
+        self._seen[index] = None  # what is left to keep is small
         self._central += 1
+        self._finalize(parts, kind, mode, entryMtime(info))
         self._expect(4, self._centralNext)
+
+    def _finalize(self, parts, kind, mode, mtime):
+        """
+        Give an entry what only the central directory holds: its mode and
+        time, and for a link, its form (every entry's data has arrived,
+        and none lies below a file or link).  Folders wait for the end.
+        """
+        if self._kind is None:
+            self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
+        path = os.path.join(self._dest, *parts)
+        if kind == "dir":
+            self._dirs.append(Entry(parts, kind, mode, mtime))
+        elif kind == "file":
+            self._files += 1
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+        else:
+            if len(parts) == 1:
+                raise ArchiveError("archive's top-level entry is a link")
+            target = self._linkTarget(path, parts)
+            os.unlink(path)
+            os.symlink(target, path)
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def _centralNext(self, block):
         (sig,) = struct.unpack("<I", block)
@@ -407,8 +441,8 @@ class StreamingExtractor:
     def _end(self, block):
         fields = EOCD.unpack(struct.pack("<I", EOCD_SIG) + block)
         count, commentLen = fields[4], fields[7]
-        if len(self._entries) != len(self._seen) or count not in (
-            len(self._entries) & 0xFFFF, 0xFFFF
+        if self._central != len(self._seen) or count not in (
+            self._central & 0xFFFF, 0xFFFF
         ):
             raise ArchiveError("archive's central directory does not list every entry")
         self._done = True
@@ -430,42 +464,26 @@ class StreamingExtractor:
 
     def finish(self, applyDirs=True):
         """
-        Check that the whole zip arrived, make the links, and give files and
-        folders their modes and times (folders last, deepest first; or
-        later, by the caller with L{backup_proto.archive.applyDirAttributes},
-        if C{applyDirs} is false).
+        Check that the whole zip arrived, and give folders their modes and
+        times, deepest first (or leave that to the caller, with
+        L{backup_proto.archive.applyDirAttributes}, if C{applyDirs} is
+        false).  Files and links got theirs as the central directory
+        arrived.
 
-        @raise ArchiveError: the zip ended early or a link is unsafe.
+        @raise ArchiveError: the zip ended early.
         @return: an L{ArchiveIndex}.
         """
         self.close()
         if not self._done or self._buffer:
             raise ArchiveError("archive ended early")
-        files = 0
-        for entry in self._entries:
-            path = os.path.join(self._dest, *entry.parts)
-            if entry.kind == "file":
-                files += 1
-                os.chmod(path, entry.mode)
-                os.utime(path, (entry.mtime, entry.mtime))
-            elif entry.kind == "link":
-                if len(entry.parts) == 1:
-                    raise ArchiveError("archive's top-level entry is a link")
-                entry.target = self._linkTarget(path, entry)
-                os.unlink(path)
-                os.symlink(entry.target, path)
-                os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
-        first = self._entries[0]
-        root = first.parts[0]
-        kind = "file" if len(first.parts) == 1 and first.kind != "dir" else "dir"
-        index = ArchiveIndex(root, kind, self._entries, files, self._total)
+        index = ArchiveIndex(self._root, self._kind, self._dirs, self._files, self._total)
         if applyDirs:
             applyDirAttributes(self._dest, index)
         return index
 
     @staticmethod
-    def _linkTarget(path, entry):
-        shown = "/".join(entry.parts)[:200]
+    def _linkTarget(path, parts):
+        shown = "/".join(parts)[:200]
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             raw = os.read(fd, _MAX_LINK_TARGET + 1)

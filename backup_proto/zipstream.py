@@ -30,7 +30,9 @@ stream with L{ArchiveChanged}.
 import os
 import stat
 import struct
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from isal import isal_zlib
@@ -79,9 +81,21 @@ ZIP64_COUNT = 0xFFFF
 #: traded for not deflating them twice).
 KEEP_BUDGET = 8 << 20
 
+#: Threads that read and deflate files while a plan is made (the client is
+#: otherwise idle then; zlib-ng and file reads release the GIL).
+PLAN_THREADS = min(4, os.cpu_count() or 2)
+#: Files per task given to a plan thread.
+PLAN_BATCH = 32
+
 _VERSION = 20
 _VERSION64 = 45
 _MADE_BY = (3 << 8) | _VERSION64  # Unix, so that readers honour the mode bits
+
+
+class PlanStopped(Exception):
+    """
+    Planning was stopped by its caller.
+    """
 
 
 class ArchiveChanged(ArchiveError):
@@ -239,6 +253,24 @@ def _readBlocks(fd, size):
         want = min(COPY_BLOCK, size)
 
 
+class _Budget:
+    """
+    The bytes of deflate streams the plan may still keep (L{KEEP_BUDGET});
+    files are planned in several threads.
+    """
+
+    def __init__(self, size):
+        self._left = size
+        self._lock = threading.Lock()
+
+    def take(self, size):
+        with self._lock:
+            if size > self._left:
+                return False
+            self._left -= size
+            return True
+
+
 def _planFile(path, arcname, st, compression, budget):
     """
     Plan one file entry: read it once to pick the method, and to count its
@@ -262,8 +294,7 @@ def _planFile(path, arcname, st, compression, budget):
             entry.csize = csize
         else:
             entry.csize = len(packed)
-            if len(packed) <= budget[0]:
-                budget[0] -= len(packed)
+            if budget.take(len(packed)):
                 entry.packed = packed
                 entry.crc = isal_zlib.crc32(head)
     finally:
@@ -271,7 +302,7 @@ def _planFile(path, arcname, st, compression, budget):
     return entry
 
 
-def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET):
+def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET, stop=None):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -282,6 +313,8 @@ def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET):
         what the user named).
     @param name: the root name in the archive; default the basename.
     @param keepBudget: see L{KEEP_BUDGET}.
+    @param stop: a C{threading.Event}: once set, planning stops with
+        L{PlanStopped} (the caller no longer needs the plan).
     @return: an L{ArchivePlan}.
     """
     source = os.path.abspath(source)
@@ -289,9 +322,10 @@ def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET):
     report = ArchiveReport()
     st = os.stat(source)
     entries = []
-    budget = [keepBudget]
+    budget = _Budget(keepBudget)
     if stat.S_ISDIR(st.st_mode):
-        _planTree(entries, source, name, st, compression, budget, report)
+        with ThreadPoolExecutor(PLAN_THREADS) as pool:
+            _planTree(entries, source, name, st, compression, budget, report, pool, stop)
     elif stat.S_ISREG(st.st_mode):
         entries.append(_planFile(source, name, st, compression, budget))
         report.files += 1
@@ -309,11 +343,30 @@ def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET):
     return ArchivePlan(entries, size, centralOffset, centralSize, report)
 
 
-def _planTree(entries, top, name, topStat, compression, budget, report):
+def _planTree(entries, top, name, topStat, compression, budget, report, pool, stop):
+    """
+    Plan a folder's entries, in the order they go into the zip; files are
+    read and deflated by C{pool}, several at a time.
+    """
+    planned = []
+    batch = []
+
+    def flush():
+        nonlocal batch
+        if batch:
+            planned.append(pool.submit(_planFiles, batch, compression, budget))
+            batch = []
+
     stack = [(top, name, topStat)]
     while stack:
+        if stop is not None and stop.is_set():
+            for item in planned:
+                if not isinstance(item, PlannedEntry):
+                    item.cancel()
+            raise PlanStopped()
         path, arcname, st = stack.pop()
-        entries.append(_entryFor(arcname + "/", st, method=STORED, usize=0, csize=0,
+        flush()
+        planned.append(_entryFor(arcname + "/", st, method=STORED, usize=0, csize=0,
                                  content=b""))
         report.dirs += 1
         try:
@@ -339,12 +392,14 @@ def _planTree(entries, top, name, topStat, compression, budget, report):
                 if stat.S_ISDIR(mode):
                     subdirs.append((child.path, childArc, cst))
                 elif stat.S_ISREG(mode):
-                    entries.append(_planFile(child.path, childArc, cst, compression, budget))
-                    report.files += 1
-                    report.size += cst.st_size
+                    batch.append((child.path, childArc, cst))
+                    if len(batch) == PLAN_BATCH:
+                        planned.append(pool.submit(_planFiles, batch, compression, budget))
+                        batch = []
                 elif stat.S_ISLNK(mode):
                     target = os.readlink(child.path).encode("utf-8", "surrogateescape")
-                    entries.append(_entryFor(childArc, cst, method=STORED, usize=len(target),
+                    flush()
+                    planned.append(_entryFor(childArc, cst, method=STORED, usize=len(target),
                                              csize=len(target), content=target,
                                              crc=isal_zlib.crc32(target)))
                     report.links += 1
@@ -353,6 +408,34 @@ def _planTree(entries, top, name, topStat, compression, budget, report):
             except OSError as e:
                 report.unreadable.append(f"{childArc}: {e.strerror}")
         stack.extend(reversed(subdirs))
+    flush()
+    for item in planned:
+        if isinstance(item, PlannedEntry):
+            entries.append(item)
+            continue
+        for arcname, entry in item.result():
+            if isinstance(entry, OSError):
+                report.unreadable.append(f"{arcname}: {entry.strerror}")
+                continue
+            entries.append(entry)
+            report.files += 1
+            report.size += entry.usize
+
+
+def _planFiles(batch, compression, budget):
+    """
+    L{_planFile} for each C{(path, arcname, stat)} (in a plan thread).
+
+    @return: C{(arcname, entry)} pairs; C{entry} is the C{OSError} met for
+        a file that could not be read.
+    """
+    results = []
+    for path, arcname, st in batch:
+        try:
+            results.append((arcname, _planFile(path, arcname, st, compression, budget)))
+        except OSError as e:
+            results.append((arcname, e))
+    return results
 
 
 def _endRecords(count, centralOffset, centralSize):

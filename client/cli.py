@@ -22,9 +22,10 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 
 from twisted.internet import task
-from twisted.internet.defer import TimeoutError as NoAnswer, ensureDeferred
+from twisted.internet.defer import Deferred, TimeoutError as NoAnswer, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.ssl import (
@@ -303,6 +304,35 @@ async def cmdList(reactor, args):
     return EXIT_OK
 
 
+#: Seconds between LIST requests that keep a connection alive while the
+#: client plans a large tree (the server closes it after 120 s idle).
+KEEPALIVE = 50
+
+
+def _planDone(reactor, planning, seconds):
+    """
+    @return: a L{Deferred} firing with C{True} once C{planning} has fired
+        (whatever its result), or C{False} after C{seconds}.
+    """
+    d = Deferred()
+
+    def timeout():
+        if not d.called:
+            d.callback(False)
+
+    call = reactor.callLater(seconds, timeout)
+
+    def done(result):
+        if call.active():
+            call.cancel()
+        if not d.called:
+            d.callback(True)
+        return result
+
+    planning.addBoth(done)
+    return d
+
+
 async def cmdBackup(reactor, args):
     user = _needUser(args)
     path = os.path.abspath(args.path)
@@ -318,7 +348,26 @@ async def cmdBackup(reactor, args):
     password = _readPassword(args, False)
     quiet = _quiet(args)
     kind = "dir" if os.path.isdir(path) else "file"
-    plan = await deferToThread(planArchive, path, name, args.compression)
+    # plan the zip while connecting and logging in
+    stop = threading.Event()
+    planning = deferToThread(planArchive, path, name, args.compression, stop=stop)
+    try:
+        proto = await _session(reactor, args, user, password)
+    except BaseException:
+        stop.set()
+        try:
+            await planning
+        except Exception:
+            pass
+        raise
+    try:
+        while not await _planDone(reactor, planning, KEEPALIVE):
+            # keep the connection from idling out while a large tree is planned
+            await proto.listSnapshots()
+        plan = await planning
+    except BaseException:
+        proto.transport.loseConnection()
+        raise
     report = plan.report
     for line in report.skipped + report.unreadable:
         print(f"warning: {line}", file=sys.stderr)
@@ -329,7 +378,6 @@ async def cmdBackup(reactor, args):
         streams.append(ArchiveStream(plan))
         return streams[-1]
 
-    proto = await _session(reactor, args, user, password)
     with progressBar(f"send {name}", plan.size, quiet) as bar:
         snapshot = await proto.backup(openStream, plan.size, name, kind, progress=bar)
     proto.transport.loseConnection()

@@ -41,24 +41,30 @@ def _isRealDir(path):
         return False
 
 
-def findConflicts(index, dest, overwrite):
+def findConflicts(unpacked, root, dest, overwrite):
     """
-    @raise RestoreConflict: for the first entry that exists in C{dest}
+    Compare the tree C{root} unpacked in C{unpacked} with C{dest}, folder by
+    folder (only into folders that exist in both).
+
+    @raise RestoreConflict: for the first path that exists in C{dest}
         (an existing folder where the snapshot has a folder is fine); with
         C{overwrite}, only for a folder where the snapshot has a file or link.
     """
-    for entry in index.entries:
-        rel = os.path.join(*entry.parts)
+    stack = [root]
+    while stack:
+        rel = stack.pop()
         target = os.path.join(dest, rel)
+        isDir = _isRealDir(os.path.join(unpacked, rel))
         if not os.path.lexists(target):
             continue
-        if entry.kind == "dir":
-            if _isRealDir(target):
-                continue
-            raise RestoreConflict(rel, "exists and is not a folder")
-        if _isRealDir(target):
+        if isDir:
+            if not _isRealDir(target):
+                raise RestoreConflict(rel, "exists and is not a folder")
+            names = sorted(os.listdir(os.path.join(unpacked, rel)), reverse=True)
+            stack.extend(os.path.join(rel, name) for name in names)
+        elif _isRealDir(target):
             raise RestoreConflict(rel, "is a folder; it will not be replaced by a file")
-        if not overwrite:
+        elif not overwrite:
             raise RestoreConflict(rel, "already exists (use --overwrite to replace it)")
 
 
@@ -90,7 +96,7 @@ def placeUnpacked(sink, dest, name, kind, overwrite=False):
     index = sink.finish(applyDirs=False)
     if index.root != name or index.kind != kind:
         raise ArchiveError("archive does not hold the snapshot the server announced")
-    findConflicts(index, dest, overwrite)
+    findConflicts(sink.dest, index.root, dest, overwrite)
     _merge(os.path.join(sink.dest, index.root), os.path.join(dest, index.root))
     applyDirAttributes(dest, index)
     return index

@@ -287,3 +287,19 @@ class ExtractSinkTests(TestCase):
         sink.close()
         sink.finish()
         self.assertEqual(treeSignature(src), treeSignature("tree/src"))
+
+
+class PlanStopTests(TestCase):
+    def test_stopped(self):
+        """
+        A plan whose C{stop} event is set stops with L{PlanStopped}.
+        """
+        import threading
+
+        from backup_proto.zipstream import PlanStopped
+
+        makeTrickyTree(os.path.abspath("src"))
+        stop = threading.Event()
+        stop.set()
+        self.assertRaises(PlanStopped, planArchive, "src", stop=stop)
+        self.assertEqual(planArchive("src", stop=threading.Event()).report.files, 7)
