@@ -154,22 +154,31 @@ def rawDeflate(data):
     return compressor.compress(data) + compressor.flush()
 
 
+def storedWithoutLooking(path, size, compression):
+    """
+    Whether a file is stored whatever its content: C{compression} is
+    C{"store"}, it is tiny, or (C{"auto"}) its name says it is compressed
+    already.  Such a file need not be read to plan its zip.
+    """
+    if compression == "store" or size < 512:
+        return True
+    return compression == "auto" and os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES
+
+
 def chooseMethod(path, head, size, compression):
     """
-    Pick how to store a file: C{ZIP_STORED} for small files, already
-    compressed formats and data that does not shrink (C{head}, its first
-    64 KiB, is deflated as a sample), or expands so much that the server's
-    ratio limit would refuse it; C{ZIP_DEFLATED} otherwise.
+    Pick how to store a file: C{ZIP_STORED} for L{storedWithoutLooking}
+    files and data that does not shrink (C{head}, its first 64 KiB, is
+    deflated as a sample), or expands so much that the server's ratio limit
+    would refuse it; C{ZIP_DEFLATED} otherwise.
 
     @return: C{(method, packed)}: C{packed} is the raw deflate stream of the
         whole file when the sample was the whole file, else C{None}.
     """
-    if compression == "store" or size < 512:
+    if storedWithoutLooking(path, size, compression):
         return zipfile.ZIP_STORED, None
     if compression == "deflate":
         return zipfile.ZIP_DEFLATED, None
-    if os.path.splitext(path)[1].lower() in COMPRESSED_SUFFIXES:
-        return zipfile.ZIP_STORED, None
     packed = rawDeflate(head)
     if len(packed) > len(head) * 0.9 or len(packed) * 50 < len(head):
         return zipfile.ZIP_STORED, None

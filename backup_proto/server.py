@@ -616,7 +616,7 @@ class BackupServerFactory(Factory):
     maxConnections = 2000
     maxPerPeer = 100
     maxUploadSize = 1 << 40
-    restoreCompression = "auto"
+    restoreCompression = "store"
     maxFrame = MAX_FRAME
 
     def __init__(self, accounts, store, runCPU, runIO, clock, limits, **tunables):

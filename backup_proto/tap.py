@@ -78,10 +78,12 @@ class Options(usage.Options):
         ["max-hash-queue", None, 256,
          "Password checks allowed to wait for a CPU thread; more are refused as busy.",
          _positive(int)],
-        ["restore-compression", None, "auto",
-         "How restores are zipped: auto (deflate what compresses), store or deflate."],
+        ["restore-compression", None, "store",
+         "How restores are zipped: store (the default: snapshots are kept unpacked, so"
+         " deflating costs CPU on every restore), auto (deflate what compresses: for"
+         " slow links) or deflate."],
         ["cpu-threads", None, os.cpu_count() or 2,
-         "Threads for hashing, zipping and unzipping.", _positive(int)],
+         "Threads for hashing, planning restores and finishing unpacks.", _positive(int)],
     ]
 
     def __init__(self):

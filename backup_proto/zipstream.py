@@ -42,6 +42,7 @@ from backup_proto.archive import (
     ArchiveError,
     ArchiveReport,
     chooseMethod,
+    storedWithoutLooking,
     extraTimestamp,
     newDeflater,
     SAMPLE_SIZE,
@@ -274,10 +275,14 @@ class _Budget:
 def _planFile(path, arcname, st, compression, budget):
     """
     Plan one file entry: read it once to pick the method, and to count its
-    deflated size when it is to be deflated.
+    deflated size when it is to be deflated (only opened when it is stored
+    whatever it holds).
     """
     size = st.st_size
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # an unreadable file is left out
+    if storedWithoutLooking(path, size, compression):
+        os.close(fd)
+        return _entryFor(arcname, st, method=STORED, usize=size, csize=size, path=path)
     try:
         blocks = _readBlocks(fd, size)
         head = next(blocks, b"")
