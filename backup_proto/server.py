@@ -565,7 +565,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         )
         self.state = State.SENDING
         download.sender = ChunkSender(
-            lambda: ArchiveStream(download.plan), download.size, self._ciphers.download, transfer,
+            lambda: ArchiveStream(download.plan, directReads=True), download.size,
+            self._ciphers.download, transfer,
             self.sendString, self.factory.runIO, progress=lambda n: self.resetTimeout(),
         )
         d = download.sender.start(self.transport)

@@ -27,6 +27,7 @@ length, a deflated file whose new content compresses worse, stops the
 stream with L{ArchiveChanged}.
 """
 
+import mmap
 import os
 import stat
 import struct
@@ -47,6 +48,7 @@ from backup_proto.archive import (
     newDeflater,
     SAMPLE_SIZE,
 )
+from backup_proto.directio import DIRECT_MIN, enableDirect, readDirect
 
 STORED = 0
 DEFLATED = 8
@@ -232,21 +234,27 @@ def _entryFor(arcname, st, **fields):
     )
 
 
-def _readBlocks(fd, size):
+def _readBlocks(fd, size, direct=None):
     """
     Yield at most C{size} bytes of a file: the first L{SAMPLE_SIZE}, then
     blocks of L{COPY_BLOCK}, each read in full unless the file ends.  The
     plan and the stream read a file in the same blocks, so that deflating
     it gives the same stream both times.
+
+    @param direct: an aligned buffer if C{fd} has C{O_DIRECT} on (see
+        L{backup_proto.directio.readDirect}); the blocks keep their sizes.
     """
     want = min(SAMPLE_SIZE, size)
     while size > 0:
-        block = os.read(fd, want)
-        while 0 < len(block) < want:
-            more = os.read(fd, want - len(block))
-            if not more:
-                break
-            block += more
+        if direct is not None:
+            block = readDirect(fd, want, direct)
+        else:
+            block = os.read(fd, want)
+            while 0 < len(block) < want:
+                more = os.read(fd, want - len(block))
+                if not more:
+                    break
+                block += more
         if not block:
             return
         size -= len(block)
@@ -459,11 +467,14 @@ def _endRecords(count, centralOffset, centralSize):
     return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)
 
 
-def _fileData(entry, changed, actual):
+def _fileData(entry, changed, actual, direct):
     """
     Yield a file entry's data, exactly C{entry.csize} bytes (the file is
     read once), and record the CRC-32 and length of what was sent in
     C{actual}.
+
+    @param direct: an aligned buffer with which to read large stored files
+        past the page cache, or C{None}.
     """
     if entry.packed is not None:
         actual[id(entry)] = (entry.crc, entry.usize)
@@ -478,8 +489,13 @@ def _fileData(entry, changed, actual):
         fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
         fd, why = None, e.strerror
+    if fd is not None and not (
+        direct is not None and entry.method == STORED and want >= DIRECT_MIN
+        and enableDirect(fd)
+    ):
+        direct = None
     try:
-        for block in _readBlocks(fd, want) if fd is not None else ():
+        for block in _readBlocks(fd, want, direct) if fd is not None else ():
             want -= len(block)
             crc = isal_zlib.crc32(block, crc)
             if deflater is not None:
@@ -523,14 +539,15 @@ def _changedText(entry):
             "nothing was stored: run the backup again")
 
 
-def _generate(plan, changed):
+def _generate(plan, changed, directReads):
     actual = {}
+    direct = mmap.mmap(-1, COPY_BLOCK) if directReads else None
     for entry in plan.entries:
         yield entry.localHeader()
         if entry.path is None:
             yield entry.content
         else:
-            yield from _fileData(entry, changed, actual)
+            yield from _fileData(entry, changed, actual, direct)
             yield entry.descriptor(*actual[id(entry)])
     records = []
     pending = 0
@@ -554,10 +571,15 @@ class ArchiveStream:
     @ivar changed: one line per file that changed while it was read.
     """
 
-    def __init__(self, plan):
+    def __init__(self, plan, directReads=False):
+        """
+        @param directReads: read large stored files past the page cache
+            (L{backup_proto.directio}): for files that are not likely to be
+            cached, such as a snapshot's on the server.
+        """
         self._plan = plan
         self.changed = []
-        self._blocks = _generate(plan, self.changed)
+        self._blocks = _generate(plan, self.changed, directReads)
         self._block = b""
         self._offset = 0
         self.position = 0

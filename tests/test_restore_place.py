@@ -52,7 +52,7 @@ class MaliciousServerTests(TestCase):
             size = os.path.getsize(crafted)
 
         self.patch(serverModule, "planArchive", lambda *args: CraftedPlan())
-        self.patch(serverModule, "ArchiveStream", lambda plan: open(crafted, "rb"))
+        self.patch(serverModule, "ArchiveStream", lambda plan, **kw: open(crafted, "rb"))
         os.makedirs("work", exist_ok=True)
         d = self.client.restore(None, zipSinks("work"))
         flush(self.pump, self.factory.clock)

@@ -303,3 +303,27 @@ class PlanStopTests(TestCase):
         stop.set()
         self.assertRaises(PlanStopped, planArchive, "src", stop=stop)
         self.assertEqual(planArchive("src", stop=threading.Event()).report.files, 7)
+
+
+class DirectReadTests(TestCase):
+    def test_sameBytes(self):
+        """
+        Reading large stored files past the page cache gives the same zip,
+        whatever the file's length (here not a multiple of the block size).
+        """
+        from backup_proto.directio import DIRECT_MIN
+
+        os.mkdir("src")
+        with open("src/big", "wb") as f:
+            f.write(os.urandom(DIRECT_MIN + 12345))
+        with open("src/small", "wb") as f:
+            f.write(os.urandom(5000))
+        plan = planArchive("src", compression="store")
+        calls = []
+        real = zipstream.readDirect
+        self.patch(zipstream, "readDirect", lambda *a: calls.append(1) or real(*a))
+        direct = readAll(ArchiveStream(plan, directReads=True))
+        if not calls and not zipstream.enableDirect(os.open("src/big", os.O_RDONLY)):
+            self.skipTest("this file system refuses O_DIRECT")
+        self.assertGreater(len(calls), 8)
+        self.assertEqual(direct, readAll(ArchiveStream(plan)))
