@@ -525,6 +525,16 @@ class _Info:
         )
 
 
+def feedFile(path, write):
+    """
+    Give the bytes of the file at C{path} to C{write}, a block at a time
+    (blocking): a zip kept in a file, to an extractor or a sink.
+    """
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(COPY_BLOCK), b""):
+            write(block)
+
+
 def extractStream(source, dest, limits=None):
     """
     Unpack a zip file with L{StreamingExtractor} (blocking), as a reader of
@@ -532,12 +542,7 @@ def extractStream(source, dest, limits=None):
     """
     extractor = StreamingExtractor(dest, limits)
     try:
-        with open(source, "rb") as f:
-            while True:
-                block = f.read(COPY_BLOCK)
-                if not block:
-                    break
-                extractor.write(block)
+        feedFile(source, extractor.write)
         return extractor.finish()
     except (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error) as e:
         raise ArchiveError(f"archive is corrupt ({e})") from None

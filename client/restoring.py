@@ -15,8 +15,8 @@ import shutil
 import stat
 import tempfile
 
-from backup_proto.archive import COPY_BLOCK, ArchiveError, applyDirAttributes
-from backup_proto.unzipstream import ExtractSink
+from backup_proto.archive import ArchiveError, applyDirAttributes
+from backup_proto.unzipstream import ExtractSink, feedFile
 
 
 class RestoreConflict(Exception):
@@ -110,12 +110,7 @@ def placeRestore(zipPath, dest, name, kind, limits, overwrite=False):
     staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
     try:
         sink = ExtractSink(os.path.join(staging, "tree"), limits)
-        with open(zipPath, "rb") as f:
-            while True:
-                block = f.read(COPY_BLOCK)
-                if not block:
-                    break
-                sink.write(block)
+        feedFile(zipPath, sink.write)
         sink.close()
         return placeUnpacked(sink, dest, name, kind, overwrite)
     finally:
