@@ -35,7 +35,7 @@ from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
-from backup_proto.zipstream import writeArchive
+from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_client.protocol import BackupClientProtocol
 
 BIN = os.path.dirname(sys.executable)
@@ -98,7 +98,9 @@ async def run(reactor, args, work, port, serverPid):
     await task.deferLater(reactor, 1, lambda: None)
     print(f"holding {sum(not p.lost for p in idle)} idle connections", flush=True)
 
-    zipPath = os.path.join(work, "payload_backup.zip")
+    # one plan; every client makes and sends its own stream of it, as the
+    # real client does
+    plan = planArchive(os.path.join(work, "payload"))
     latencies = []
     done = {"flag": False}
 
@@ -112,7 +114,7 @@ async def run(reactor, args, work, port, serverPid):
 
     async def backup(i):
         proto = await session(f"user{i}")
-        snapshot = await proto.backup(zipPath, "payload", "dir")
+        snapshot = await proto.backup(lambda: ArchiveStream(plan), plan.size, "payload", "dir")
         proto.transport.loseConnection()
         return snapshot
 
@@ -133,7 +135,7 @@ async def run(reactor, args, work, port, serverPid):
         "backups_ok": ok,
         "idle_requested": args.idle,
         "idle_held_at_end": stillIdle,
-        "payload_bytes": os.path.getsize(zipPath),
+        "payload_bytes": plan.size,
         "wall_seconds": round(elapsed, 2),
         "honest_login_seconds": {
             "count": len(latencies),
@@ -165,7 +167,6 @@ def main():
     os.makedirs(os.path.join(work, "payload"))
     with open(os.path.join(work, "payload", "data"), "wb") as f:
         f.write(os.urandom(int(args.payload_mib * 2**20)))
-    writeArchive(os.path.join(work, "payload"), os.path.join(work, "payload_backup.zip"))
     port = freePort()
     log = open(os.path.join(work, "server.log"), "wb")
     server = subprocess.Popen(
