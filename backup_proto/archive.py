@@ -15,6 +15,7 @@ extra field (0x5455), to the second.
 
 import ctypes
 import os
+import re
 import stat
 import struct
 import time
@@ -188,6 +189,9 @@ def chooseMethod(path, head, size, compression):
 # ---------------------------------------------------------------- checking
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def checkName(name):
     """
     Check one entry name and split it into components.
@@ -202,7 +206,7 @@ def checkName(name):
     shown = repr(name)[1:-1][:200]
     if not name:
         raise ArchiveError("archive has an entry with an empty name")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise ArchiveError(f"entry '{shown}' has a control character in its name")
     if "\\" in name:
         raise ArchiveError(f"entry '{shown}' has a backslash in its name")
