@@ -9,13 +9,12 @@ from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
 
 from backup_proto.archive import Limits
-from backup_proto.zipstream import writeArchive
+from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.helpers import (
-    fileSource,
     zipSinks,
     TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
@@ -47,11 +46,15 @@ class SessionTests(TestCase):
         self.successResultOf(self.settle(client.exchangeKeys(clientKey())))
         return client, server
 
-    def zipTree(self):
+    def planTree(self):
+        """
+        @return: the tricky tree's path, and C{(openSource, size)} for
+            L{BackupClientProtocol.backup}: its zip made as it is sent, as
+            the command-line client does.
+        """
         src = makeTrickyTree(os.path.abspath("src"))
-        zipPath = os.path.abspath("src_backup.zip")
-        writeArchive(src, zipPath)
-        return src, zipPath
+        plan = planArchive(src)
+        return src, ((lambda: ArchiveStream(plan)), plan.size)
 
     def test_fullRoundTrip(self):
         """
@@ -60,8 +63,8 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         self.assertEqual(self.successResultOf(self.settle(client.listSnapshots())), [])
-        src, zipPath = self.zipTree()
-        snap = self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
+        src, source = self.planTree()
+        snap = self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
         listed = self.successResultOf(self.settle(client.listSnapshots()))
         self.assertEqual([s["id"] for s in listed], [snap["id"]])
         os.mkdir("work")
@@ -111,9 +114,9 @@ class SessionTests(TestCase):
         client resends; the second attempt is stored.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
+        src, source = self.planTree()
         corrupt = corruptFirstData(client, attempts=1)
-        snap = self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
+        snap = self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
         self.assertEqual(corrupt.count, 1)
         self.assertEqual(corrupt.readies, 2)
         stored = os.path.join(self.data, "users", "alice", snap["id"], "src")
@@ -126,7 +129,7 @@ class SessionTests(TestCase):
         (bad-archive) and stores nothing, rather than keep a damaged file.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
+        src, source = self.planTree()
         from tests.helpers import runNow
         damaged = []
 
@@ -142,7 +145,7 @@ class SessionTests(TestCase):
 
         self.factory.runIO = damagingIO
         failure = self.failureResultOf(
-            self.settle(client.backup(*fileSource(zipPath), "src", "dir")), ProtocolError)
+            self.settle(client.backup(*source, "src", "dir")), ProtocolError)
         self.assertEqual(failure.value.code, Code.BAD_ARCHIVE)
         self.assertEqual(len(damaged), 1)
         self.assertEqual(os.listdir(os.path.join(self.data, "users", "alice")), [".staging"])
@@ -153,9 +156,9 @@ class SessionTests(TestCase):
         resends (exit code 5 in the CLI) and nothing is stored.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
+        src, source = self.planTree()
         corrupt = corruptFirstData(client, attempts=99)
-        self.failureResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")),
+        self.failureResultOf(self.settle(client.backup(*source, "src", "dir")),
                              VerificationFailed)
         self.assertEqual(corrupt.count, 4)
         client.transport.loseConnection()
@@ -170,8 +173,8 @@ class SessionTests(TestCase):
         server goes on serving others.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
-        d = client.backup(*fileSource(zipPath), "src", "dir")
+        src, source = self.planTree()
+        d = client.backup(*source, "src", "dir")
         self.pump.pump()
         self.clock.advance(0)
         self.pump.pump()
@@ -189,8 +192,8 @@ class SessionTests(TestCase):
         asks for a resend and gets a good copy.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
-        self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
         original = server.sendString
         state = {"corrupted": 0, "begins": 0}
 
@@ -218,8 +221,8 @@ class SessionTests(TestCase):
         removed.
         """
         client, server = self.keyed()
-        src, zipPath = self.zipTree()
-        self.successResultOf(self.settle(client.backup(*fileSource(zipPath), "src", "dir")))
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
         original = server.sendString
         sent = []
 

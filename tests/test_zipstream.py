@@ -202,9 +202,11 @@ class ChangedFileTests(TestCase):
 
 class StreamRefusalTests(TestCase):
     """
-    What the streaming reader refuses, beyond the checks it shares with
-    L{backup_proto.archive.checkArchive} (covered through the server in
-    C{tests.test_hostile}).
+    What the streaming reader refuses because it reads a stream: damage
+    only a CRC or the central directory shows, a stream cut short or too
+    long.  The checks on names, types and limits are in
+    C{tests.test_archive.RefusalTests} and, through the server, in
+    C{tests.test_hostile}.
     """
 
     def setUp(self):
