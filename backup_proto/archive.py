@@ -228,8 +228,11 @@ def checkName(name):
     return parts, isDir
 
 
-def entryMtime(info):
-    extra = info.extra
+def entryMtime(extra, dosTime, dosDate):
+    """
+    @return: an entry's modification time: the extended timestamp field's,
+        else its DOS time (local time, to two seconds).
+    """
     i = 0
     while i + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, i)
@@ -237,11 +240,20 @@ def entryMtime(info):
         if tag == _EXT_TIMESTAMP and len(body) >= 5 and body[0] & 1:
             return struct.unpack_from("<l", body, 1)[0]
         i += 4 + size
-    return int(time.mktime(info.date_time + (0, 0, -1)))
+    return int(time.mktime((
+        (dosDate >> 9) + 1980, max((dosDate >> 5) & 0xF, 1), max(dosDate & 0x1F, 1),
+        dosTime >> 11, (dosTime >> 5) & 0x3F, (dosTime & 0x1F) * 2, 0, 0, -1,
+    )))
 
 
-def entryKind(info, isDir):
-    mode = info.external_attr >> 16
+def entryKind(externalAttr, isDir):
+    """
+    @return: C{(kind, mode)} of an entry from its C{external_attr}:
+        C{("dir" | "file" | "link", permission bits)}, or C{(None, 0)} for
+        any other type, or one that disagrees with the name's trailing
+        slash.
+    """
+    mode = externalAttr >> 16
     fmt = stat.S_IFMT(mode)
     if fmt == 0:
         return ("dir" if isDir else "file"), (0o755 if isDir else 0o644)

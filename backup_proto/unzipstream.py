@@ -8,10 +8,11 @@ then the central directory, which must describe exactly the entries already
 seen (same names, methods, sizes, CRCs and offsets, in the same order), and
 the end records.  Only what the central directory holds -- an entry's type
 (file or link) and mode -- waits for the end: until then every non-folder
-entry is a private file (mode 0600, created with C{O_EXCL|O_NOFOLLOW}), and
-the central directory, as it arrives, turns the links into links and
-gives files their modes and times; folders get theirs at the end.  Nothing is ever written below a link, since links are made last
-and no entry may lie below a file or link.
+entry is a private file (mode 0600, created with C{O_EXCL|O_NOFOLLOW}); the
+central directory, as it arrives, turns the links into links and gives
+files their modes and times; folders get theirs at the end.  Nothing is
+ever written below a link: links are made after all the data, and no entry
+may lie below a file or link.
 
 Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.checkName}),
 duplicates after NFC, entries under more than one root or below a file or
@@ -70,6 +71,8 @@ from backup_proto.zipstream import (
 )
 
 _MAX_LINK_TARGET = 4096
+#: What decoding a name, inflating or unpacking a record raises for bad bytes.
+_CORRUPT = (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error)
 _KNOWN_FLAGS = FLAG_DESCRIPTOR | FLAG_UTF8 | 0x06  # 0x06: deflate speed hints
 
 
@@ -156,7 +159,12 @@ class StreamingExtractor:
         @raise ArchiveError: the zip is unsafe, corrupt or over a limit.
         @raise OSError: writing failed (a full disk, say).
         """
-        view = memoryview(data)
+        try:
+            self._parse(memoryview(data))
+        except _CORRUPT as e:
+            raise ArchiveError(f"archive is corrupt ({e})") from None
+
+    def _parse(self, view):
         while view:
             if self._step == self._data:
                 used = self._data(view)
@@ -199,8 +207,7 @@ class StreamingExtractor:
         self._local = fields
         nameLen, extraLen = fields[9], fields[10]
         self._expect(nameLen + extraLen, self._localVariable)
-        if nameLen + extraLen == 0:
-            self._need = 0
+        if self._need == 0:
             self._localVariable(b"")
 
     def _localVariable(self, block):
@@ -221,10 +228,9 @@ class StreamingExtractor:
             usize, csize = _zip64Values(extra, 2)
         if method == STORED and csize != usize:
             raise ArchiveError(f"entry '{shown}' is stored with two different sizes")
-        if flags & FLAG_DESCRIPTOR and csize == 0 and usize == 0 and not isDir:
+        if flags & FLAG_DESCRIPTOR and method == DEFLATED and csize == 0 and usize == 0:
             # zero sizes with a descriptor: the sizes are unknown until the end
-            if method == DEFLATED:
-                raise ArchiveError(f"entry '{shown}' has no sizes in its local header")
+            raise ArchiveError(f"entry '{shown}' has no sizes in its local header")
         entry = _Seen(rawName, isDir, flags, method, crc, csize, usize, offset)
         entry.zip64 = zip64
         self._place(entry, parts, shown)
@@ -392,14 +398,14 @@ class StreamingExtractor:
                 f"entry '{'/'.join(parts)[:200]}' differs between the central "
                 "directory and its local header"
             )
-        info = _Info(external, extra, self._centralRecord[5], self._centralRecord[6])
-        kind, mode = entryKind(info, seen.isDir)
+        kind, mode = entryKind(external, seen.isDir)
         if kind is None:
             raise ArchiveError(
                 f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
         self._seen[index] = None  # what is left to keep is small
         self._central += 1
-        self._finalize(parts, kind, mode, entryMtime(info))
+        self._finalize(parts, kind, mode,
+                       entryMtime(extra, self._centralRecord[5], self._centralRecord[6]))
         self._expect(4, self._centralNext)
 
     def _finalize(self, parts, kind, mode, mtime):
@@ -509,22 +515,6 @@ class StreamingExtractor:
         self._writer.close()
 
 
-class _Info:
-    """
-    The central directory fields L{entryKind} and L{entryMtime} read.
-    """
-
-    __slots__ = ("external_attr", "extra", "date_time")
-
-    def __init__(self, external, extra, dosTime, dosDate):
-        self.external_attr = external
-        self.extra = extra
-        self.date_time = (
-            (dosDate >> 9) + 1980, max((dosDate >> 5) & 0xF, 1), max(dosDate & 0x1F, 1),
-            dosTime >> 11, (dosTime >> 5) & 0x3F, (dosTime & 0x1F) * 2,
-        )
-
-
 def feedFile(path, write):
     """
     Give the bytes of the file at C{path} to C{write}, a block at a time
@@ -544,8 +534,6 @@ def extractStream(source, dest, limits=None):
     try:
         feedFile(source, extractor.write)
         return extractor.finish()
-    except (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error) as e:
-        raise ArchiveError(f"archive is corrupt ({e})") from None
     finally:
         extractor.close()
 
@@ -553,10 +541,11 @@ def extractStream(source, dest, limits=None):
 class ExtractSink:
     """
     A L{backup_proto.transfer.ChunkReceiver} sink that unpacks the zip into
-    C{dest} (a new folder, made at the first write) as it arrives.  An unsafe or corrupt zip does not stop the
-    transfer: the first L{ArchiveError} is kept (C{error}), the rest of the
-    data is dropped, and L{finish} raises it, so that a transfer damaged on
-    the way can still end and be resent.  Storage errors (C{OSError}) are
+    C{dest} (a new folder, made at the first write) as it arrives.  An
+    unsafe or corrupt zip does not stop the transfer: the first
+    L{ArchiveError} is kept (C{error}), the rest of the data is dropped,
+    and L{finish} raises it, so that a transfer damaged on the way can
+    still end and be resent.  Storage errors (C{OSError}) are
     raised at once.
     """
 
@@ -576,8 +565,6 @@ class ExtractSink:
             self._extractor.write(data)
         except ArchiveError as e:
             self._failed(e)
-        except (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error) as e:
-            self._failed(ArchiveError(f"archive is corrupt ({e})"))
 
     def _failed(self, error):
         self.error = error
