@@ -7,7 +7,8 @@ server sends restores with L{ChunkSender}; the server receives backups and
 the client receives restores with L{ChunkReceiver}.  What is sent is read
 from a I{source} (a file, or a zip made as it is read:
 L{backup_proto.zipstream.ArchiveStream}); what is received goes to a
-I{sink} (a file, L{FileSink}, or a zip unpacked as it arrives).  Sources
+I{sink} (a zip unpacked as it arrives:
+L{backup_proto.unzipstream.ExtractSink}).  Sources
 and sinks run in threads (C{runIO}); only sealing, opening and the CRC (all
 C code) run on the reactor.  Memory stays bounded: the sender is a push producer
 that stops when the transport is full, and the receiver pauses its input
@@ -16,7 +17,6 @@ while more than L{ChunkReceiver.highWater} bytes wait for the disk.
 
 import collections
 import errno
-import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -98,7 +98,7 @@ class ChunkSender:
         self._pending = collections.deque()
         self._paused = False
         self._reading = False
-        self._file = None
+        self._source = None
         self._done = None
         self._consumer = None
         self.crc = Cksum()
@@ -120,7 +120,7 @@ class ChunkSender:
 
     def _opened(self, source):
         self._reading = False
-        self._file = source
+        self._source = source
         if self._done is None:
             self._closeSource()
             return
@@ -132,7 +132,7 @@ class ChunkSender:
             lengths.append(chunkLength(self.size, self._nextRead))
             self._nextRead += 1
         self._reading = True
-        d = self._runIO(_readBatch, self._file, lengths)
+        d = self._runIO(_readBatch, self._source, lengths)
         d.addCallbacks(self._read, self._fail)
 
     def _read(self, chunks):
@@ -180,7 +180,7 @@ class ChunkSender:
 
     def _closeSource(self):
         # only when no read is under way in a thread
-        source, self._file = self._file, None
+        source, self._source = self._source, None
         if source is not None:
             source.close()
 
@@ -204,38 +204,6 @@ class ChunkSender:
         self._finish(Failure(TransferAborted("transfer stopped")))
 
 
-class FileSink:
-    """
-    A sink writing into a new file (C{O_EXCL}, mode 0600), created at the
-    first write.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self._file = None
-
-    def _open(self):
-        if self._file is None:
-            self._file = os.fdopen(
-                os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                        0o600), "wb")
-        return self._file
-
-    def write(self, data):
-        self._open().write(data)
-
-    def close(self):
-        self._open().close()
-
-    def discard(self):
-        if self._file is not None:
-            self._file.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
 def _writeBatch(sink, chunks):
     """
     Write chunks to a sink (runs in a thread).
@@ -248,9 +216,8 @@ class ChunkReceiver:
     """
     Receives the DATA chunks of one transfer into a sink (see the module
     docstring: C{write}, C{close} and C{discard}, called in threads, one at
-    a time).  A chunk that fails
-    authentication is counted in L{rejected} and not written, so that the
-    transfer can end and be resent; a chunk beyond the declared size, or of
+    a time).  A chunk that fails authentication is counted in L{rejected}
+    and not written, so that the transfer can end and be resent; a chunk beyond the declared size, or of
     the wrong length, is a L{ProtocolError}.
 
     @ivar crc: L{Cksum} of the plaintext accepted so far.
@@ -263,7 +230,8 @@ class ChunkReceiver:
     def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput,
                  progress=None):
         """
-        @param sink: where the plaintext goes, e.g. a L{FileSink}.
+        @param sink: where the plaintext goes, e.g. an
+            L{backup_proto.unzipstream.ExtractSink}.
         @param pauseInput: called when too much data waits for the disk.
         @param resumeInput: called when it has drained; must not re-enter the
             frame parser synchronously (see STYLE.md 2(a)).

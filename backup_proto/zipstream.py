@@ -407,8 +407,7 @@ def _planTree(entries, top, name, topStat, compression, budget, report, pool, st
                 elif stat.S_ISREG(mode):
                     batch.append((child.path, childArc, cst))
                     if len(batch) == PLAN_BATCH:
-                        planned.append(pool.submit(_planFiles, batch, compression, budget))
-                        batch = []
+                        flush()
                 elif stat.S_ISLNK(mode):
                     target = os.readlink(child.path).encode("utf-8", "surrogateescape")
                     flush()
@@ -467,19 +466,17 @@ def _endRecords(count, centralOffset, centralSize):
     return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)
 
 
-def _fileData(entry, changed, actual, direct):
+def _fileData(entry, changed, direct):
     """
     Yield a file entry's data, exactly C{entry.csize} bytes (the file is
-    read once), and record the CRC-32 and length of what was sent in
-    C{actual}.
+    read once); return the CRC-32 and length of what was sent.
 
     @param direct: an aligned buffer with which to read large stored files
         past the page cache, or C{None}.
     """
     if entry.packed is not None:
-        actual[id(entry)] = (entry.crc, entry.usize)
         yield entry.packed
-        return
+        return entry.crc, entry.usize
     want = entry.usize
     crc = 0
     sent = 0
@@ -529,9 +526,9 @@ def _fileData(entry, changed, actual, direct):
                 crc = isal_zlib.crc32(pad, crc)
             sent += len(pad)
             yield pad
-    actual[id(entry)] = (crc, usize)
     if why is not None:
         changed.append(f"{entry.name.decode('utf-8', 'replace')}: {why}")
+    return crc, usize
 
 
 def _changedText(entry):
@@ -540,19 +537,20 @@ def _changedText(entry):
 
 
 def _generate(plan, changed, directReads):
-    actual = {}
+    sent = []  # (crc, length) of each entry as sent; None for folders and links
     direct = mmap.mmap(-1, COPY_BLOCK) if directReads else None
     for entry in plan.entries:
         yield entry.localHeader()
         if entry.path is None:
             yield entry.content
+            sent.append((None, None))
         else:
-            yield from _fileData(entry, changed, actual, direct)
-            yield entry.descriptor(*actual[id(entry)])
+            sent.append((yield from _fileData(entry, changed, direct)))
+            yield entry.descriptor(*sent[-1])
     records = []
     pending = 0
-    for entry in plan.entries:
-        record = entry.centralRecord(*actual.get(id(entry), (None, None)))
+    for entry, (crc, usize) in zip(plan.entries, sent):
+        record = entry.centralRecord(crc, usize)
         records.append(record)
         pending += len(record)
         if pending >= COPY_BLOCK:
@@ -577,12 +575,10 @@ class ArchiveStream:
             (L{backup_proto.directio}): for files that are not likely to be
             cached, such as a snapshot's on the server.
         """
-        self._plan = plan
         self.changed = []
         self._blocks = _generate(plan, self.changed, directReads)
         self._block = b""
         self._offset = 0
-        self.position = 0
 
     def read(self, n):
         """
@@ -602,9 +598,7 @@ class ArchiveStream:
             self._offset += len(piece)
             n -= len(piece)
             parts.append(piece)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.position += len(data)
-        return data
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self):
         self._blocks.close()

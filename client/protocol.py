@@ -322,7 +322,7 @@ class BackupClientProtocol(Int32StringReceiver):
         @param snapshotId: an id, or C{None} for the newest snapshot.
         @param openSink: called with the C{RESTORE_BEGIN} fields and the
             attempt number (from 0); returns the sink for that attempt (see
-            L{backup_proto.transfer}): a L{FileSink}, or an
+            L{backup_proto.transfer}), such as an
             L{backup_proto.unzipstream.ExtractSink} unpacking as it goes.
         @param beginHook: called with the C{RESTORE_BEGIN} fields of each
             attempt (the CLI sizes its progress bar with it).

@@ -231,12 +231,44 @@ def fileSource(path):
     return (lambda: open(path, "rb")), os.path.getsize(path)
 
 
+class FileSink:
+    """
+    A L{backup_proto.transfer.ChunkReceiver} sink writing into a new file (C{O_EXCL}, mode 0600), created at the
+    first write.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._file = None
+
+    def _open(self):
+        if self._file is None:
+            self._file = os.fdopen(
+                os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                        0o600), "wb")
+        return self._file
+
+    def write(self, data):
+        self._open().write(data)
+
+    def close(self):
+        self._open().close()
+
+    def discard(self):
+        if self._file is not None:
+            self._file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 def zipSinks(workDir):
     """
     @return: an C{openSink} for L{BackupClientProtocol.restore} that keeps
-        each attempt's zip as a file in C{workDir} (the sink's C{path}).
+        each attempt's zip as a file in C{workDir} (the sink's C{path}), so
+        that a test can look at what the server sent.
     """
-    from backup_proto.transfer import FileSink
 
     def openSink(begin, attempt):
         return FileSink(os.path.join(os.path.abspath(workDir), f"{begin['name']}.{attempt}.zip"))
