@@ -28,7 +28,12 @@ def makeZip(name="docs", size=200_000):
         return path, f.read()
 
 
-class UploadTests(TestCase):
+class WireCase(TestCase):
+    """
+    A server with a data folder, a zip of a 200 KB tree, and a logged-in,
+    keyed wire client.
+    """
+
     def setUp(self):
         super().setUp()
         self.data = os.path.abspath("data")
@@ -36,6 +41,8 @@ class UploadTests(TestCase):
         self.zipPath, self.zip = makeZip()
         self.wire = Wire(self.factory).keyed()
 
+
+class UploadTests(WireCase):
     def begin(self, size=None, name="docs"):
         self.wire.sendControl(Msg.BACKUP, name=name, kind="dir",
                               size=len(self.zip) if size is None else size)
@@ -254,13 +261,9 @@ class UploadTests(TestCase):
         self.assertTrue(self.stagingEmpty())
 
 
-class RestoreWireTests(TestCase):
+class RestoreWireTests(WireCase):
     def setUp(self):
         super().setUp()
-        self.data = os.path.abspath("data")
-        self.factory = makeFactory(self.data)
-        self.zipPath, self.zip = makeZip()
-        self.wire = Wire(self.factory).keyed()
         self.snapshot = self.wire.backup(self.zip)[1]["snapshot"]
 
     def test_unknownAndOthers(self):
