@@ -102,7 +102,6 @@ class _Download:
     def __init__(self, row, plan):
         self.row = row
         self.plan = plan
-        self.size = plan.size
         self.attempt = 0
         self.sender = None
         self.crc = None
@@ -561,11 +560,11 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         row = download.row
         self._send(
             Msg.RESTORE_BEGIN, snapshot=row["id"], name=row["source"], kind=row["kind"],
-            size=download.size, transfer=transfer, attempt=download.attempt,
+            size=download.plan.size, transfer=transfer, attempt=download.attempt,
         )
         self.state = State.SENDING
         download.sender = ChunkSender(
-            lambda: ArchiveStream(download.plan, directReads=True), download.size,
+            lambda: ArchiveStream(download.plan, directReads=True), download.plan.size,
             self._ciphers.download, transfer,
             self.sendString, self.factory.runIO, progress=lambda n: self.resetTimeout(),
         )
@@ -574,7 +573,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         def sent(crc):
             download.crc = crc
             if self._connected and self.state is State.SENDING:
-                self._send(Msg.CKSUM, crc=crc, size=download.size, rejected=0)
+                self._send(Msg.CKSUM, crc=crc, size=download.plan.size, rejected=0)
                 self._resume(State.CONFIRMING)
 
         def failed(failure):

@@ -54,10 +54,9 @@ def findConflicts(unpacked, root, dest, overwrite):
     while stack:
         rel = stack.pop()
         target = os.path.join(dest, rel)
-        isDir = _isRealDir(os.path.join(unpacked, rel))
         if not os.path.lexists(target):
             continue
-        if isDir:
+        if _isRealDir(os.path.join(unpacked, rel)):
             if not _isRealDir(target):
                 raise RestoreConflict(rel, "exists and is not a folder")
             names = sorted(os.listdir(os.path.join(unpacked, rel)), reverse=True)
