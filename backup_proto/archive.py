@@ -271,18 +271,31 @@ def entryKind(externalAttr, isDir):
 
 
 def makeDirs(dest, parts, made):
-    path = dest
-    for i, part in enumerate(parts):
-        path = os.path.join(path, part)
-        key = parts[: i + 1]
-        if key not in made:
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                st = os.lstat(path)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise ArchiveError("archive entry collides with another") from None
-            made.add(key)
+    """
+    Make the folders C{parts} below C{dest}, each private (0700) until its
+    attributes are applied; folders made before are found in C{made}.
+
+    @param parts: a tuple of path components, already checked.
+    @param made: a dict from the parts of each folder made to its path
+        (shared between calls).
+    @return: the path of the deepest folder.
+    """
+    path = made.get(parts)
+    if path is not None:
+        return path
+    known = len(parts)
+    while known and parts[:known] not in made:
+        known -= 1
+    path = made[parts[:known]] if known else dest
+    for i in range(known, len(parts)):
+        path = os.path.join(path, parts[i])
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise ArchiveError("archive entry collides with another") from None
+        made[parts[: i + 1]] = path
     return path
 
 

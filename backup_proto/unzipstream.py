@@ -137,7 +137,7 @@ class StreamingExtractor:
         self._need = 4
         self._seen = []
         self._keys = {}
-        self._made = set()
+        self._made = {}  # folder parts -> path, see makeDirs
         self._root = None
         self._total = 0
         self._central = 0
@@ -174,6 +174,13 @@ class StreamingExtractor:
             used = self._need - len(self._buffer)
             if used <= 0:
                 raise ArchiveError("archive has data after its end")
+            if used <= len(view) and not self._buffer:
+                # the whole record is here: no copy through the buffer
+                self.position += used
+                block = bytes(view[:used])
+                view = view[used:]
+                self._step(block)
+                continue
             used = min(used, len(view))
             self._buffer += view[:used]
             self.position += used
@@ -416,7 +423,7 @@ class StreamingExtractor:
         """
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
-        path = os.path.join(self._dest, *parts)
+        path = os.path.join(self._made[parts[:-1]], parts[-1]) if len(parts) > 1 else os.path.join(self._dest, parts[0])
         if kind == "dir":
             self._dirs.append(Entry(parts, kind, mode, mtime))
         elif kind == "file":
