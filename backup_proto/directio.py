@@ -23,8 +23,13 @@ import fcntl
 import mmap
 import os
 
-#: Files at least this large are written with C{O_DIRECT}.
-DIRECT_MIN = 8 << 20
+#: Files at least this large are written with C{O_DIRECT} (and, on the
+#: server, read so for restores).  Measured here, writing 256 MiB in files
+#: of one size, buffered / direct: 256 KiB 990 / 1017 MB/s, 1 MiB 395 /
+#: 1383, 8 MiB 447 / 1718; the mixed tree's backup took 2.85 s instead of
+#: 3.5 s and its restore 1.6 s instead of 2.3 s with this threshold rather
+#: than 8 MiB.  Smaller files gain nothing and pay for the switches.
+DIRECT_MIN = 256 << 10
 #: The aligned buffer: bytes per write.
 BUFFER_SIZE = 1 << 20
 #: Alignment assumed for offsets and lengths (the largest common block size).

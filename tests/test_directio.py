@@ -71,5 +71,5 @@ class DirectWriterTests(TestCase):
             return realWrite(fd, data)
 
         self.patch(directio.os, "write", write)
-        self.writeFiles([DIRECT_MIN + 777])
+        self.writeFiles([DIRECT_MIN + 2 * BUFFER_SIZE + 777])  # the second buffer is refused
         self.assertGreater(len(calls), 2)

@@ -313,11 +313,12 @@ class DirectReadTests(TestCase):
         Reading large stored files past the page cache gives the same zip,
         whatever the file's length (here not a multiple of the block size).
         """
+        from backup_proto.archive import COPY_BLOCK
         from backup_proto.directio import DIRECT_MIN
 
         os.mkdir("src")
         with open("src/big", "wb") as f:
-            f.write(os.urandom(DIRECT_MIN + 12345))
+            f.write(os.urandom(DIRECT_MIN + 8 * COPY_BLOCK + 12345))
         with open("src/small", "wb") as f:
             f.write(os.urandom(5000))
         plan = planArchive("src", compression="store")
