@@ -171,20 +171,18 @@ class StreamingExtractor:
                 self.position += used
                 view = view[used:]
                 continue
-            used = self._need - len(self._buffer)
-            if used <= 0:
+            want = self._need - len(self._buffer)
+            if want <= 0:
                 raise ArchiveError("archive has data after its end")
-            if used <= len(view) and not self._buffer:
-                # the whole record is here: no copy through the buffer
-                self.position += used
-                block = bytes(view[:used])
-                view = view[used:]
-                self._step(block)
-                continue
-            used = min(used, len(view))
-            self._buffer += view[:used]
+            used = min(want, len(view))
+            piece = view[:used]
             self.position += used
             view = view[used:]
+            if used == want and not self._buffer:
+                # the whole record is here: no copy through the buffer
+                self._step(bytes(piece))
+                continue
+            self._buffer += piece
             if len(self._buffer) == self._need:
                 block = bytes(self._buffer)
                 self._buffer.clear()
@@ -423,7 +421,8 @@ class StreamingExtractor:
         """
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
-        path = os.path.join(self._made[parts[:-1]], parts[-1]) if len(parts) > 1 else os.path.join(self._dest, parts[0])
+        # the entry's folder was made when the entry was placed: a lookup
+        path = os.path.join(makeDirs(self._dest, parts[:-1], self._made), parts[-1])
         if kind == "dir":
             self._dirs.append(Entry(parts, kind, mode, mtime))
         elif kind == "file":
