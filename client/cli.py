@@ -19,9 +19,7 @@ import getpass
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 
 from twisted.internet import task
@@ -40,7 +38,7 @@ from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
-from backup_client.restoring import RestoreConflict, placeUnpacked
+from backup_client.restoring import RestoreConflict, RestoreStaging, placeUnpacked
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -408,13 +406,11 @@ async def cmdRestore(reactor, args):
             bar.close()
         bars[:] = [progressBar(f"receive {fields['name']}", fields["size"], quiet)]
 
-    os.makedirs(dest, exist_ok=True)
-    # unpacked as it arrives, into a hidden folder inside DEST: moving it
-    # into place is renaming
-    staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+    # unpacked as it arrives, into a hidden folder inside DEST
+    staging = RestoreStaging(dest)
 
     def openSink(fields, attempt):
-        return ExtractSink(os.path.join(staging, str(attempt)), RESTORE_LIMITS)
+        return ExtractSink(os.path.join(staging.path, str(attempt)), RESTORE_LIMITS)
 
     try:
         proto = await _session(reactor, args, user, password)
@@ -428,7 +424,7 @@ async def cmdRestore(reactor, args):
         index = await deferToThread(
             placeUnpacked, sink, dest, begin["name"], begin["kind"], args.overwrite)
     finally:
-        await deferToThread(shutil.rmtree, staging, True)
+        await deferToThread(staging.remove)
     target = os.path.join(dest, begin["name"])
     if args.json:
         print(json.dumps({"snapshot": begin["snapshot"], "path": target,

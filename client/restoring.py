@@ -101,16 +101,50 @@ def placeUnpacked(sink, dest, name, kind, overwrite=False):
     return index
 
 
+class RestoreStaging:
+    """
+    A fresh hidden folder inside DEST to unpack a restore into, so that
+    moving it into place is renaming (blocking).  DEST, and any of its
+    parents that are missing, are made for it; L{remove} removes them again
+    if the restore left them empty (it failed), as if never made.
+
+    @ivar path: the hidden folder.
+    """
+
+    def __init__(self, dest):
+        self._dest = dest = os.path.abspath(dest)
+        self._madeTop = None  # the outermost folder made here, if any
+        path = dest
+        while not os.path.lexists(path):
+            self._madeTop = path
+            path = os.path.dirname(path)
+        os.makedirs(dest, exist_ok=True)
+        self.path = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+
+    def remove(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._madeTop is None:
+            return
+        path = self._dest
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError:  # not empty: the restore is in it
+                return
+            if path == self._madeTop:
+                return
+            path = os.path.dirname(path)
+
+
 def placeRestore(zipPath, dest, name, kind, limits, overwrite=False):
     """
     L{placeUnpacked} for a zip held in a file (blocking).
     """
-    os.makedirs(dest, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".backup-restore-", dir=dest)
+    staging = RestoreStaging(dest)
     try:
-        sink = ExtractSink(os.path.join(staging, "tree"), limits)
+        sink = ExtractSink(os.path.join(staging.path, "tree"), limits)
         feedFile(zipPath, sink.write)
         sink.close()
         return placeUnpacked(sink, dest, name, kind, overwrite)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.remove()

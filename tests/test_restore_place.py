@@ -120,6 +120,20 @@ class PlacementTests(TestCase):
             self.assertEqual(f.read(), "new b")
         self.assertEqual(os.listdir("d/e"), ["src"])
 
+    def test_failureLeavesNoDest(self):
+        """
+        A restore that fails leaves no trace of the DEST folders it made,
+        and none of a DEST that was there before it.
+        """
+        os.makedirs("kept")
+        with open("bad.zip", "wb") as f:
+            f.write(b"not a zip at all")
+        for dest in ("d/e", os.path.abspath("kept")):  # relative or not
+            self.assertRaises(ArchiveError, placeRestore, "bad.zip", dest, "src", "dir",
+                              Limits())
+        self.assertFalse(os.path.lexists("d"))
+        self.assertEqual(os.listdir("kept"), [])
+
     def test_refuseConflict(self):
         """
         An existing file is not overwritten: the restore refuses before
