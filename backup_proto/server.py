@@ -34,16 +34,18 @@ from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, par
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
 from backup_proto.unzipstream import ExtractSink
+from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 
 #: How many times a client may ask for a transfer to be sent again.
 MAX_RESENDS = 3
 #: Snapshots per SNAPSHOTS frame.
 LIST_PAGE = 25
-#: Deflated bytes a restore's plan keeps in memory (see
-#: L{backup_proto.zipstream.KEEP_BUDGET}): small, as restores may run side
-#: by side.
-RESTORE_KEEP_BUDGET = 2 << 20
+#: Deflate streams a restore's plan keeps for sending (only when restores
+#: are deflated; see L{backup_proto.spool}), in unnamed files in the data
+#: folder: small, as restores may run side by side and uploads need the
+#: space.
+RESTORE_SPOOL_LIMIT = 64 << 20
 
 
 class State(enum.Enum):
@@ -311,7 +313,9 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         if self._jobs or self._connected:
             return
         upload, self._upload = self._upload, None
-        self._download = None
+        download, self._download = self._download, None
+        if download is not None:
+            download.plan.close()
         if upload is not None:
             d = upload.receiver.abort() if upload.receiver is not None else succeed(None)
             d.addCallback(lambda _: self._removeStaging(upload.staging))
@@ -530,10 +534,20 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
             prepared["row"] = row
             path = factory.store.snapshotPath(self.username, row)
+            spool = Spool(RESTORE_SPOOL_LIMIT, factory.store.dataDir)
             return factory.runCPU(planArchive, path, row["source"], factory.restoreCompression,
-                                  RESTORE_KEEP_BUDGET)
+                                  spool)
 
         d.addCallback(found)
+
+        def dropIfGone(plan):
+            # the connection was lost while planning: nobody will send it
+            if plan is not None and not self._connected:
+                plan.close()
+                return None
+            return plan
+
+        d.addCallback(dropIfGone)
 
         def notFound(failure):
             failure.trap(ProtocolError)
@@ -587,6 +601,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         if fields["crc"] != self._download.crc:
             raise ProtocolError(Code.BAD_MESSAGE, "COMMIT names a checksum that was not sent")
         download, self._download = self._download, None
+        download.plan.close()
         self.log.info(
             "restore of {id} done user={user}", id=download.row["id"], user=self.username
         )

@@ -5,8 +5,9 @@ Making a zip as a stream of bytes, without a temporary file.
 The protocol declares a transfer's size before its first byte, so a zip is
 made in two passes.  L{planArchive} walks the tree, picks each file's
 method and works out every entry's size and so the zip's exact length (a
-file to be deflated is deflated once to count; small results are kept for
-the second pass).  L{ArchiveStream} then produces the zip's bytes, file by
+file to be deflated is deflated once to count, and the stream is kept in a
+L{backup_proto.spool.Spool} for the second pass when one is given).
+L{ArchiveStream} then produces the zip's bytes, file by
 file, as the sender asks for them: zipping overlaps with sending, and the
 zip is never written to a disk (on this kind of machine each byte written
 costs as much as sending it).
@@ -18,8 +19,9 @@ it is sent; their sizes are in the local header too, as the planned sizes,
 so that a reader can unpack the stream as it arrives
 (L{backup_proto.unzipstream}).  Any zip reader reads the result.
 
-A file that changes between the passes is handled the way GNU tar handles
-one that changes while it is read: what is sent keeps the planned length
+A file whose deflate stream the plan kept is sent as it was when planned,
+and not read again.  Any other file that changes between the passes is
+handled the way GNU tar handles one that changes while it is read: what is sent keeps the planned length
 (a stored file that shrank is padded with zeros, one that grew is cut),
 the archive stays valid, and the file is reported in
 L{ArchiveReport.changed}.  The one case that cannot be kept to its planned
@@ -27,11 +29,11 @@ length, a deflated file whose new content compresses worse, stops the
 stream with L{ArchiveChanged}.
 """
 
+import itertools
 import mmap
 import os
 import stat
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from backup_proto.archive import (
     SAMPLE_SIZE,
 )
 from backup_proto.directio import DIRECT_MIN, enableDirect, readDirect
+from backup_proto.spool import Spool
 
 STORED = 0
 DEFLATED = 8
@@ -78,11 +81,6 @@ MARKER = 0xFFFFFFFF
 ZIP64_LIMIT = MARKER
 #: From this many entries on the end records are zip64 ones.
 ZIP64_COUNT = 0xFFFF
-
-#: Deflated entries of at most L{SAMPLE_SIZE} bytes keep their planned
-#: deflate stream for the second pass, up to this many bytes in all (memory
-#: traded for not deflating them twice).
-KEEP_BUDGET = 8 << 20
 
 #: Threads that read and deflate files while a plan is made (the client is
 #: otherwise idle then; zlib-ng and file reads release the GIL).
@@ -122,7 +120,8 @@ class PlannedEntry:
 
     @ivar path: the file to read, for a file entry; else C{None}.
     @ivar content: a folder's (empty) or a link's content (its target).
-    @ivar packed: a file's whole deflate stream, kept from the plan.
+    @ivar spooled: where the plan kept a file's deflate stream (see
+        L{backup_proto.spool.Spool.read}), or C{None}.
     @ivar mtimeNs: a file's modification time when planned.
     """
 
@@ -137,7 +136,7 @@ class PlannedEntry:
     crc: int = 0
     path: str = None
     content: bytes = None
-    packed: bytes = None
+    spooled: tuple = None
     mtimeNs: int = 0
     offset: int = 0
 
@@ -220,6 +219,15 @@ class ArchivePlan:
     centralOffset: int
     centralSize: int
     report: ArchiveReport
+    spool: object = None
+
+    def close(self):
+        """
+        Drop the deflate streams kept for this plan, if any: once no stream
+        of it will be read again.
+        """
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _entryFor(arcname, st, **fields):
@@ -262,29 +270,12 @@ def _readBlocks(fd, size, direct=None):
         want = min(COPY_BLOCK, size)
 
 
-class _Budget:
-    """
-    The bytes of deflate streams the plan may still keep (L{KEEP_BUDGET});
-    files are planned in several threads.
-    """
-
-    def __init__(self, size):
-        self._left = size
-        self._lock = threading.Lock()
-
-    def take(self, size):
-        with self._lock:
-            if size > self._left:
-                return False
-            self._left -= size
-            return True
-
-
-def _planFile(path, arcname, st, compression, budget):
+def _planFile(path, arcname, st, compression, spool):
     """
     Plan one file entry: read it once to pick the method, and to count its
-    deflated size when it is to be deflated (only opened when it is stored
-    whatever it holds).
+    deflated size when it is to be deflated, keeping that stream in
+    C{spool} if there is one (only opened when it is stored whatever it
+    holds).
     """
     size = st.st_size
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # an unreadable file is left out
@@ -298,24 +289,38 @@ def _planFile(path, arcname, st, compression, budget):
         entry = _entryFor(arcname, st, method=method, usize=size, csize=size, path=path)
         if method == STORED:
             return entry
+        keeper = spool.keeper() if spool is not None else None
+        crc = 0
         if packed is None:
             compressor = newDeflater()
-            csize = len(compressor.compress(head))
-            for block in blocks:
-                csize += len(compressor.compress(block))
-            csize += len(compressor.flush())
-            entry.csize = csize
+            csize = 0
+            for block in itertools.chain((head,), blocks):
+                piece = compressor.compress(block)
+                csize += len(piece)
+                if keeper is not None:
+                    crc = isal_zlib.crc32(block, crc)
+                    keeper.write(piece)
+            piece = compressor.flush()
+            csize += len(piece)
         else:
-            entry.csize = len(packed)
-            if budget.take(len(packed)):
-                entry.packed = packed
-                entry.crc = isal_zlib.crc32(head)
+            piece, csize = packed, len(packed)
+            if keeper is not None:
+                crc = isal_zlib.crc32(head)
+        entry.csize = csize
+        if keeper is not None:
+            keeper.write(piece)
+            where = keeper.finish()
+            after = os.fstat(fd)
+            if where is not None and (after.st_size, after.st_mtime_ns) == (size, st.st_mtime_ns):
+                entry.spooled, entry.crc = where, crc
+            # else the file changed while it was read: the stream reads it
+            # again, and reports it
     finally:
         os.close(fd)
     return entry
 
 
-def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET, stop=None):
+def planArchive(source, name=None, compression="auto", spool=None, stop=None):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -325,26 +330,32 @@ def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET, s
     @param source: the file or folder (a link given here is followed: it is
         what the user named).
     @param name: the root name in the archive; default the basename.
-    @param keepBudget: see L{KEEP_BUDGET}.
+    @param spool: a L{backup_proto.spool.Spool} in which to keep deflate
+        streams for the second pass; the plan owns it from here on
+        (L{ArchivePlan.close}), and closes it if planning fails.
     @param stop: a C{threading.Event}: once set, planning stops with
         L{PlanStopped} (the caller no longer needs the plan).
     @return: an L{ArchivePlan}.
     """
-    source = os.path.abspath(source)
-    name = name or os.path.basename(source.rstrip(os.sep))
-    report = ArchiveReport()
-    st = os.stat(source)
-    entries = []
-    budget = _Budget(keepBudget)
-    if stat.S_ISDIR(st.st_mode):
-        with ThreadPoolExecutor(PLAN_THREADS) as pool:
-            _planTree(entries, source, name, st, compression, budget, report, pool, stop)
-    elif stat.S_ISREG(st.st_mode):
-        entries.append(_planFile(source, name, st, compression, budget))
-        report.files += 1
-        report.size += st.st_size
-    else:
-        raise ArchiveError(f"{name} is not a regular file or a folder")
+    try:
+        source = os.path.abspath(source)
+        name = name or os.path.basename(source.rstrip(os.sep))
+        report = ArchiveReport()
+        st = os.stat(source)
+        entries = []
+        if stat.S_ISDIR(st.st_mode):
+            with ThreadPoolExecutor(PLAN_THREADS) as pool:
+                _planTree(entries, source, name, st, compression, spool, report, pool, stop)
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(_planFile(source, name, st, compression, spool))
+            report.files += 1
+            report.size += st.st_size
+        else:
+            raise ArchiveError(f"{name} is not a regular file or a folder")
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
     offset = 0
     for entry in entries:
         entry.offset = offset
@@ -353,10 +364,10 @@ def planArchive(source, name=None, compression="auto", keepBudget=KEEP_BUDGET, s
     centralSize = sum(len(entry.centralRecord()) for entry in entries)
     size = centralOffset + centralSize + len(_endRecords(len(entries), centralOffset,
                                                          centralSize))
-    return ArchivePlan(entries, size, centralOffset, centralSize, report)
+    return ArchivePlan(entries, size, centralOffset, centralSize, report, spool)
 
 
-def _planTree(entries, top, name, topStat, compression, budget, report, pool, stop):
+def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop):
     """
     Plan a folder's entries, in the order they go into the zip; files are
     read and deflated by C{pool}, several at a time.
@@ -367,7 +378,7 @@ def _planTree(entries, top, name, topStat, compression, budget, report, pool, st
     def flush():
         nonlocal batch
         if batch:
-            planned.append(pool.submit(_planFiles, batch, compression, budget))
+            planned.append(pool.submit(_planFiles, batch, compression, spool))
             batch = []
 
     stack = [(top, name, topStat)]
@@ -434,7 +445,7 @@ def _planTree(entries, top, name, topStat, compression, budget, report, pool, st
             report.size += entry.usize
 
 
-def _planFiles(batch, compression, budget):
+def _planFiles(batch, compression, spool):
     """
     L{_planFile} for each C{(path, arcname, stat)} (in a plan thread).
 
@@ -444,7 +455,7 @@ def _planFiles(batch, compression, budget):
     results = []
     for path, arcname, st in batch:
         try:
-            results.append((arcname, _planFile(path, arcname, st, compression, budget)))
+            results.append((arcname, _planFile(path, arcname, st, compression, spool)))
         except OSError as e:
             results.append((arcname, e))
     return results
@@ -466,7 +477,7 @@ def _endRecords(count, centralOffset, centralSize):
     return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)
 
 
-def _fileData(entry, changed, direct):
+def _fileData(plan, entry, changed, direct):
     """
     Yield a file entry's data, exactly C{entry.csize} bytes (the file is
     read once); return the CRC-32 and length of what was sent.
@@ -474,8 +485,8 @@ def _fileData(entry, changed, direct):
     @param direct: an aligned buffer with which to read large stored files
         past the page cache, or C{None}.
     """
-    if entry.packed is not None:
-        yield entry.packed
+    if entry.spooled is not None:
+        yield from plan.spool.read(entry.spooled, entry.csize)
         return entry.crc, entry.usize
     want = entry.usize
     crc = 0
@@ -545,7 +556,7 @@ def _generate(plan, changed, directReads):
             yield entry.content
             sent.append((None, None))
         else:
-            sent.append((yield from _fileData(entry, changed, direct)))
+            sent.append((yield from _fileData(plan, entry, changed, direct)))
             yield entry.descriptor(*sent[-1])
     records = []
     pending = 0
@@ -610,7 +621,7 @@ def writeArchive(source, zipPath, name=None, compression="auto"):
 
     @return: the L{ArchiveReport}, with C{changed} filled in.
     """
-    plan = planArchive(source, name, compression)
+    plan = planArchive(source, name, compression, Spool())
     stream = ArchiveStream(plan)
     fd = os.open(zipPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -622,5 +633,6 @@ def writeArchive(source, zipPath, name=None, compression="auto"):
                 f.write(block)
     finally:
         stream.close()
+        plan.close()
     plan.report.changed = stream.changed
     return plan.report

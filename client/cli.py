@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThread
 from backup_proto import crypto
 from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
 from backup_proto.unzipstream import ExtractSink
+from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_client.progress import progressBar
@@ -352,16 +353,21 @@ async def cmdBackup(reactor, args):
     kind = "dir" if os.path.isdir(path) else "file"
     # plan the zip while connecting and logging in
     stop = threading.Event()
-    planning = deferToThread(planArchive, path, name, args.compression, stop=stop)
+    spool = Spool()
+    planning = deferToThread(planArchive, path, name, args.compression, spool, stop=stop)
     try:
-        proto = await _session(reactor, args, user, password)
-    except BaseException:
+        return await _sendBackup(reactor, args, user, password, planning, name, kind, quiet)
+    finally:
         stop.set()
         try:
-            await planning
+            await planning  # then no plan thread writes to the spool
         except Exception:
             pass
-        raise
+        spool.close()
+
+
+async def _sendBackup(reactor, args, user, password, planning, name, kind, quiet):
+    proto = await _session(reactor, args, user, password)
     try:
         while not await _planDone(reactor, planning, KEEPALIVE):
             # keep the connection from idling out while a large tree is planned

@@ -51,6 +51,9 @@ class MaliciousServerTests(TestCase):
         class CraftedPlan:
             size = os.path.getsize(crafted)
 
+            def close(self):
+                pass
+
         self.patch(serverModule, "planArchive", lambda *args: CraftedPlan())
         self.patch(serverModule, "ArchiveStream", lambda plan, **kw: open(crafted, "rb"))
         os.makedirs("work", exist_ok=True)

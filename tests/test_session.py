@@ -4,16 +4,20 @@ The real client protocol against the real server over real TLS, in memory
 """
 
 import os
+import zipfile
 
 from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
 
+from backup_proto import server as serverModule
 from backup_proto.archive import Limits
+from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
+from tests.test_spool import textTree
 from tests.helpers import (
     zipSinks,
     TestCase,
@@ -238,6 +242,79 @@ class SessionTests(TestCase):
         os.mkdir("work")
         self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
         self.assertEqual(os.listdir("work"), [])
+
+    def spooledRestores(self):
+        """
+        Make the server deflate restores, and record the spools their plans
+        keep streams in.
+        """
+        self.factory.restoreCompression = "auto"
+        spools = []
+
+        class RecordingSpool(Spool):
+            def __init__(self, *args):
+                super().__init__(*args)
+                self.reads = 0
+                spools.append(self)
+
+            def read(self, where, length):
+                self.reads += 1
+                return super().read(where, length)
+
+        self.patch(serverModule, "Spool", RecordingSpool)
+        return spools
+
+    def test_deflatedRestoreSpooled(self):
+        """
+        A deflated restore sends the deflate streams its plan kept: the tree
+        arrives whole, and the spool is closed once the restore is done.
+        """
+        spools = self.spooledRestores()
+        client, server = self.keyed()
+        src, source = self.planTree()
+        textTree(os.path.join(src, "texts"))
+        plan = planArchive(src)
+        source = (lambda: ArchiveStream(plan)), plan.size
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        os.mkdir("work")
+        begin, sink = self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
+        with zipfile.ZipFile(sink.path) as zf:
+            self.assertIn(zipfile.ZIP_DEFLATED, {i.compress_type for i in zf.infolist()})
+        placeRestore(sink.path, "dest", "src", "dir", Limits())
+        self.assertEqual(treeSignature(src), treeSignature("dest/src"))
+        [spool] = spools
+        self.assertGreater(spool.reads, 40)
+        self.assertEqual(spool._files, [])
+        self.assertIsNone(spool.keeper())
+
+    def test_spoolClosedWhenRestoreCut(self):
+        """
+        A restore cut off midway closes its spool too.
+        """
+        spools = self.spooledRestores()
+        client, server = self.keyed()
+        src = textTree(os.path.abspath("src"))
+        plan = planArchive(src)
+        self.successResultOf(self.settle(client.backup(
+            lambda: ArchiveStream(plan), plan.size, "src", "dir")))
+        original = server.sendString
+
+        kept = []
+
+        def cutting(body):
+            if body[0] == Msg.DATA:
+                kept.append(len(spools[0]._files))
+                server.transport.abortConnection()
+                return
+            original(body)
+
+        server.sendString = cutting
+        os.mkdir("work")
+        self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
+        [spool] = spools
+        self.assertGreater(kept[0], 0)
+        self.assertEqual(spool._files, [])
+        self.assertIsNone(spool.keeper())
 
     def test_restoreUnknown(self):
         """
