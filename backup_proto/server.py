@@ -34,6 +34,7 @@ from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, par
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
 from backup_proto.unzipstream import ExtractSink
+from backup_proto.flushahead import FlushAhead
 from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 
@@ -444,7 +445,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         upload.attempt += 1
         transfer = self._nextTransfer("up")
         upload.receiver = ChunkReceiver(
-            ExtractSink(upload.treePath, self.factory.limits), upload.size,
+            ExtractSink(upload.treePath, self.factory.limits,
+                        self.factory.flushAhead.counter(upload.treePath)), upload.size,
             self._ciphers.upload, transfer,
             self.factory.runIO, self._pauseForDisk, self._resumeForDisk,
         )
@@ -622,6 +624,8 @@ class BackupServerFactory(Factory):
     @ivar connections: open connections.
     @ivar perPeer: open connections per peer address.
     @ivar throttle: the L{LoginThrottle} shared by all connections.
+    @ivar flushAhead: the L{FlushAhead} that writes uploads to disk as they
+        arrive.
     """
 
     idleTimeout = 120
@@ -648,6 +652,7 @@ class BackupServerFactory(Factory):
         self.connections = set()
         self.perPeer = {}
         self.throttle = LoginThrottle(clock)
+        self.flushAhead = FlushAhead()
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)

@@ -24,9 +24,9 @@ def keep(spool, *pieces):
     return keeper.finish()
 
 
-def textTree(path, files=40, size=20_000):
+def textTree(path, files=40, size=40_000):
     """
-    A folder of compressible files, some over the plan's first read.
+    A folder of compressible files of about C{size} to 4 x C{size} bytes.
     """
     os.mkdir(path)
     rng = random.Random(files)
@@ -128,8 +128,9 @@ class SpoolTests(TestCase):
 class PlanSpoolTests(TestCase):
     def test_sameZip(self):
         """
-        With a spool the plan keeps every deflated file's stream, and the
-        zip is byte for byte the one made by deflating again.
+        With a spool the plan keeps the stream of every deflated file over
+        L{zipstream.SAMPLE_SIZE} (not of smaller ones), and the zip is byte
+        for byte the one made by deflating again.
         """
         src = makeTrickyTree(os.path.abspath("src"))
         textTree(os.path.join(src, "texts"))
@@ -138,9 +139,11 @@ class PlanSpoolTests(TestCase):
             plan = planArchive(src, compression=compression, spool=Spool(directory="."))
             self.addCleanup(plan.close)
             deflated = [e for e in plan.entries if e.method == DEFLATED]
-            self.assertGreater(len(deflated), 40)
-            self.assertTrue(all(e.spooled is not None for e in deflated))
-            self.assertTrue(any(e.usize > zipstream.SAMPLE_SIZE for e in deflated))
+            big = [e.spooled is not None for e in deflated if e.usize > zipstream.SAMPLE_SIZE]
+            small = [e.spooled is None for e in deflated if e.usize <= zipstream.SAMPLE_SIZE]
+            self.assertGreater(len(big), 20)
+            self.assertGreater(len(small), 5)
+            self.assertTrue(all(big + small))
             self.assertEqual(readAll(ArchiveStream(plan)), plain)
 
     def test_notReadAgain(self):
@@ -148,7 +151,7 @@ class PlanSpoolTests(TestCase):
         Sending a spooled file does not read it again: it is sent as it was
         when planned, and the unpacked tree is the planned one.
         """
-        src = textTree(os.path.abspath("src"))
+        src = textTree(os.path.abspath("src"), size=80_000)
         before = treeSignature(src)
         plan = planArchive(src, spool=Spool(directory="."))
         self.addCleanup(plan.close)
@@ -165,11 +168,12 @@ class PlanSpoolTests(TestCase):
         When the spool fills up, the files past it are deflated again when
         sent; the zip is the same.
         """
-        src = textTree(os.path.abspath("src"))
+        src = textTree(os.path.abspath("src"), size=80_000)
         plain = readAll(ArchiveStream(planArchive(src)))
-        plan = planArchive(src, spool=Spool(limit=20_000, directory="."))
+        plan = planArchive(src, spool=Spool(limit=200_000, directory="."))
         self.addCleanup(plan.close)
-        spooled = [e.spooled is not None for e in plan.entries if e.method == DEFLATED]
+        spooled = [e.spooled is not None for e in plan.entries
+                   if e.method == DEFLATED and e.usize > zipstream.SAMPLE_SIZE]
         self.assertIn(True, spooled)
         self.assertIn(False, spooled)
         self.assertEqual(readAll(ArchiveStream(plan)), plain)
@@ -179,7 +183,7 @@ class PlanSpoolTests(TestCase):
         A file whose size or mtime differs from its listing once it is read
         is not kept: the stream reads it again, and reports the change.
         """
-        src = textTree(os.path.abspath("src"), files=1)
+        src = textTree(os.path.abspath("src"), files=1, size=100_000)
         path = os.path.join(src, "f000.txt")
         st = os.stat(path)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
@@ -188,6 +192,8 @@ class PlanSpoolTests(TestCase):
         entry = zipstream._planFile(path, "f000.txt", st, "auto", spool)
         self.assertEqual(entry.method, DEFLATED)
         self.assertIsNone(entry.spooled)
+        unchanged = zipstream._planFile(path, "f000.txt", os.stat(path), "auto", spool)
+        self.assertIsNotNone(unchanged.spooled)
 
     def test_failedPlanClosesSpool(self):
         """
