@@ -29,7 +29,7 @@ from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import encodeData
 
 #: How many chunks one read in a thread fetches (1 MiB).
-READ_BATCH = 16
+READ_BATCH = 64
 
 
 def storageError(error):
@@ -225,7 +225,7 @@ class ChunkReceiver:
     @ivar highWater: bytes waiting for the disk above which input pauses.
     """
 
-    highWater = 4 * CHUNK_SIZE * READ_BATCH
+    highWater = 4 << 20
 
     def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput,
                  progress=None):

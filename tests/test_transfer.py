@@ -13,7 +13,7 @@ from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
-from backup_proto.transfer import ChunkSender
+from backup_proto.transfer import READ_BATCH, ChunkSender
 from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 
@@ -303,7 +303,7 @@ class RestoreWireTests(WireCase):
         self.assertEqual(self.wire.last()[0], Msg.DONE)
         # a bigger snapshot, paused after the first batch
         with open("docs/big.bin", "wb") as f:
-            f.write(os.urandom(crypto.CHUNK_SIZE * 64))
+            f.write(os.urandom(crypto.CHUNK_SIZE * READ_BATCH * 3))
         zipPath = os.path.abspath("big.zip")
         writeArchive("docs", zipPath)
         with open(zipPath, "rb") as f:
@@ -330,7 +330,7 @@ class RestoreWireTests(WireCase):
             runRound()
         rest = self.wire.received()
         self.assertEqual(rest[-1][0], Msg.CKSUM)
-        self.assertGreater(sent + len(rest), 64)
+        self.assertGreater(sent + len(rest), READ_BATCH * 3)
 
 
 class SenderBackpressureTests(TestCase):
@@ -339,7 +339,8 @@ class SenderBackpressureTests(TestCase):
         A paused transport stops the L{ChunkSender}; resuming continues it,
         and the chunks and CRC come out right.
         """
-        data = os.urandom(crypto.CHUNK_SIZE * 40 + 3)
+        chunks = READ_BATCH * 2 + 9  # the last one short
+        data = os.urandom(crypto.CHUNK_SIZE * (chunks - 1) + 3)
         with open("big", "wb") as f:
             f.write(data)
         ciphers = crypto.SessionCiphers(b"k" * 32)
@@ -356,15 +357,15 @@ class SenderBackpressureTests(TestCase):
         self.assertTrue(transport.streaming)
         runReads()  # open
         runReads()  # first batch
-        self.assertEqual(len(sent), 16)
+        self.assertEqual(len(sent), READ_BATCH)
         transport.producer.pauseProducing()
         runReads()
-        self.assertEqual(len(sent), 16)
+        self.assertEqual(len(sent), READ_BATCH)
         self.assertNoResult(done)
         sender.resumeProducing()
         for _ in range(10):
             runReads()
-        self.assertEqual(len(sent), 41)
+        self.assertEqual(len(sent), chunks)
         self.assertEqual(self.successResultOf(done), __import__(
             "backup_proto.cksum", fromlist=["cksumBytes"]).cksumBytes(data))
         self.assertIsNone(transport.producer)
