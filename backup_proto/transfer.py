@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from backup_proto.cksum import Cksum
-from backup_proto.crypto import CHUNK_SIZE, chunkCount, chunkLength
+from backup_proto.crypto import chunkCount, chunkLength
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import encodeData
 
