@@ -182,6 +182,14 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._loginDeadline = self.callLater(self.factory.loginTimeout, self._loginExpired)
         self.log.info("connection from {peer}", peer=self.peer)
 
+    @property
+    def _gone(self):
+        """
+        Whether the connection is closed or closing: a job that ends now
+        has nobody to answer.
+        """
+        return not self._connected or self.state is State.CLOSED
+
     def connectionLost(self, reason):
         self._connected = False
         self.state = State.CLOSED
@@ -266,7 +274,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         def done(result):
             self._jobs -= 1
-            if not self._connected or self.state is State.CLOSED:
+            if self._gone:
                 self._cleanupIfIdle()
                 return None
             self.setTimeout(self.factory.idleTimeout)
@@ -278,7 +286,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         def failed(failure):
             self._jobs -= 1
-            if not self._connected or self.state is State.CLOSED:
+            if self._gone:
                 self._cleanupIfIdle()
                 return None
             error = failure.value
@@ -543,8 +551,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         d.addCallback(found)
 
         def dropIfGone(plan):
-            # the connection was lost while planning: nobody will send it
-            if plan is not None and not self._connected:
+            # the connection went while planning: _busy drops the plan unsent
+            if self._gone:
                 plan.close()
                 return None
             return plan
