@@ -7,11 +7,11 @@ made in two passes.  L{planArchive} walks the tree, picks each file's
 method and works out every entry's size and so the zip's exact length (a
 file to be deflated is deflated once to count, and a file over
 L{SAMPLE_SIZE} keeps that stream in a L{backup_proto.spool.Spool} for the
-second pass when one is given).
-L{ArchiveStream} then produces the zip's bytes, file by
-file, as the sender asks for them: zipping overlaps with sending, and the
-zip is never written to a disk (on this kind of machine each byte written
-costs as much as sending it).
+second pass when one is given).  L{ArchiveStream} then produces the zip's
+bytes, file by file, as the sender asks for them: zipping overlaps with
+sending, and the zip is never written to a disk (on this kind of machine
+each byte written costs as much as sending it); only kept deflate streams
+pass through the spool's unnamed files.
 
 The layout is the one L{backup_proto.archive} documents and checks.  File
 entries set general-purpose bit 3: their CRC-32 (and the sizes again) are
@@ -22,12 +22,12 @@ so that a reader can unpack the stream as it arrives
 
 A file whose deflate stream the plan kept is sent as it was when planned,
 and not read again.  Any other file that changes between the passes is
-handled the way GNU tar handles one that changes while it is read: what is sent keeps the planned length
-(a stored file that shrank is padded with zeros, one that grew is cut),
-the archive stays valid, and the file is reported in
-L{ArchiveReport.changed}.  The one case that cannot be kept to its planned
-length, a deflated file whose new content compresses worse, stops the
-stream with L{ArchiveChanged}.
+handled the way GNU tar handles one that changes while it is read: what is
+sent keeps the planned length (a stored file that shrank is padded with
+zeros, one that grew is cut), the archive stays valid, and the file is
+reported in L{ArchiveReport.changed}.  The one case that cannot be kept to
+its planned length, a deflated file whose new content compresses worse,
+stops the stream with L{ArchiveChanged}.
 """
 
 import itertools
