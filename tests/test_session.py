@@ -221,6 +221,29 @@ class SessionTests(TestCase):
         placeRestore(restored, "dest", "src", "dir", Limits())
         self.assertEqual(treeSignature(src), treeSignature("dest/src"))
 
+    def restoreCutAt(self, client, server, chunk, beforeCut=None):
+        """
+        Restore into a new folder C{work}, with the connection aborted by
+        the server when it would send DATA chunk number C{chunk} (from 1),
+        after calling C{beforeCut}; the restore fails with L{ConnectionGone}.
+        """
+        original = server.sendString
+        sent = []
+
+        def cutting(body):
+            if body[0] == Msg.DATA:
+                sent.append(1)
+                if len(sent) == chunk:
+                    if beforeCut is not None:
+                        beforeCut()
+                    server.transport.abortConnection()
+                    return
+            original(body)
+
+        server.sendString = cutting
+        os.mkdir("work")
+        self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
+
     def test_restoreTruncated(self):
         """
         A restore stream cut off midway fails, and the partial zip is
@@ -229,20 +252,7 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src, source = self.planTree()
         self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
-        original = server.sendString
-        sent = []
-
-        def cutting(body):
-            if body[0] == Msg.DATA:
-                sent.append(1)
-                if len(sent) == 3:
-                    server.transport.abortConnection()
-                    return
-            original(body)
-
-        server.sendString = cutting
-        os.mkdir("work")
-        self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
+        self.restoreCutAt(client, server, 3)
         self.assertEqual(os.listdir("work"), [])
 
     def test_flushAheadDuringUpload(self):
@@ -317,20 +327,8 @@ class SessionTests(TestCase):
         plan = planArchive(src)
         self.successResultOf(self.settle(client.backup(
             lambda: ArchiveStream(plan), plan.size, "src", "dir")))
-        original = server.sendString
-
         kept = []
-
-        def cutting(body):
-            if body[0] == Msg.DATA:
-                kept.append(len(spools[0]._files))
-                server.transport.abortConnection()
-                return
-            original(body)
-
-        server.sendString = cutting
-        os.mkdir("work")
-        self.failureResultOf(self.settle(client.restore(None, zipSinks("work"))), ConnectionGone)
+        self.restoreCutAt(client, server, 1, lambda: kept.append(len(spools[0]._files)))
         [spool] = spools
         self.assertGreater(kept[0], 0)
         self.assertEqual(spool._files, [])
