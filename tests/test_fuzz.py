@@ -22,17 +22,11 @@ from tests.wire import Wire
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-_factory = None
-
-
-def factory():
-    global _factory
-    if _factory is None:
-        _factory = makeFactory(tempfile.mkdtemp(prefix="fuzz-data-"))
-    return _factory
-
-
 class FrameFuzzTests(TestCase):
+    def setUp(self):
+        super().setUp()
+        self.factory = makeFactory(os.path.abspath("data"))
+
     @FUZZ
     @given(st.lists(st.binary(max_size=3000), max_size=8))
     def test_serverSurvivesAnyBytes(self, pieces):
@@ -41,7 +35,7 @@ class FrameFuzzTests(TestCase):
         escapes, every reply is a well-formed frame, and the unparsed buffer
         never exceeds one frame.
         """
-        wire = Wire(factory())
+        wire = Wire(self.factory)
         for piece in pieces:
             wire.send(piece)
             self.assertLessEqual(len(wire.proto._unprocessed), MAX_FRAME + 4 + 3000)
@@ -120,12 +114,15 @@ class ArchiveFuzzTests(TestCase):
                     zf.writestr(info, data)
                 except (ValueError, UnicodeEncodeError):
                     continue
-        base = tempfile.mkdtemp(prefix="fuzz-")
+        with tempfile.TemporaryDirectory(prefix="fuzz-", dir=".") as base:
+            self._checkExtract(buffer.getvalue(), os.path.realpath(base))
+
+    def _checkExtract(self, archive, base):
         target = os.path.join(base, "target")
         os.mkdir(target)
         path = os.path.join(base, "a.zip")
         with open(path, "wb") as f:
-            f.write(buffer.getvalue())
+            f.write(archive)
         try:
             extractStream(path, target, Limits(maxEntries=100, maxUnpacked=1 << 20))
         except ArchiveError:
@@ -146,7 +143,10 @@ class ArchiveFuzzTests(TestCase):
         L{ArchiveError} and nothing else (or parse), and write nothing
         outside the target.
         """
-        base = tempfile.mkdtemp(prefix="fuzz-")
+        with tempfile.TemporaryDirectory(prefix="fuzz-", dir=".") as base:
+            self._checkGarbage(data, os.path.realpath(base))
+
+    def _checkGarbage(self, data, base):
         target = os.path.join(base, "target")
         os.mkdir(target)
         extractor = StreamingExtractor(target, Limits(maxEntries=100, maxUnpacked=1 << 20))
