@@ -209,14 +209,6 @@ class ChunkSender:
         self._finish(Failure(TransferAborted("transfer stopped")))
 
 
-def _writeBatch(sink, chunks):
-    """
-    Write chunks to a sink (runs in a thread).
-    """
-    for chunk in chunks:
-        sink.write(chunk)
-
-
 class ChunkReceiver:
     """
     Receives the DATA chunks of one transfer into a sink (see the module
@@ -251,8 +243,9 @@ class ChunkReceiver:
         self._progress = progress
         self._count = chunkCount(size)
         self._index = 0
-        self._queue = []
-        self._queued = 0
+        self._queue = collections.deque()
+        self._enqueued = 0  # bytes queued (counted on the reactor)
+        self._drained = 0  # bytes taken from the queue (counted by the writer)
         self._writing = False
         self._inputPaused = False
         self._error = None
@@ -292,12 +285,19 @@ class ChunkReceiver:
                 raise ProtocolError(Code.BAD_UPLOAD, f"chunk {index} has the wrong length")
             self.crc.update(plain)
             if plain:
+                self._enqueued += len(plain)
                 self._queue.append(plain)
-                self._queued += len(plain)
             if self._progress is not None:
                 self._progress(len(plain))
         self._flush()
         return self.complete
+
+    @property
+    def _queued(self):
+        """
+        Bytes received and not yet written (the writer may be on them).
+        """
+        return self._enqueued - self._drained
 
     def _flush(self):
         if self._queued > self.highWater and not self._inputPaused:
@@ -305,11 +305,28 @@ class ChunkReceiver:
             self._pauseInput()
         if self._writing or not self._queue or self._aborted:
             return
-        batch, self._queue = self._queue, []
-        self._queued = 0
         self._writing = True
-        d = self._runIO(_writeBatch, self.sink, batch)
+        d = self._runIO(self._drain)
         d.addCallbacks(self._written, self._writeFailed)
+
+    def _drain(self):
+        """
+        Write queued chunks to the sink (runs in a thread), including those
+        that arrive meanwhile: the writer goes back to the reactor only
+        when the queue is empty, or when paused input may resume.  A
+        thread job per batch instead left the writer idle while each
+        finished batch waited for the reactor to hand over the next.
+        """
+        queue = self._queue
+        while not self._aborted:
+            if self._inputPaused and self._queued <= self.highWater // 2:
+                return
+            try:
+                chunk = queue.popleft()  # the reactor appends meanwhile
+            except IndexError:
+                return
+            self.sink.write(chunk)
+            self._drained += len(chunk)
 
     def _written(self, _):
         self._writing = False
@@ -325,7 +342,7 @@ class ChunkReceiver:
     def _writeFailed(self, failure):
         self._writing = False
         self._error = storageError(failure.value)
-        self._queue, self._queued = [], 0
+        self._dropQueue()
         if self._inputPaused:
             self._inputPaused = False
             self._resumeInput()
@@ -365,12 +382,16 @@ class ChunkReceiver:
         if self._discarded is None:
             self._discarded = Deferred()
             self._aborted = True
-            self._queue, self._queued = [], 0
+            self._dropQueue()  # a writer under way stops at its next chunk
             if not self._writing:
                 self._discard()
         d = Deferred()
         self._discarded.addBoth(lambda result: d.callback(None) or result)
         return d
+
+    def _dropQueue(self):
+        self._queue.clear()
+        self._drained = self._enqueued
 
     def _discard(self):
         d = self._runIO(self.sink.discard)

@@ -140,13 +140,12 @@ class SessionTests(TestCase):
         damaged = []
 
         def damagingIO(f, *args):
-            if f.__name__ == "_writeBatch" and not damaged:
-                sink, chunks = args
-                middle = chunks[-1]
+            if f.__name__ == "_drain" and not damaged:
+                queue = f.__self__._queue  # the chunks the writer is about to write
+                middle = queue[-1]
                 at = len(middle) // 2
-                chunks = chunks[:-1] + [middle[:at] + bytes([middle[at] ^ 1]) + middle[at + 1:]]
-                damaged.append(sink)
-                args = (sink, chunks)
+                queue[-1] = middle[:at] + bytes([middle[at] ^ 1]) + middle[at + 1:]
+                damaged.append(f.__self__.sink)
             return runNow(f, *args)
 
         self.factory.runIO = damagingIO

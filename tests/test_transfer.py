@@ -88,10 +88,10 @@ class UploadTests(WireCase):
         """
         from backup_proto.transfer import ChunkReceiver
 
-        # the first chunk goes to disk at once; the rest wait behind it, and
-        # only the last one takes the queue over the mark: the pause comes as
-        # the upload ends
-        self.patch(ChunkReceiver, "highWater", len(self.zip) - crypto.CHUNK_SIZE - 1)
+        # nothing is written until the test runs the I/O, and only the last
+        # chunk takes the bytes not yet written over the mark: the pause
+        # comes as the upload ends
+        self.patch(ChunkReceiver, "highWater", len(self.zip) - 1)
         io = ManualRunner()
         self.factory.runIO = io
         self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
@@ -110,6 +110,48 @@ class UploadTests(WireCase):
         self.factory.runIO = runNow
         self.wire.sendControl(Msg.COMMIT, crc=ck["crc"])
         self.assertIs(self.wire.last()[0], Msg.DONE)
+
+    def test_writerTakesLaterChunks(self):
+        """
+        The thread job that writes an upload also writes the chunks that
+        arrived after it was started, instead of leaving them for another
+        job once the reactor hears it ended.
+        """
+        io = ManualRunner()
+        self.factory.runIO = io
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        io.runRound()  # the staging folder
+        transfer = self.wire.last()[1]["transfer"]
+        chunks = self.wire.sealedChunks(self.zip, transfer)
+        self.assertGreater(len(chunks), 2)
+        self.wire.send(chunks[0])
+        self.wire.send(b"".join(chunks[1:]))
+        writers = [job for job in io.jobs if job[1].__name__ == "_drain"]
+        self.assertEqual(len(writers), 1)
+        io.runRound()  # that one job
+        self.assertEqual([job for job in io.jobs if job[1].__name__ == "_drain"], [])
+        io.runAll()
+        self.factory.clock.advance(0)
+        self.assertIs(self.wire.received()[-1][0], Msg.CKSUM)
+
+    def test_lostWhileWriterWaits(self):
+        """
+        A connection lost while a write job waits for its thread: the job
+        writes nothing when it runs, and the upload's staging is removed.
+        """
+        io = ManualRunner()
+        self.factory.runIO = io
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        io.runRound()  # the staging folder
+        transfer = self.wire.last()[1]["transfer"]
+        self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)[:2]))
+        receiver = self.wire.proto._upload.receiver
+        written = []
+        self.patch(receiver.sink, "write", written.append)
+        self.wire.proto.connectionLost(None)
+        io.runAll()
+        self.assertEqual(written, [])
+        self.assertTrue(self.stagingEmpty())
 
     def test_outOfOrder(self):
         """
@@ -249,7 +291,7 @@ class UploadTests(WireCase):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         def failingIO(f, *args):
-            if f.__name__ == "_writeBatch":
+            if f.__name__ == "_drain":
                 return runNow(full)
             return runNow(f, *args)
 
