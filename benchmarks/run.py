@@ -20,9 +20,8 @@ The benchmark suite (run by hand; not part of the test suite):
 
 Prints a table with the ratios ours / theirs and ours / ceiling, and writes
 benchmarks/results/bench-<UTC time>.json.  What a run writes besides the
-trees (several GB) is deleted at its end unless --keep is given; wait half
-a minute before the next run (this file system creates files slowly right
-after deleting many).
+trees (several GB) is deleted at its end unless --keep is given; the next
+run waits for those deletions to age (see QUIET_AFTER_DELETES).
 """
 
 import argparse
@@ -72,16 +71,20 @@ def timed(argv, env=None, cwd=None):
 
 
 #: Seconds to wait after files were deleted (by the test suite, a previous
-#: run, or make_dataset.py change) before measuring: for about 35 s after
-#: thousands of files are deleted, ext4 here creates new ones 3-10x slower
-#: (its inode allocator skips recently deleted inodes: recently_deleted()
-#: dominates a perf profile of cp -a), whichever tool comes next.
-QUIET_AFTER_DELETES = 40
+#: run, or make_dataset.py change) before measuring.  This file system has
+#: no journal, and then ext4's inode allocator skips an inode deleted less
+#: than 60 s ago, or 300 s while its inode table block is still dirty
+#: (RECENTCY_MIN and RECENTCY_DIRTY in fs/ext4/ialloc.c): each skip costs a
+#: buffer lookup, and recently_deleted() dominates a perf profile of file
+#: creation, 3-10x slower, whichever tool comes next.  So the wait syncs
+#: first, then outlasts the 60 s.
+QUIET_AFTER_DELETES = 65
 
 
 def quietAfterDeletes(seconds):
     if seconds:
         print(f"waiting {seconds} s for recent deletions to age", file=sys.stderr, flush=True)
+        os.sync()  # clean inode table blocks: the 60 s rule, not the 300 s one
         time.sleep(seconds)
 
 
