@@ -70,21 +70,22 @@ def timed(argv, env=None, cwd=None):
     return seconds, rss, result.stdout
 
 
-#: Seconds to wait after files were deleted (by the test suite, a previous
-#: run, or make_dataset.py change) before measuring.  This file system has
-#: no journal, and then ext4's inode allocator skips an inode deleted less
-#: than 60 s ago, or 300 s while its inode table block is still dirty
-#: (RECENTCY_MIN and RECENTCY_DIRTY in fs/ext4/ialloc.c): each skip costs a
-#: buffer lookup, and recently_deleted() dominates a perf profile of file
-#: creation, 3-10x slower, whichever tool comes next.  So the wait syncs
-#: first, then outlasts the 60 s.
-QUIET_AFTER_DELETES = 65
+#: Seconds to wait before measuring, for files deleted before the run (by
+#: the test suite, a previous run's cleanup, anything) to age.  This file
+#: system has no journal, and then ext4's inode allocator skips an inode
+#: deleted less than 60 s ago, and less than 360 s ago while its inode
+#: table block is dirty (RECENTCY_MIN, RECENTCY_DIRTY in fs/ext4/ialloc.c)
+#: -- which creating files next to it makes it.  Each skip costs a buffer
+#: lookup: recently_deleted() then dominates a perf profile of file
+#: creation, 3-10x slower, whichever tool comes next.  The run itself
+#: deletes nothing until its end (make_dataset.py change only modifies and
+#: adds files).
+QUIET_AFTER_DELETES = 360
 
 
 def quietAfterDeletes(seconds):
     if seconds:
-        print(f"waiting {seconds} s for recent deletions to age", file=sys.stderr, flush=True)
-        os.sync()  # clean inode table blocks: the 60 s rule, not the 300 s one
+        print(f"waiting {seconds} s for earlier deletions to age", file=sys.stderr, flush=True)
         time.sleep(seconds)
 
 
@@ -95,7 +96,6 @@ def settle(tree=None):
     C{tree} once, so that every tool starts from the same warm page cache
     (the first tool would otherwise pay for cold reads alone).
     """
-    os.sync()
     if tree is not None:
         for root, dirs, files in os.walk(tree):
             for name in files:
@@ -104,6 +104,7 @@ def settle(tree=None):
                     with open(path, "rb") as f:
                         while f.read(1 << 20):
                             pass
+    os.sync()  # after the reads too: they may update access times
 
 
 class Server:
@@ -242,8 +243,8 @@ def main():
     parser.add_argument("--compression", default="auto", choices=("auto", "store", "deflate"))
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--quiet-seconds", type=int, default=QUIET_AFTER_DELETES,
-                        help="wait this long before the first measurement and after each"
-                             " change step (see QUIET_AFTER_DELETES)")
+                        help="wait this long before the first measurement"
+                             " (see QUIET_AFTER_DELETES)")
     parser.add_argument("--keep", action="store_true",
                         help="keep this run's server data, restores and baseline repositories")
     args = parser.parse_args()
@@ -283,7 +284,6 @@ def main():
                                 str(generation + 1)], check=True, capture_output=True)
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
-                quietAfterDeletes(args.quiet_seconds)
                 settle(tree)
                 second = ours.backup(tree)
             finally:
