@@ -5,8 +5,8 @@ The benchmark suite (run by hand; not part of the test suite):
     .venv/bin/python benchmarks/run.py [--trees small,mixed,large] [--scale 1.0]
 
 1. Builds the three trees with ../shared/bench/make_dataset.py into
-   --work (default /tmp/backup-proto-bench; kept between runs, so trees are
-   not deleted and recreated at once -- slow on this file system).
+   --work (default /tmp/backup-proto-bench), or keeps them from an earlier
+   run unless that run changed them (then they are built again).
 2. For each tree, starts the installed ``twistd backup-server`` on loopback
    (a fresh process, so its peak RSS is that tree's) and measures with the
    installed ``backup-client``: a full backup, a restore, and a second
@@ -235,6 +235,30 @@ def baselines(work, tree, name, sshd):
     return out
 
 
+def freshTrees(data, trees, scale):
+    """
+    Have each tree as make_dataset.py builds it.  A tree that an earlier
+    run changed (its C{.NAME.genN} marker) is removed and built again:
+    each run's change step adds files (to C{large}, a 256 MiB one), so
+    keeping changed trees made every run measure more data than the last.
+    This runs before the quiet wait, which covers these deletions.
+    """
+    os.makedirs(data, exist_ok=True)
+    missing = []
+    for name in trees:
+        tree = os.path.join(data, name)
+        markers = [f for f in os.listdir(data) if f.startswith(f".{name}.gen")]
+        if markers:
+            shutil.rmtree(tree, ignore_errors=True)
+            for marker in markers:
+                os.remove(os.path.join(data, marker))
+        if not os.path.isdir(tree):
+            missing.append(name)
+    if missing:
+        subprocess.run([sys.executable, MAKE_DATASET, "build", data, "--trees", ",".join(missing),
+                        "--scale", str(scale)], check=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", default="small,mixed,large")
@@ -252,9 +276,7 @@ def main():
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, f"data-{args.scale}")
-    if not all(os.path.isdir(os.path.join(data, t)) for t in trees):
-        subprocess.run([sys.executable, MAKE_DATASET, "build", data, "--trees", ",".join(trees),
-                        "--scale", str(args.scale)], check=True)
+    freshTrees(data, trees, args.scale)
     if not os.path.exists(os.path.join(work, "certs", "ca.pem")):
         subprocess.run([os.path.join(BIN, "backup-certs"), "--dir",
                         os.path.join(work, "certs")], check=True, capture_output=True)
