@@ -214,12 +214,14 @@ class ChunkReceiver:
     Receives the DATA chunks of one transfer into a sink (see the module
     docstring: C{write}, C{close} and C{discard}, called in threads, one at
     a time).  A chunk that fails authentication is counted in L{rejected}
-    and not written, so that the transfer can end and be resent; a chunk beyond the declared size, or of
-    the wrong length, is a L{ProtocolError}.
+    and not written, so that the transfer can end and be resent; a chunk
+    beyond the declared size, or of the wrong length, is a
+    L{ProtocolError}.
 
     @ivar crc: L{Cksum} of the plaintext accepted so far.
     @ivar rejected: how many chunks failed authentication.
-    @ivar highWater: bytes waiting for the disk above which input pauses.
+    @ivar highWater: bytes received and not yet written (those being
+        written included) above which input pauses.
     """
 
     highWater = 4 << 20
