@@ -301,6 +301,13 @@ class ChunkReceiver:
         """
         return self._enqueued - self._drained
 
+    @property
+    def _mayResume(self):
+        """
+        Whether paused input has drained enough to be read again.
+        """
+        return self._inputPaused and self._queued <= self.highWater // 2
+
     def _flush(self):
         if self._queued > self.highWater and not self._inputPaused:
             self._inputPaused = True
@@ -321,7 +328,7 @@ class ChunkReceiver:
         """
         queue = self._queue
         while not self._aborted:
-            if self._inputPaused and self._queued <= self.highWater // 2:
+            if self._mayResume:
                 return
             try:
                 chunk = queue.popleft()  # the reactor appends meanwhile
@@ -335,7 +342,7 @@ class ChunkReceiver:
         if self._aborted:
             self._discard()
             return
-        if self._inputPaused and self._queued <= self.highWater // 2:
+        if self._mayResume:
             self._inputPaused = False
             self._resumeInput()
         self._flush()
