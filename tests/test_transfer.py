@@ -50,6 +50,21 @@ class UploadTests(WireCase):
         self.assertIs(kind, Msg.READY, ready)
         return ready["transfer"]
 
+    def beginWithHeldIO(self):
+        """
+        Begin an upload with the server's I/O held in a L{ManualRunner}.
+
+        @return: the runner and the transfer number.
+        """
+        io = ManualRunner()
+        self.factory.runIO = io
+        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        io.runRound()  # the staging folder
+        return io, self.wire.last()[1]["transfer"]
+
+    def writerJobs(self, io):
+        return [job for job in io.jobs if job[1].__name__ == "_drain"]
+
     def snapshots(self):
         return self.factory.store._list(self.factory.store.db._connection(), "alice")
 
@@ -92,11 +107,7 @@ class UploadTests(WireCase):
         # chunk takes the bytes not yet written over the mark: the pause
         # comes as the upload ends
         self.patch(ChunkReceiver, "highWater", len(self.zip) - 1)
-        io = ManualRunner()
-        self.factory.runIO = io
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
-        io.runRound()  # the staging folder
-        transfer = self.wire.last()[1]["transfer"]
+        io, transfer = self.beginWithHeldIO()
         self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
         self.assertEqual(self.wire.transport.producerState, "paused")
         frames = []
@@ -117,19 +128,14 @@ class UploadTests(WireCase):
         arrived after it was started, instead of leaving them for another
         job once the reactor hears it ended.
         """
-        io = ManualRunner()
-        self.factory.runIO = io
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
-        io.runRound()  # the staging folder
-        transfer = self.wire.last()[1]["transfer"]
+        io, transfer = self.beginWithHeldIO()
         chunks = self.wire.sealedChunks(self.zip, transfer)
         self.assertGreater(len(chunks), 2)
         self.wire.send(chunks[0])
         self.wire.send(b"".join(chunks[1:]))
-        writers = [job for job in io.jobs if job[1].__name__ == "_drain"]
-        self.assertEqual(len(writers), 1)
+        self.assertEqual(len(self.writerJobs(io)), 1)
         io.runRound()  # that one job
-        self.assertEqual([job for job in io.jobs if job[1].__name__ == "_drain"], [])
+        self.assertEqual(self.writerJobs(io), [])
         io.runAll()
         self.factory.clock.advance(0)
         self.assertIs(self.wire.received()[-1][0], Msg.CKSUM)
@@ -139,11 +145,7 @@ class UploadTests(WireCase):
         A connection lost while a write job waits for its thread: the job
         writes nothing when it runs, and the upload's staging is removed.
         """
-        io = ManualRunner()
-        self.factory.runIO = io
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
-        io.runRound()  # the staging folder
-        transfer = self.wire.last()[1]["transfer"]
+        io, transfer = self.beginWithHeldIO()
         self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)[:2]))
         receiver = self.wire.proto._upload.receiver
         written = []
