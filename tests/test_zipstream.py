@@ -5,6 +5,7 @@ L{backup_proto.unzipstream} (a zip unpacked as it arrives).
 
 import os
 import struct
+import threading
 import zipfile
 
 from backup_proto import zipstream
@@ -198,6 +199,76 @@ class ChangedFileTests(TestCase):
             f.write(data)
         with zipfile.ZipFile("z.zip") as zf:
             self.assertEqual(zf.read("src/data"), b"a" * 100_000)
+
+
+def callWithin(seconds, f, *args):
+    """
+    Call C{f} in a thread and fail if it has not returned after C{seconds}.
+
+    @return: what it returned, or the exception it raised.
+    """
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(f(*args))
+        except Exception as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(f"{f.__name__} still runs after {seconds} s")
+    return outcome[0]
+
+
+class FIFOInPlaceTests(TestCase):
+    """
+    A FIFO that takes a regular file's place after the walk saw the file
+    is not waited on: opening one for reading would wait for a writer.
+    """
+
+    def setUp(self):
+        super().setUp()
+        os.mkdir("src")
+        with open("src/data", "wb") as f:
+            f.write(b"some text " * 1000)
+
+    def tearDown(self):
+        # free a thread that still waits on the FIFO, if the test failed
+        try:
+            os.close(os.open("src/data", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        super().tearDown()
+
+    def test_plan(self):
+        """
+        A file planned without a status (as the walk hands files over) is
+        refused once it is no longer a regular file.
+        """
+        os.unlink("src/data")
+        os.mkfifo("src/data")
+        error = callWithin(10, zipstream._planFile, "src/data", "src/data", None, "auto", None)
+        self.assertIsInstance(error, OSError)
+        self.assertEqual(error.strerror, "no longer a regular file")
+
+    def test_stream(self):
+        """
+        A planned file that is a FIFO when the zip is sent is sent as an
+        empty file padded to its planned size, and reported as changed.
+        """
+        plan = planArchive("src", compression="store")
+        os.unlink("src/data")
+        os.mkfifo("src/data")
+        stream = ArchiveStream(plan)
+        data = callWithin(10, readAll, stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertEqual(stream.changed, ["src/data: changed while it was read"])
+        feed(data, "out")
+        with open("out/src/data", "rb") as f:
+            self.assertEqual(f.read(), bytes(10_000))
 
 
 class StreamRefusalTests(TestCase):
