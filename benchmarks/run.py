@@ -22,6 +22,11 @@ Prints a table with the ratios ours / theirs and ours / ceiling, and writes
 benchmarks/results/bench-<UTC time>.json.  What a run writes besides the
 trees (several GB) is deleted at its end unless --keep is given; the next
 run waits for those deletions to age (see QUIET_AFTER_DELETES).
+
+A run does not start when the disk cannot hold it (L{checkSpace}).  A step
+that fails stops the run: the table and the JSON file hold what was
+measured before it, the JSON's C{stopped} says where, and the exit status
+is 1.
 """
 
 import argparse
@@ -54,18 +59,30 @@ def treeBytes(path):
     return total
 
 
+class RunStopped(Exception):
+    """
+    A step of the run failed: the run reports what it measured before, and
+    this message, and exits with status 1.
+    """
+
+
 def timed(argv, env=None, cwd=None):
     """
     Run a command under GNU time.
 
     @return: C{(seconds, peak RSS bytes, stdout)}.
+    @raise RunStopped: the command failed.
     """
     start = time.perf_counter()
     result = subprocess.run([TIME, "-f", "%M", *argv], env=env, cwd=cwd,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {result.stderr[-2000:]}")
+        # GNU time adds its own two lines; the command's are before them
+        said = "\n".join(result.stderr.strip().splitlines()[:-2][-20:])
+        step = next((arg for arg in argv[1:] if not arg.startswith("-")), "")
+        raise RunStopped(f"{os.path.basename(argv[0])} {step} failed with exit status "
+                         f"{result.returncode}:\n{said}")
     rss = int(result.stderr.strip().splitlines()[-1]) * 1024
     return seconds, rss, result.stdout
 
@@ -235,6 +252,32 @@ def baselines(work, tree, name, sshd):
     return out
 
 
+#: Each tree's size at --scale 1.0, as make_dataset.py documents it.
+TREE_BYTES = {"small": 200 << 20, "mixed": 500 << 20, "large": 1 << 30}
+#: Copies of a tree that one tree's measurements leave on the disk until
+#: the run ends: two snapshots, a restore, and rsync's, restic's (a
+#: repository and a restore) and borg's copies, with room for the change
+#: step's additions.
+COPIES_PER_TREE = 8
+
+
+def checkSpace(work, data, trees, scale):
+    """
+    Refuse to start when the disk under C{work} cannot hold the run: a
+    full disk halfway through would only show as one tool's error.
+
+    @raise RunStopped: naming what is needed and what is free.
+    """
+    built = sum(TREE_BYTES[name] * scale for name in trees
+                if not os.path.isdir(os.path.join(data, name)))
+    need = built + max(TREE_BYTES[name] * scale for name in trees) * COPIES_PER_TREE
+    st = os.statvfs(work)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise RunStopped(f"{work} has {free / 2**30:.1f} GiB free; this run needs about "
+                         f"{need / 2**30:.1f} GiB (fewer --trees or a smaller --scale need less)")
+
+
 def freshTrees(data, trees, scale):
     """
     Have each tree as make_dataset.py builds it.  A tree that an earlier
@@ -273,9 +316,13 @@ def main():
                         help="keep this run's server data, restores and baseline repositories")
     args = parser.parse_args()
     trees = args.trees.split(",")
+    unknown = sorted(set(trees) - set(TREE_BYTES))
+    if unknown:
+        parser.error(f"unknown trees: {', '.join(unknown)} (known: small, mixed, large)")
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, f"data-{args.scale}")
+    checkSpace(work, data, trees, args.scale)
     freshTrees(data, trees, args.scale)
     if not os.path.exists(os.path.join(work, "certs", "ca.pem")):
         subprocess.run([os.path.join(BIN, "backup-certs"), "--dir",
@@ -289,6 +336,7 @@ def main():
     results = {"run": run, "ceiling_mb_per_s": ceiling["mb_per_s"],
                "compression": args.compression, "trees": {}}
     quietAfterDeletes(args.quiet_seconds)
+    stopped = None
     try:
         for name in trees:
             tree = os.path.join(data, name)
@@ -320,6 +368,9 @@ def main():
                                       for k, v in baselines(work, tree, name, sshd).items()}
             results["trees"][name] = entry
             print(f"{name}: done", file=sys.stderr, flush=True)
+    except (RunStopped, subprocess.CalledProcessError) as e:
+        # what was measured is still reported
+        stopped = results["stopped"] = f"{name}: {e}"
     finally:
         if sshd is not None:
             sshd.stop()
@@ -337,6 +388,8 @@ def main():
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {path}")
+    if stopped is not None:
+        sys.exit(f"run stopped at {stopped}")
 
 
 def report(results):
@@ -363,4 +416,7 @@ def report(results):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RunStopped as e:
+        sys.exit(f"run not started: {e}")
