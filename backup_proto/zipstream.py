@@ -257,7 +257,9 @@ def _readBlocks(fd, size, direct=None):
     it gives the same stream both times.
 
     @param direct: an aligned buffer if C{fd} has C{O_DIRECT} on (see
-        L{backup_proto.directio.readDirect}); the blocks keep their sizes.
+        L{backup_proto.directio.readDirect}), for stored files only: the
+        blocks keep their sizes, and each is a view of that buffer, valid
+        until the next one is read.
     """
     want = min(SAMPLE_SIZE, size)
     while size > 0:
@@ -625,7 +627,8 @@ class ArchiveStream:
                     self._block = b""
                     break
                 continue
-            piece = self._block[self._offset:self._offset + n]
+            # a copy: a block may be a view of a buffer that the next block reuses
+            piece = bytes(self._block[self._offset:self._offset + n])
             self._offset += len(piece)
             n -= len(piece)
             parts.append(piece)
