@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_framing -*-
 """
-Frames and messages of the backup protocol (C{docs/protocol.rst}).
+Frames and messages of the backup protocol (C{docs/protocol.rst}), and the
+rules of it that client and server both apply (L{MAX_RESENDS},
+L{checkSourceName}), so that the client need not load the server.
 
 On the wire every frame is a 4-byte big-endian length, then that many bytes:
 one message-type byte and the message body.  Control messages carry a UTF-8
@@ -22,6 +24,9 @@ MAX_CONTROL = 16 * 1024
 #: headroom.  Kept near 64 KiB: Twisted's IntNStringReceiver re-copies its
 #: buffer on every read, so big frames cost quadratic time (Twisted #6358).
 MAX_FRAME = CHUNK_SIZE + TAG_SIZE + 1024
+
+#: How many times a client may ask for a transfer to be sent again.
+MAX_RESENDS = 3
 
 
 class Msg(enum.IntEnum):
@@ -135,3 +140,20 @@ def _checkType(kind, name, value, types):
         raise ProtocolError(
             Code.BAD_MESSAGE, f"{kind.name} field {name!r} has the wrong type"
         )
+
+
+def checkSourceName(name):
+    """
+    @raise ProtocolError: unless C{name} is one safe path component (the
+        top-level name of a backup).
+    """
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(name.encode("utf-8", "surrogatepass")) > 255
+    ):
+        raise ProtocolError(Code.BAD_MESSAGE, "backup name must be one safe path component")
+    return name

@@ -30,7 +30,15 @@ from backup_proto import crypto
 from backup_proto.accounts import AUTH_FAILED_TEXT
 from backup_proto.archive import ArchiveError, syncTree
 from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
+from backup_proto.framing import (
+    MAX_FRAME,
+    MAX_RESENDS,
+    Msg,
+    checkSourceName,
+    decodeFrame,
+    encodeControl,
+    parseControl,
+)
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
 from backup_proto.unzipstream import ExtractSink
@@ -38,8 +46,6 @@ from backup_proto.flushahead import FlushAhead
 from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 
-#: How many times a client may ask for a transfer to be sent again.
-MAX_RESENDS = 3
 #: Snapshots per SNAPSHOTS frame.
 LIST_PAGE = 25
 #: Deflate streams a restore's plan keeps for sending (only when restores
@@ -59,23 +65,6 @@ class State(enum.Enum):
     CONFIRMING = "CONFIRMING"
     BUSY = "BUSY"
     CLOSED = "CLOSED"
-
-
-def checkSourceName(name):
-    """
-    @raise ProtocolError: unless C{name} is one safe path component (the
-        top-level name of a backup).
-    """
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\\" in name
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
-        or len(name.encode("utf-8", "surrogatepass")) > 255
-    ):
-        raise ProtocolError(Code.BAD_MESSAGE, "backup name must be one safe path component")
-    return name
 
 
 class _Upload:

@@ -18,8 +18,15 @@ from twisted.python.failure import Failure
 
 from backup_proto import crypto
 from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, encodeControl, parseControl
-from backup_proto.server import MAX_RESENDS, checkSourceName
+from backup_proto.framing import (
+    MAX_FRAME,
+    MAX_RESENDS,
+    Msg,
+    checkSourceName,
+    decodeFrame,
+    encodeControl,
+    parseControl,
+)
 from backup_proto.transfer import ChunkReceiver, ChunkSender, TransferAborted
 
 _SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,

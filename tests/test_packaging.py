@@ -24,6 +24,21 @@ class PackagingTests(TestCase):
         """
         self.assertIn("backup-server", [p.tapname for p in getPlugins(IServiceMaker)])
 
+    def test_clientLeavesServerOut(self):
+        """
+        The client does not import the server's modules: every client
+        command would pay for loading them (the accounts database, the
+        storage layout), and the protocol rules both sides share are in
+        L{backup_proto.framing}.
+        """
+        code = ("import sys, backup_client.cli; "
+                "print(sorted(m for m in sys.modules if m in ("
+                "'backup_proto.server', 'backup_proto.accounts', 'backup_proto.database',"
+                " 'backup_proto.storage', 'sqlite3')))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True)
+        self.assertEqual(result.stdout.strip(), "[]")
+
     def test_wheelInstallsPlugin(self):
         """
         The wheel holds the plugin file but not Twisted's package files, the
