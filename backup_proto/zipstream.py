@@ -360,6 +360,8 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
     try:
         source = os.path.abspath(source)
         name = name or os.path.basename(source.rstrip(os.sep))
+        # files are opened without following links: resolve the one named
+        source = os.path.realpath(source)
         report = ArchiveReport()
         st = os.stat(source)
         entries = []

@@ -106,6 +106,19 @@ class StreamRoundTripTests(TestCase):
         plan = planArchive(src)
         self.assertEqual(readAll(ArchiveStream(plan)), readAll(ArchiveStream(plan), 1000))
 
+    def test_linkToFileNamed(self):
+        """
+        A link named as the source is followed, and its name kept: the file
+        it points to is stored under the link's name.
+        """
+        with open("real.txt", "wb") as f:
+            f.write(b"content")
+        os.symlink("real.txt", "named")
+        data = readAll(ArchiveStream(planArchive("named")))
+        feed(data, "out")
+        with open("out/named", "rb") as f:
+            self.assertEqual(f.read(), b"content")
+
     def test_zipfileMade(self):
         """
         A zip that C{zipfile} wrote into a file (sizes in its local
