@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -258,18 +259,12 @@ def baselines(work, tree, name, sshd):
     return out
 
 
-def median(samples):
-    ordered = sorted(samples)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def summary(runs, size):
     """
     One measurement repeated: the median time (and MB/s from it), every
     time, and the largest of each other number (peak RSS, bytes sent).
     """
-    seconds = median([r["seconds"] for r in runs])
+    seconds = statistics.median(r["seconds"] for r in runs)
     out = {"seconds": round(seconds, 3), "mb_per_s": round(size / seconds / 1e6, 1),
            "samples": [round(r["seconds"], 3) for r in runs]}
     for key in runs[0]:
@@ -344,6 +339,8 @@ def main():
                         help="keep this run's server data, restores and baseline repositories")
     args = parser.parse_args()
     trees = args.trees.split(",")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     unknown = sorted(set(trees) - set(TREE_BYTES))
     if unknown:
         parser.error(f"unknown trees: {', '.join(unknown)} (known: small, mixed, large)")
