@@ -343,7 +343,7 @@ def main():
         parser.error("--repeat must be at least 1")
     unknown = sorted(set(trees) - set(TREE_BYTES))
     if unknown:
-        parser.error(f"unknown trees: {', '.join(unknown)} (known: small, mixed, large)")
+        parser.error(f"unknown trees: {', '.join(unknown)} (known: {', '.join(TREE_BYTES)})")
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, f"data-{args.scale}")
@@ -369,10 +369,16 @@ def main():
             server = Server(work, f"{run}-{name}")
             try:
                 ours = Ours(work, server, args.compression)
-                full, restore, second = [], [], []
-                for i in range(args.repeat):
-                    settle(tree)
-                    full.append(ours.backup(tree))
+
+                def backups():
+                    measured = []
+                    for i in range(args.repeat):
+                        settle(tree)
+                        measured.append(ours.backup(tree))
+                    return measured
+
+                full = backups()
+                restore = []
                 for i in range(args.repeat):
                     settle()
                     restore.append(ours.restore(full[0]["snapshot"], os.path.join(
@@ -382,9 +388,7 @@ def main():
                                 str(generation + 1)], check=True, capture_output=True)
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
-                for i in range(args.repeat):
-                    settle(tree)
-                    second.append(ours.backup(tree))
+                second = backups()
             finally:
                 server.stop()
             entry = {"bytes": size, "full": summary(full, size),
