@@ -426,8 +426,7 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
         offsets.append(offset)
         offset += entry.spanLength()
     centralOffset = offset
-    centralSize = sum(len(entry.centralRecord(offset))
-                      for entry, offset in zip(entries, offsets))
+    centralSize = sum(len(entry.centralRecord(at)) for entry, at in zip(entries, offsets))
     size = centralOffset + centralSize + len(_endRecords(len(entries), centralOffset,
                                                          centralSize))
     return ArchivePlan(entries, offsets, size, centralOffset, centralSize, report, source,
