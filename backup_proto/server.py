@@ -40,7 +40,7 @@ from backup_proto.framing import (
     parseControl,
 )
 from backup_proto.throttle import LoginThrottle
-from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError
+from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError, widenSendBuffer
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.flushahead import FlushAhead
 from backup_proto.spool import Spool
@@ -165,6 +165,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def connectionMade(self):
         self._connected = True
+        widenSendBuffer(self.transport)  # restores are sent through it
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.setTimeout(self.factory.idleTimeout)

@@ -18,8 +18,10 @@ while more than L{ChunkReceiver.highWater} bytes wait for the disk.
 import collections
 import errno
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,6 +37,30 @@ from backup_proto.framing import encodeData
 #: the server's peak RSS for a restore of 20,000 small files from 88 to
 #: 96 MiB (2 MiB: 86).
 READ_BATCH = 32
+
+
+#: How many bytes a socket that a L{ChunkSender} writes to may hold before
+#: it pauses the sender.  Twisted's default (64 KiB) is about one sealed
+#: chunk: the sender was paused after every chunk and resumed only once the
+#: socket's buffer had emptied, so the socket idled while the next chunk
+#: was sealed.  Measured here with the server's at 1 MiB (alternated, same
+#: client): restores of the large tree took 2.39-2.94 s against 2.77-3.00 s
+#: and 2.37-2.75 s against 2.67-2.87 s, and of the mixed tree 1.24-1.29 s
+#: against 1.29-1.42 s.  The sender still pauses; 1 MiB more per
+#: connection at most.
+SEND_BUFFER = 1 << 20
+
+
+def widenSendBuffer(transport, size=SEND_BUFFER):
+    """
+    Let the socket under C{transport} (a TCP transport, or TLS over one)
+    hold C{size} bytes before it pauses its producer; other transports
+    (those of tests) are left as they are.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = transport.transport
+    if isinstance(transport, FileDescriptor):
+        transport.bufferSize = size
 
 
 def storageError(error):

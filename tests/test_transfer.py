@@ -5,7 +5,10 @@ protocol: what is stored, what is refused, and backpressure.
 
 import os
 
-from twisted.internet.testing import StringTransport
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from backup_proto import crypto
 from backup_proto.zipstream import writeArchive
@@ -13,8 +16,8 @@ from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
-from backup_proto.transfer import READ_BATCH, ChunkSender
-from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
+from backup_proto.transfer import READ_BATCH, SEND_BUFFER, ChunkSender
+from tests.helpers import TestCase, ManualRunner, makeFactory, runNow, serverTLSOptions
 from tests.wire import Wire
 
 
@@ -416,3 +419,51 @@ class SenderBackpressureTests(TestCase):
         plain = b"".join(ciphers.upload.open(1, len(data), i, body[1:])
                          for i, body in enumerate(sent))
         self.assertEqual(plain, data)
+
+
+class _Socket(FileDescriptor):
+    """
+    A connected socket's transport that writes nowhere.
+    """
+
+    connected = True
+
+    def getPeer(self):
+        return IPv4Address("TCP", "127.0.0.1", 50000)
+
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 40445)
+
+
+class _Producer:
+    paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def stopProducing(self):
+        pass
+
+
+class SendBufferTests(TestCase):
+    def test_serverSocketHoldsMore(self):
+        """
+        The server lets the socket under its TLS hold L{SEND_BUFFER} bytes
+        before pausing a restore's sender, not Twisted's 64 KiB (about one
+        chunk); beyond that, the sender is still paused.
+        """
+        factory = makeFactory(os.path.abspath("data"))
+        tls = TLSMemoryBIOFactory(serverTLSOptions(), False, factory)
+        protocol = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        socket = _Socket(MemoryReactor())
+        protocol.makeConnection(socket)
+        self.assertEqual(socket.bufferSize, SEND_BUFFER)
+        producer = _Producer()
+        protocol.wrappedProtocol.transport.registerProducer(producer, True)
+        socket.write(b"x" * (4 * crypto.CHUNK_SIZE))
+        self.assertFalse(producer.paused)
+        socket.write(b"x" * SEND_BUFFER)
+        self.assertTrue(producer.paused)
