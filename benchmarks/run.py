@@ -291,7 +291,9 @@ def checkSpace(work, data, trees, scale, repeat):
     """
     built = sum(TREE_BYTES[name] * scale for name in trees
                 if not os.path.isdir(os.path.join(data, name)))
-    need = built + max(TREE_BYTES[name] * scale for name in trees) * COPIES_PER_TREE * repeat
+    # every tree's copies stay until the run ends (deleting them earlier
+    # would slow the next tree's measurements: QUIET_AFTER_DELETES)
+    need = built + sum(TREE_BYTES[name] * scale for name in trees) * COPIES_PER_TREE * repeat
     st = os.statvfs(work)
     free = st.f_bavail * st.f_frsize
     if free < need:
