@@ -623,8 +623,8 @@ def _changedText(entry):
 
 
 def _generate(plan, changed, directReads):
-    # the CRC-32 and length of each file as sent, in arrays: a list of
-    # pairs took about 100 bytes an entry; folders and links keep their own
+    # the CRC-32 and length of each entry as sent, in arrays (a list of
+    # pairs took about 100 bytes an entry); folders and links as planned
     sentCRCs = array("q")
     sentSizes = array("q")
     direct = mmap.mmap(-1, COPY_BLOCK) if directReads else None
