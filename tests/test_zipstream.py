@@ -411,6 +411,62 @@ class ExtractSinkTests(TestCase):
         self.assertEqual(treeSignature(src), treeSignature("tree/src"))
 
 
+def openDescriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+class FolderDescriptorTests(TestCase):
+    """
+    The extractor names entries relative to a descriptor of their folder
+    (L{StreamingExtractor._folderFd}): one is open at a time, and none is
+    left open after the end, or after a refusal.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.isdir("/proc/self/fd"):
+            self.skipTest("needs /proc/self/fd to count open descriptors")
+        src = os.path.abspath("src")
+        for i in range(12):
+            os.makedirs(f"{src}/d{i}/e")
+            for j in range(3):
+                for folder in (f"{src}/d{i}", f"{src}/d{i}/e"):
+                    with open(f"{folder}/f{j}", "wb") as f:
+                        f.write(os.urandom(100 * j))
+        self.src = src
+        self.data = readAll(ArchiveStream(planArchive(src)))
+
+    def test_oneAtATime(self):
+        """
+        While a tree of 25 folders arrives, the extractor holds at most two
+        descriptors (a file's and its folder's); after L{finish}, none, and
+        the tree is whole.
+        """
+        before = openDescriptors()
+        os.mkdir("out")
+        extractor = StreamingExtractor(os.path.abspath("out"))
+        most = 0
+        for i in range(0, len(self.data), 997):
+            extractor.write(self.data[i:i + 997])
+            most = max(most, openDescriptors() - before)
+        extractor.finish()
+        self.assertEqual(most, 2)
+        self.assertEqual(openDescriptors(), before)
+        self.assertEqual(treeSignature(self.src), treeSignature("out/src"))
+
+    def test_closedOnRefusal(self):
+        """
+        A stream refused half-way (a CRC-32 that fails) leaves no
+        descriptor open once the extractor is closed, as its callers do.
+        """
+        data = bytearray(self.data)
+        central = data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        data[central + 16] ^= 1  # the first central record's CRC
+        before = openDescriptors()
+        self.assertRaises(ArchiveError, feed, bytes(data), "out")
+        self.assertEqual(openDescriptors(), before)
+
+
 class PlanStopTests(TestCase):
     def test_stopped(self):
         """
