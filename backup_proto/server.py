@@ -40,7 +40,9 @@ from backup_proto.framing import (
     parseControl,
 )
 from backup_proto.throttle import LoginThrottle
-from backup_proto.transfer import ChunkReceiver, ChunkSender, storageError, widenSendBuffer
+from backup_proto.transfer import (
+    DEFAULT_SEND_BUFFER, SEND_BUFFER, ChunkReceiver, ChunkSender, setSendBuffer, storageError,
+)
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.flushahead import FlushAhead
 from backup_proto.spool import Spool
@@ -165,7 +167,6 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def connectionMade(self):
         self._connected = True
-        widenSendBuffer(self.transport)  # restores are sent through it
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", str(peer))
         self.setTimeout(self.factory.idleTimeout)
@@ -577,6 +578,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             size=download.plan.size, transfer=transfer, attempt=download.attempt,
         )
         self.state = State.SENDING
+        self.factory.widenSendBuffer(self)
         download.sender = ChunkSender(
             lambda: ArchiveStream(download.plan, directReads=True), download.plan.size,
             self._ciphers.download, transfer,
@@ -602,6 +604,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             raise ProtocolError(Code.BAD_MESSAGE, "COMMIT names a checksum that was not sent")
         download, self._download = self._download, None
         download.plan.close()
+        self.factory.narrowSendBuffer(self)
         self.log.info(
             "restore of {id} done user={user}", id=download.row["id"], user=self.username
         )
@@ -635,6 +638,14 @@ class BackupServerFactory(Factory):
     maxUploadSize = 1 << 40
     restoreCompression = "store"
     maxFrame = MAX_FRAME
+    #: Restores whose socket may hold L{SEND_BUFFER} at once; the others
+    #: keep Twisted's 64 KiB.  The wider buffer speeds a restore that has
+    #: the machine to itself; under many restores it mostly holds memory,
+    #: about 1.4 MiB a connection (measured here: 8 restores at once of a
+    #: 64 MiB tree took 2.16-2.52 s however many were widened, and the
+    #: server peaked at 93-99 MiB with none, 100-104 MiB with 4, 103-106
+    #: MiB with all 8).
+    wideSenders = 4
 
     def __init__(self, accounts, store, runCPU, runIO, clock, limits, **tunables):
         self.accounts = accounts
@@ -649,6 +660,7 @@ class BackupServerFactory(Factory):
             setattr(self, name, value)
         self.connections = set()
         self.perPeer = {}
+        self._wide = set()
         self.throttle = LoginThrottle(clock)
         self.flushAhead = FlushAhead()
 
@@ -666,7 +678,25 @@ class BackupServerFactory(Factory):
         self.perPeer[host] = self.perPeer.get(host, 0) + 1
         return proto
 
+    def widenSendBuffer(self, proto):
+        """
+        Let a restoring connection's socket hold L{SEND_BUFFER}, if fewer
+        than L{wideSenders} hold it now (until L{narrowSendBuffer}).
+        """
+        if proto not in self._wide and len(self._wide) < self.wideSenders:
+            self._wide.add(proto)
+            setSendBuffer(proto.transport, SEND_BUFFER)
+
+    def narrowSendBuffer(self, proto):
+        """
+        Give a connection's socket Twisted's limit again (its restore ended).
+        """
+        if proto in self._wide:
+            self._wide.discard(proto)
+            setSendBuffer(proto.transport, DEFAULT_SEND_BUFFER)
+
     def connectionClosed(self, proto):
+        self._wide.discard(proto)
         if proto in self.connections:
             self.connections.discard(proto)
             host = proto._peerKey

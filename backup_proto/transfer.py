@@ -47,11 +47,14 @@ READ_BATCH = 32
 #: client): restores of the large tree took 2.39-2.94 s against 2.77-3.00 s
 #: and 2.37-2.75 s against 2.67-2.87 s, and of the mixed tree 1.24-1.29 s
 #: against 1.29-1.42 s.  The sender still pauses; 1 MiB more per
-#: connection at most.
+#: connection at most, and only a few connections at a time get it (see
+#: L{backup_proto.server.BackupServerFactory.wideSenders}).
 SEND_BUFFER = 1 << 20
+#: Twisted's own limit, which every other connection keeps.
+DEFAULT_SEND_BUFFER = FileDescriptor.bufferSize
 
 
-def widenSendBuffer(transport, size=SEND_BUFFER):
+def setSendBuffer(transport, size):
     """
     Let the socket under C{transport} (a TCP transport, or TLS over one)
     hold C{size} bytes before it pauses its producer; other transports

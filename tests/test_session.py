@@ -333,6 +333,46 @@ class SessionTests(TestCase):
         self.assertEqual(spool._files, [])
         self.assertIsNone(spool.keeper())
 
+    def recordSendBuffers(self):
+        """
+        @return: a list that gets each size the server sets its sockets'
+            send buffers to (the in-memory transports have no socket).
+        """
+        sizes = []
+        self.patch(serverModule, "setSendBuffer", lambda transport, size: sizes.append(size))
+        return sizes
+
+    def test_sendBufferWhileRestoring(self):
+        """
+        A restoring connection's socket holds L{SEND_BUFFER} while it sends,
+        and Twisted's default again once the restore is done; a backup
+        leaves it alone.
+        """
+        sizes = self.recordSendBuffers()
+        client, server = self.keyed()
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        self.assertEqual(sizes, [])
+        os.mkdir("work")
+        self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
+        self.assertEqual(sizes, [serverModule.SEND_BUFFER, serverModule.DEFAULT_SEND_BUFFER])
+        self.assertEqual(self.factory._wide, set())
+
+    def test_sendBufferFreedWhenRestoreCut(self):
+        """
+        A restore cut off midway gives its place among the wider buffers
+        back.
+        """
+        sizes = self.recordSendBuffers()
+        client, server = self.keyed()
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        held = []
+        self.restoreCutAt(client, server, 2, lambda: held.append(set(self.factory._wide)))
+        self.assertEqual(held, [{server}])
+        self.assertEqual(sizes, [serverModule.SEND_BUFFER])
+        self.assertEqual(self.factory._wide, set())
+
     def test_restoreUnknown(self):
         """
         Restoring an unknown id fails with not-found.

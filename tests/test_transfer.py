@@ -16,7 +16,7 @@ from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
-from backup_proto.transfer import READ_BATCH, SEND_BUFFER, ChunkSender
+from backup_proto.transfer import DEFAULT_SEND_BUFFER, READ_BATCH, SEND_BUFFER, ChunkSender
 from tests.helpers import TestCase, ManualRunner, makeFactory, runNow, serverTLSOptions
 from tests.wire import Wire
 
@@ -449,21 +449,50 @@ class _Producer:
 
 
 class SendBufferTests(TestCase):
-    def test_serverSocketHoldsMore(self):
+    def serverOverSocket(self, factory, port=50000):
         """
-        The server lets the socket under its TLS hold L{SEND_BUFFER} bytes
-        before pausing a restore's sender, not Twisted's 64 KiB (about one
-        chunk); beyond that, the sender is still paused.
+        @return: the server's protocol under real TLS over a socket
+            transport, and that transport.
         """
-        factory = makeFactory(os.path.abspath("data"))
         tls = TLSMemoryBIOFactory(serverTLSOptions(), False, factory)
-        protocol = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
         socket = _Socket(MemoryReactor())
         protocol.makeConnection(socket)
+        return protocol.wrappedProtocol, socket
+
+    def test_serverSocketHoldsMore(self):
+        """
+        While it restores, a connection's socket holds L{SEND_BUFFER} bytes
+        under its TLS before pausing the sender, not Twisted's 64 KiB
+        (about one chunk); beyond that, the sender is still paused.  After
+        the restore it holds 64 KiB again.
+        """
+        factory = makeFactory(os.path.abspath("data"))
+        server, socket = self.serverOverSocket(factory)
+        self.assertEqual(socket.bufferSize, DEFAULT_SEND_BUFFER)
+        factory.widenSendBuffer(server)
         self.assertEqual(socket.bufferSize, SEND_BUFFER)
         producer = _Producer()
-        protocol.wrappedProtocol.transport.registerProducer(producer, True)
+        server.transport.registerProducer(producer, True)
         socket.write(b"x" * (4 * crypto.CHUNK_SIZE))
         self.assertFalse(producer.paused)
         socket.write(b"x" * SEND_BUFFER)
         self.assertTrue(producer.paused)
+        factory.narrowSendBuffer(server)
+        self.assertEqual(socket.bufferSize, DEFAULT_SEND_BUFFER)
+
+    def test_fewAtATime(self):
+        """
+        Only C{wideSenders} connections hold the wider buffer at once: the
+        next restoring connection keeps 64 KiB, and gets the wider one once
+        a holder's connection is gone.
+        """
+        factory = makeFactory(os.path.abspath("data"), wideSenders=2)
+        pairs = [self.serverOverSocket(factory, 50000 + i) for i in range(3)]
+        for server, socket in pairs:
+            factory.widenSendBuffer(server)
+        self.assertEqual([socket.bufferSize for _, socket in pairs],
+                         [SEND_BUFFER, SEND_BUFFER, DEFAULT_SEND_BUFFER])
+        factory.connectionClosed(pairs[0][0])
+        factory.widenSendBuffer(pairs[2][0])
+        self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)
