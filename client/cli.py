@@ -336,6 +336,36 @@ def _planDone(reactor, planning, seconds):
     return d
 
 
+#: The interpreter's switch interval while a backup is planned.  The plan's
+#: threads release the GIL around each file's read and deflate, and then
+#: wait to take it back; at Python's default (5 ms) they wait longer for it,
+#: while the tree walker holds it.  Measured on 20,000 small files, the plan
+#: alone took 0.57-0.61 s at 0.5 ms against 0.62-0.67 s at the default (6
+#: pairs; in a seventh, slow for both, 0.76 against 0.80 s).  Whole backups
+#: vary more than that here (8 pairs: 2.22-2.67 s against 2.31-2.76 s).  Set
+#: only while planning: a client that kept it for its restores, or a
+#: server, was no faster.
+PLAN_SWITCH_INTERVAL = 0.0005
+
+
+def _planInThread(runInThread, *args, **kwargs):
+    """
+    Plan a zip (L{planArchive}) in a thread, with the interpreter's switch
+    interval at L{PLAN_SWITCH_INTERVAL} until the plan is done.
+
+    @param runInThread: C{deferToThread}, or a stand-in.
+    @return: a L{Deferred} that fires with the plan.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(PLAN_SWITCH_INTERVAL)
+
+    def planned(result):
+        sys.setswitchinterval(previous)
+        return result
+
+    return runInThread(planArchive, *args, **kwargs).addBoth(planned)
+
+
 async def cmdBackup(reactor, args):
     user = _needUser(args)
     path = os.path.abspath(args.path)
@@ -354,7 +384,7 @@ async def cmdBackup(reactor, args):
     # plan the zip while connecting and logging in
     stop = threading.Event()
     spool = Spool()
-    planning = deferToThread(planArchive, path, name, args.compression, spool, stop=stop)
+    planning = _planInThread(deferToThread, path, name, args.compression, spool, stop=stop)
     try:
         return await _sendBackup(reactor, args, user, password, planning, name, kind, quiet)
     finally:

@@ -3,11 +3,62 @@ The client plans a backup's zip while it logs in, and keeps the connection
 alive if planning takes longer.
 """
 
+import sys
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from backup_client.cli import _planDone
+from backup_client.cli import PLAN_SWITCH_INTERVAL, _planDone, _planInThread
+from backup_proto.zipstream import planArchive
 from tests.helpers import TestCase
+
+
+class PlanInThreadTests(TestCase):
+    def planWith(self, outcome):
+        """
+        Plan through a stand-in thread runner, then end the plan with
+        C{outcome} (a result, or a failure).
+
+        @return: the switch interval while the plan ran, after it, and
+            the plan's L{Deferred}.
+        """
+        previous = sys.getswitchinterval()
+        self.addCleanup(sys.setswitchinterval, previous)
+        calls = []
+        pending = Deferred()
+
+        def runInThread(f, *args, **kwargs):
+            calls.append((f, args, kwargs))
+            return pending
+
+        planning = _planInThread(runInThread, "path", "name", "auto", None, stop="stop")
+        during = sys.getswitchinterval()
+        self.assertEqual(calls, [(planArchive, ("path", "name", "auto", None),
+                                  {"stop": "stop"})])
+        if isinstance(outcome, Exception):
+            pending.errback(outcome)
+        else:
+            pending.callback(outcome)
+        return previous, during, sys.getswitchinterval(), planning
+
+    def test_switchIntervalWhilePlanning(self):
+        """
+        The switch interval is L{PLAN_SWITCH_INTERVAL} while the plan runs
+        and the previous one once it is done; the plan passes through.
+        """
+        previous, during, after, planning = self.planWith("plan")
+        self.assertNotEqual(previous, PLAN_SWITCH_INTERVAL)
+        self.assertEqual(during, PLAN_SWITCH_INTERVAL)
+        self.assertEqual(after, previous)
+        self.assertEqual(self.successResultOf(planning), "plan")
+
+    def test_switchIntervalAfterFailure(self):
+        """
+        A plan that fails also gives the switch interval back.
+        """
+        previous, during, after, planning = self.planWith(ValueError("unreadable"))
+        self.assertEqual(after, previous)
+        self.failureResultOf(planning, ValueError)
 
 
 class PlanDoneTests(TestCase):
