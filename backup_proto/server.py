@@ -41,7 +41,8 @@ from backup_proto.framing import (
 )
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import (
-    DEFAULT_SEND_BUFFER, SEND_BUFFER, ChunkReceiver, ChunkSender, setSendBuffer, storageError,
+    DEFAULT_SOCKET_BUFFER, SEND_BUFFER, ChunkReceiver, ChunkSender, setSocketBuffer,
+    storageError,
 )
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.flushahead import FlushAhead
@@ -685,7 +686,7 @@ class BackupServerFactory(Factory):
         """
         if proto not in self._wide and len(self._wide) < self.wideSenders:
             self._wide.add(proto)
-            setSendBuffer(proto.transport, SEND_BUFFER)
+            setSocketBuffer(proto.transport, SEND_BUFFER)
 
     def narrowSendBuffer(self, proto):
         """
@@ -693,7 +694,7 @@ class BackupServerFactory(Factory):
         """
         if proto in self._wide:
             self._wide.discard(proto)
-            setSendBuffer(proto.transport, DEFAULT_SEND_BUFFER)
+            setSocketBuffer(proto.transport, DEFAULT_SOCKET_BUFFER)
 
     def connectionClosed(self, proto):
         self._wide.discard(proto)

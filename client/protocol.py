@@ -27,7 +27,10 @@ from backup_proto.framing import (
     encodeControl,
     parseControl,
 )
-from backup_proto.transfer import ChunkReceiver, ChunkSender, TransferAborted
+from backup_proto.transfer import (
+    DEFAULT_SOCKET_BUFFER, RECEIVE_BUFFER, ChunkReceiver, ChunkSender, TransferAborted,
+    setSocketBuffer,
+)
 
 _SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
                     "zip_size": int, "size": int, "files": int}
@@ -284,6 +287,15 @@ class BackupClientProtocol(Int32StringReceiver):
             self.resumeProducing()
 
     async def _restore(self, snapshotId, openSink, maxSize, progress, beginHook):
+        # the socket reads RECEIVE_BUFFER at a time while the restore runs
+        setSocketBuffer(self.transport, RECEIVE_BUFFER)
+        try:
+            return await self._restoreAttempts(snapshotId, openSink, maxSize, progress,
+                                               beginHook)
+        finally:
+            setSocketBuffer(self.transport, DEFAULT_SOCKET_BUFFER)
+
+    async def _restoreAttempts(self, snapshotId, openSink, maxSize, progress, beginHook):
         request = (Msg.RESTORE, {"snapshot": snapshotId})
         for attempt in range(1 + MAX_RESENDS):
             _, begin = await self._call(

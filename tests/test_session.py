@@ -17,6 +17,7 @@ from backup_proto.spool import Spool
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
+from backup_client import protocol as clientModule
 from backup_client.protocol import ConnectionGone, VerificationFailed
 from backup_client.restoring import placeRestore
 from tests.test_spool import textTree
@@ -339,7 +340,7 @@ class SessionTests(TestCase):
             send buffers to (the in-memory transports have no socket).
         """
         sizes = []
-        self.patch(serverModule, "setSendBuffer", lambda transport, size: sizes.append(size))
+        self.patch(serverModule, "setSocketBuffer", lambda transport, size: sizes.append(size))
         return sizes
 
     def test_sendBufferWhileRestoring(self):
@@ -355,7 +356,7 @@ class SessionTests(TestCase):
         self.assertEqual(sizes, [])
         os.mkdir("work")
         self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
-        self.assertEqual(sizes, [serverModule.SEND_BUFFER, serverModule.DEFAULT_SEND_BUFFER])
+        self.assertEqual(sizes, [serverModule.SEND_BUFFER, serverModule.DEFAULT_SOCKET_BUFFER])
         self.assertEqual(self.factory._wide, set())
 
     def test_sendBufferFreedWhenRestoreCut(self):
@@ -372,6 +373,26 @@ class SessionTests(TestCase):
         self.assertEqual(held, [{server}])
         self.assertEqual(sizes, [serverModule.SEND_BUFFER])
         self.assertEqual(self.factory._wide, set())
+
+    def test_clientReadsMoreWhileRestoring(self):
+        """
+        The client's socket reads L{RECEIVE_BUFFER} at a time while a
+        restore runs, and Twisted's default again after it, whether it
+        ends well or is cut off.
+        """
+        sizes = []
+        self.patch(clientModule, "setSocketBuffer",
+                   lambda transport, size: sizes.append(size))
+        client, server = self.keyed()
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        self.assertEqual(sizes, [])
+        os.mkdir("whole")
+        self.successResultOf(self.settle(client.restore(None, zipSinks("whole"))))
+        self.assertEqual(sizes, [clientModule.RECEIVE_BUFFER, clientModule.DEFAULT_SOCKET_BUFFER])
+        del sizes[:]
+        self.restoreCutAt(client, server, 2)
+        self.assertEqual(sizes, [clientModule.RECEIVE_BUFFER, clientModule.DEFAULT_SOCKET_BUFFER])
 
     def test_restoreUnknown(self):
         """

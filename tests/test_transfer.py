@@ -16,7 +16,7 @@ from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
-from backup_proto.transfer import DEFAULT_SEND_BUFFER, READ_BATCH, SEND_BUFFER, ChunkSender
+from backup_proto.transfer import DEFAULT_SOCKET_BUFFER, READ_BATCH, SEND_BUFFER, ChunkSender
 from tests.helpers import TestCase, ManualRunner, makeFactory, runNow, serverTLSOptions
 from tests.wire import Wire
 
@@ -469,7 +469,7 @@ class SendBufferTests(TestCase):
         """
         factory = makeFactory(os.path.abspath("data"))
         server, socket = self.serverOverSocket(factory)
-        self.assertEqual(socket.bufferSize, DEFAULT_SEND_BUFFER)
+        self.assertEqual(socket.bufferSize, DEFAULT_SOCKET_BUFFER)
         factory.widenSendBuffer(server)
         self.assertEqual(socket.bufferSize, SEND_BUFFER)
         producer = _Producer()
@@ -479,7 +479,7 @@ class SendBufferTests(TestCase):
         socket.write(b"x" * SEND_BUFFER)
         self.assertTrue(producer.paused)
         factory.narrowSendBuffer(server)
-        self.assertEqual(socket.bufferSize, DEFAULT_SEND_BUFFER)
+        self.assertEqual(socket.bufferSize, DEFAULT_SOCKET_BUFFER)
 
     def test_fewAtATime(self):
         """
@@ -492,7 +492,7 @@ class SendBufferTests(TestCase):
         for server, socket in pairs:
             factory.widenSendBuffer(server)
         self.assertEqual([socket.bufferSize for _, socket in pairs],
-                         [SEND_BUFFER, SEND_BUFFER, DEFAULT_SEND_BUFFER])
+                         [SEND_BUFFER, SEND_BUFFER, DEFAULT_SOCKET_BUFFER])
         factory.connectionClosed(pairs[0][0])
         factory.widenSendBuffer(pairs[2][0])
         self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)
