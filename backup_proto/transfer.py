@@ -53,14 +53,14 @@ SEND_BUFFER = 1 << 20
 #: How many bytes a restoring client's socket reads at once (Twisted reads
 #: up to its C{bufferSize}, 64 KiB by default, each time the socket is
 #: readable, and passes each read through TLS and the framing).  Measured
-#: here, same server, alternated: restores of the large tree took 2.69-3.07 s
-#: against 2.77-3.51 s (faster in 5 of 6 pairs), of mixed 1.25-1.33 s against
-#: 1.30-1.49 s (6 of 6), of small 1.57-1.74 s against 1.65-1.84 s (4 of 4),
-#: with 0.1-0.4 s less client CPU on large; this code against the one
-#: before it: large 2.84-3.16 s against 2.86-3.64 s (4 of 4), mixed
-#: 1.30-1.45 s against 1.36-1.59 s (4 of 5).  A client sending a backup
-#: gained nothing from a wider buffer, so it is set for restores only.
-RECEIVE_BUFFER = 1 << 20
+#: here, same server, restores of the large tree rotated among 64 KiB,
+#: 256 KiB and 1 MiB: 3.14-3.39 s, 2.86-3.20 s and 2.96-3.45 s; client CPU
+#: 2.01-2.47 s, 1.62-1.82 s and 1.63-1.82 s; peak RSS 57.5, 56.8-57.6 and
+#: 64.0-67.5 MiB.  Of mixed: 1.52-1.66 s, 1.47-1.67 s and 1.64-1.68 s, with
+#: less system time from 256 KiB on.  So 256 KiB: the CPU saved, without the
+#: memory that 1 MiB reads cost.  A client sending a backup gained nothing
+#: from a wider buffer, so it is set for restores only.
+RECEIVE_BUFFER = 256 << 10
 #: Twisted's own C{bufferSize}, which sockets keep otherwise.
 DEFAULT_SOCKET_BUFFER = FileDescriptor.bufferSize
 
