@@ -644,7 +644,7 @@ class BackupServerFactory(Factory):
     #: the machine to itself; under many restores it mostly holds memory,
     #: about 1.4 MiB a connection (measured here: 8 restores at once of a
     #: 64 MiB tree took 2.16-2.52 s however many were widened, and the
-    #: server peaked at 93-99 MiB with none, 100-104 MiB with 4, 103-106
+    #: server peaked at 93-99 MiB with none, 98-104 MiB with 4, 103-106
     #: MiB with all 8).
     wideSenders = 4
 
