@@ -334,13 +334,14 @@ class SessionTests(TestCase):
         self.assertEqual(spool._files, [])
         self.assertIsNone(spool.keeper())
 
-    def recordSendBuffers(self):
+    def recordSocketBuffers(self, module):
         """
-        @return: a list that gets each size the server sets its sockets'
-            send buffers to (the in-memory transports have no socket).
+        @return: a list that gets each size that C{module} (the server's or
+            the client's) sets its sockets' buffers to (the in-memory
+            transports have no socket).
         """
         sizes = []
-        self.patch(serverModule, "setSocketBuffer", lambda transport, size: sizes.append(size))
+        self.patch(module, "setSocketBuffer", lambda transport, size: sizes.append(size))
         return sizes
 
     def test_sendBufferWhileRestoring(self):
@@ -349,7 +350,7 @@ class SessionTests(TestCase):
         and Twisted's default again once the restore is done; a backup
         leaves it alone.
         """
-        sizes = self.recordSendBuffers()
+        sizes = self.recordSocketBuffers(serverModule)
         client, server = self.keyed()
         src, source = self.planTree()
         self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
@@ -364,7 +365,7 @@ class SessionTests(TestCase):
         A restore cut off midway gives its place among the wider buffers
         back.
         """
-        sizes = self.recordSendBuffers()
+        sizes = self.recordSocketBuffers(serverModule)
         client, server = self.keyed()
         src, source = self.planTree()
         self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
@@ -380,9 +381,7 @@ class SessionTests(TestCase):
         restore runs, and Twisted's default again after it, whether it
         ends well or is cut off.
         """
-        sizes = []
-        self.patch(clientModule, "setSocketBuffer",
-                   lambda transport, size: sizes.append(size))
+        sizes = self.recordSocketBuffers(clientModule)
         client, server = self.keyed()
         src, source = self.planTree()
         self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
