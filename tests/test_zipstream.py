@@ -456,14 +456,17 @@ class FolderDescriptorTests(TestCase):
 
     def test_closedOnRefusal(self):
         """
-        A stream refused half-way (a CRC-32 that fails) leaves no
-        descriptor open once the extractor is closed, as its callers do.
+        A stream refused in its central directory (a record whose CRC-32
+        disagrees with its local header), after its files were created,
+        leaves no descriptor open once the extractor is closed, as its
+        callers do.
         """
         data = bytearray(self.data)
         central = data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
         data[central + 16] ^= 1  # the first central record's CRC
         before = openDescriptors()
-        self.assertRaises(ArchiveError, feed, bytes(data), "out")
+        e = self.assertRaises(ArchiveError, feed, bytes(data), "out")
+        self.assertIn("differs between the central directory", str(e))
         self.assertEqual(openDescriptors(), before)
 
 
