@@ -19,8 +19,8 @@ class PlanInThreadTests(TestCase):
         Plan through a stand-in thread runner, then end the plan with
         C{outcome} (a result, or a failure).
 
-        @return: the switch interval while the plan ran, after it, and
-            the plan's L{Deferred}.
+        @return: the switch interval before the plan, while it ran and
+            after it, and the plan's L{Deferred}.
         """
         previous = sys.getswitchinterval()
         self.addCleanup(sys.setswitchinterval, previous)
