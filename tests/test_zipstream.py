@@ -250,6 +250,111 @@ class ChangedFileTests(TestCase):
             self.assertEqual(zf.read("src/data"), b"a" * 100_000)
 
 
+def textOf(rng, size):
+    """
+    C{size} bytes of word-like text (deflate makes it about a third its
+    size).
+    """
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9)))
+             for _ in range(300)]
+    count = size // 3 + 1
+    seps = rng.choices([b" ", b" ", b"\n", b", "], k=count)
+    return b"".join(w + sep for w, sep in zip(rng.choices(words, k=count), seps))[:size]
+
+
+def entryData(zipPath, name):
+    """
+    An entry's data as it lies in the zip (its deflate stream, for a
+    deflated entry).
+    """
+    with zipfile.ZipFile(zipPath) as zf:
+        info = zf.getinfo(name)
+    with open(zipPath, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        nameLen, extraLen = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + nameLen + extraLen)
+        return f.read(info.compress_size)
+
+
+class WholeDeflateTests(TestCase):
+    """
+    A file of at most L{SAMPLE_SIZE} bytes is deflated whole, by ISA-L
+    (L{deflateWhole}), when planned and again when sent.
+    """
+
+    def setUp(self):
+        super().setUp()
+        import random
+
+        self.rng = random.Random(6)
+        os.mkdir("src")
+
+    def test_smallFileDeflatedWhole(self):
+        """
+        The entry's data is the file's whole-file deflate stream, in either
+        mode that deflates, and it unpacks to the file.
+        """
+        from backup_proto.archive import SAMPLE_SIZE, deflateWhole, rawDeflate
+
+        text = textOf(self.rng, SAMPLE_SIZE)
+        with open("src/t.txt", "wb") as f:
+            f.write(text)
+        self.assertNotEqual(deflateWhole(text), rawDeflate(text))
+        for compression in ("auto", "deflate"):
+            writeArchive("src", f"{compression}.zip", compression=compression)
+            self.assertEqual(entryData(f"{compression}.zip", "src/t.txt"), deflateWhole(text))
+            with zipfile.ZipFile(f"{compression}.zip") as zf:
+                self.assertEqual(zf.read("src/t.txt"), text)
+
+    def test_largerFileStreamed(self):
+        """
+        A file one byte over L{SAMPLE_SIZE} is deflated as a stream
+        (zlib-ng), not whole.
+        """
+        from backup_proto.archive import SAMPLE_SIZE, deflateWhole
+
+        text = textOf(self.rng, SAMPLE_SIZE + 1)
+        with open("src/t.txt", "wb") as f:
+            f.write(text)
+        writeArchive("src", "t.zip", compression="deflate")
+        data = entryData("t.zip", "src/t.txt")
+        self.assertNotEqual(data, deflateWhole(text))
+        with zipfile.ZipFile("t.zip") as zf:
+            self.assertEqual(zf.read("src/t.txt"), text)
+
+    def test_compressesWorse(self):
+        """
+        A small file whose new content deflates to more than planned stops
+        the stream with L{ArchiveChanged}.
+        """
+        with open("src/t.txt", "wb") as f:
+            f.write(textOf(self.rng, 30_000))
+        plan = planArchive("src", compression="deflate")
+        with open("src/t.txt", "wb") as f:
+            f.write(os.urandom(30_000))
+        self.assertRaises(ArchiveChanged, readAll, ArchiveStream(plan))
+
+    def test_compressesBetter(self):
+        """
+        A small file that now deflates to less is padded after its stream,
+        reported, and unpacks to its new content.
+        """
+        with open("src/t.txt", "wb") as f:
+            f.write(textOf(self.rng, 30_000))
+        plan = planArchive("src", compression="deflate")
+        with open("src/t.txt", "wb") as f:
+            f.write(b"a" * 30_000)
+        os.utime("src/t.txt", ns=(1, 1))
+        stream = ArchiveStream(plan)
+        data = readAll(stream)
+        self.assertEqual(len(data), plan.size)
+        self.assertEqual(stream.changed, ["src/t.txt: changed while it was read"])
+        feed(data, "out")
+        with open("out/src/t.txt", "rb") as f:
+            self.assertEqual(f.read(), b"a" * 30_000)
+
+
 def callWithin(seconds, f, *args):
     """
     Call C{f} in a thread and fail if it has not returned after C{seconds}.
