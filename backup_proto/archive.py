@@ -174,8 +174,9 @@ def deflateWhole(data):
     tree this ran at 660 MB/s with a ratio of 0.44, against zlib-ng's 356
     MB/s and 0.47 (one thread); ISA-L inflates the result faster too (760
     against 680 MB/s).  It gave the same stream in the plan and when sent
-    in 60 plans and streams of C{small} and 15 of C{mixed}, each planned by
-    two threads as the client does.
+    in 60 plans and streams of C{small}, 15 of C{mixed} and 40 of 6,000
+    assorted files of up to 64 KiB, each planned by two threads as the
+    client does, and in 24 backups of C{small} through the commands.
 
     @return: the raw deflate stream.
     """
