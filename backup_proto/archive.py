@@ -196,18 +196,18 @@ def storedWithoutLooking(path, size, compression):
 
 def chooseMethod(path, head, size, compression):
     """
-    Pick how to store a file: C{ZIP_STORED} for L{storedWithoutLooking}
-    files and data that does not shrink (C{head}, its first 64 KiB, is
-    deflated as a sample), or expands so much that the server's ratio limit
-    would refuse it; C{ZIP_DEFLATED} otherwise.
+    Pick how to store a file that L{storedWithoutLooking} does not store
+    (the caller asks that first, before it reads the file; asking again
+    here cost the plan of 20,000 small files about 0.04 s of CPU):
+    C{ZIP_STORED} for data that does not shrink (C{head}, its first 64 KiB,
+    is deflated as a sample), or expands so much that the server's ratio
+    limit would refuse it; C{ZIP_DEFLATED} otherwise.
 
     @return: C{(method, packed)}: C{packed} is the file's raw deflate stream
         (L{deflateWhole}) when it is deflated whole (a file of at most
         L{SAMPLE_SIZE} bytes, so the sample is the whole file), else
         C{None}.
     """
-    if storedWithoutLooking(path, size, compression):
-        return zipfile.ZIP_STORED, None
     whole = size <= SAMPLE_SIZE
     if compression == "deflate":
         return zipfile.ZIP_DEFLATED, (deflateWhole(head) if whole else None)
