@@ -4,13 +4,14 @@ L{backup_proto.unzipstream} (a zip unpacked as it arrives).
 """
 
 import os
+import random
 import struct
 import threading
 import tracemalloc
 import zipfile
 
 from backup_proto import zipstream
-from backup_proto.archive import ArchiveError, Limits
+from backup_proto.archive import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
 from backup_proto.unzipstream import ExtractSink, StreamingExtractor, extractStream
 from backup_proto.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
@@ -285,8 +286,6 @@ class WholeDeflateTests(TestCase):
 
     def setUp(self):
         super().setUp()
-        import random
-
         self.rng = random.Random(6)
         os.mkdir("src")
 
@@ -295,8 +294,6 @@ class WholeDeflateTests(TestCase):
         The entry's data is the file's whole-file deflate stream, in either
         mode that deflates, and it unpacks to the file.
         """
-        from backup_proto.archive import SAMPLE_SIZE, deflateWhole, rawDeflate
-
         text = textOf(self.rng, SAMPLE_SIZE)
         with open("src/t.txt", "wb") as f:
             f.write(text)
@@ -312,8 +309,6 @@ class WholeDeflateTests(TestCase):
         A file one byte over L{SAMPLE_SIZE} is deflated as a stream
         (zlib-ng), not whole.
         """
-        from backup_proto.archive import SAMPLE_SIZE, deflateWhole
-
         text = textOf(self.rng, SAMPLE_SIZE + 1)
         with open("src/t.txt", "wb") as f:
             f.write(text)
