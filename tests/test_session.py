@@ -197,9 +197,7 @@ class SessionTests(TestCase):
         A restore chunk corrupted in transit is caught by the client, which
         asks for a resend and gets a good copy.
         """
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, src = self.backedUp()
         original = server.sendString
         state = {"corrupted": 0, "begins": 0}
 
@@ -220,6 +218,16 @@ class SessionTests(TestCase):
         self.assertEqual(os.listdir("work"), [os.path.basename(restored)])
         placeRestore(restored, "dest", "src", "dir", Limits())
         self.assertEqual(treeSignature(src), treeSignature("dest/src"))
+
+    def backedUp(self):
+        """
+        @return: C{(client, server, src)}: a keyed session whose user has
+            backed up the tricky tree at C{src} once.
+        """
+        client, server = self.keyed()
+        src, source = self.planTree()
+        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        return client, server, src
 
     def restoreCutAt(self, client, server, chunk, beforeCut=None):
         """
@@ -249,9 +257,7 @@ class SessionTests(TestCase):
         A restore stream cut off midway fails, and the partial zip is
         removed.
         """
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, _ = self.backedUp()
         self.restoreCutAt(client, server, 3)
         self.assertEqual(os.listdir("work"), [])
 
@@ -262,9 +268,7 @@ class SessionTests(TestCase):
         """
         flushed = []
         self.factory.flushAhead = FlushAhead(every=1000, flush=flushed.append)
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, _ = self.backedUp()
         self.factory.flushAhead.request("end")  # runs after the upload's own
         for _ in range(3000):
             if flushed and flushed[-1] == "end":
@@ -351,9 +355,7 @@ class SessionTests(TestCase):
         leaves it alone.
         """
         sizes = self.recordSocketBuffers(serverModule)
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, _ = self.backedUp()
         self.assertEqual(sizes, [])
         os.mkdir("work")
         self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
@@ -366,9 +368,7 @@ class SessionTests(TestCase):
         back.
         """
         sizes = self.recordSocketBuffers(serverModule)
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, _ = self.backedUp()
         held = []
         self.restoreCutAt(client, server, 2, lambda: held.append(set(self.factory._wide)))
         self.assertEqual(held, [{server}])
@@ -382,9 +382,7 @@ class SessionTests(TestCase):
         ends well or is cut off.
         """
         sizes = self.recordSocketBuffers(clientModule)
-        client, server = self.keyed()
-        src, source = self.planTree()
-        self.successResultOf(self.settle(client.backup(*source, "src", "dir")))
+        client, server, _ = self.backedUp()
         self.assertEqual(sizes, [])
         os.mkdir("whole")
         self.successResultOf(self.settle(client.restore(None, zipSinks("whole"))))
