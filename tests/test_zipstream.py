@@ -170,6 +170,31 @@ class PlanMemoryTests(TestCase):
         self.assertLess(held / len(plan.entries), 400)
 
 
+def sendCompressingBetter(case, name, before, after):
+    """
+    Plan C{src} with C{deflate} while its file C{name} holds C{before},
+    give the file C{after} (which deflates to less), and send the zip: it
+    keeps its planned length, reports the file, and unpacks to C{after}.
+
+    @param case: the L{TestCase} that asserts this.
+    @return: the zip's bytes.
+    """
+    with open(f"src/{name}", "wb") as f:
+        f.write(before)
+    plan = planArchive("src", compression="deflate")
+    with open(f"src/{name}", "wb") as f:
+        f.write(after)
+    os.utime(f"src/{name}", ns=(1, 1))
+    stream = ArchiveStream(plan)
+    data = readAll(stream)
+    case.assertEqual(len(data), plan.size)
+    case.assertEqual(stream.changed, [f"src/{name}: changed while it was read"])
+    feed(data, "out")
+    with open(f"out/src/{name}", "rb") as f:
+        case.assertEqual(f.read(), after)
+    return data
+
+
 class ChangedFileTests(TestCase):
     """
     A file that changes between planning and sending, handled as GNU tar
@@ -232,19 +257,8 @@ class ChangedFileTests(TestCase):
         A deflated file that now compresses better is padded after its
         deflate stream; readers ignore the padding.
         """
-        with open("src/data", "wb") as f:
-            f.write(os.urandom(50_000) + b"a" * 50_000)
-        plan = planArchive("src", compression="deflate")
-        with open("src/data", "wb") as f:
-            f.write(b"a" * 100_000)
-        os.utime("src/data", ns=(1, 1))
-        stream = ArchiveStream(plan)
-        data = readAll(stream)
-        self.assertEqual(len(data), plan.size)
-        self.assertEqual(len(stream.changed), 1)
-        feed(data, "out")
-        with open("out/src/data", "rb") as f:
-            self.assertEqual(f.read(), b"a" * 100_000)
+        data = sendCompressingBetter(
+            self, "data", os.urandom(50_000) + b"a" * 50_000, b"a" * 100_000)
         with open("z.zip", "wb") as f:
             f.write(data)
         with zipfile.ZipFile("z.zip") as zf:
@@ -335,19 +349,7 @@ class WholeDeflateTests(TestCase):
         A small file that now deflates to less is padded after its stream,
         reported, and unpacks to its new content.
         """
-        with open("src/t.txt", "wb") as f:
-            f.write(textOf(self.rng, 30_000))
-        plan = planArchive("src", compression="deflate")
-        with open("src/t.txt", "wb") as f:
-            f.write(b"a" * 30_000)
-        os.utime("src/t.txt", ns=(1, 1))
-        stream = ArchiveStream(plan)
-        data = readAll(stream)
-        self.assertEqual(len(data), plan.size)
-        self.assertEqual(stream.changed, ["src/t.txt: changed while it was read"])
-        feed(data, "out")
-        with open("out/src/t.txt", "rb") as f:
-            self.assertEqual(f.read(), b"a" * 30_000)
+        sendCompressingBetter(self, "t.txt", textOf(self.rng, 30_000), b"a" * 30_000)
 
 
 def callWithin(seconds, f, *args):
