@@ -18,7 +18,9 @@ The benchmark suite (run by hand; not part of the test suite):
    Before every measurement dirty pages are flushed and the tree is read
    once, so every tool starts from the same warm page cache.
 3. Where rsync (over ssh, to a private sshd on loopback), restic and borg
-   are installed, runs them on the same trees in the same run.
+   are installed, runs them on the same trees in the same run: in each
+   repetition right after our full backup and restore, on the same
+   unchanged tree (the change step comes after the last repetition).
 4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
 
 Prints a table with the ratios ours / theirs and ours / ceiling, and writes
@@ -369,40 +371,38 @@ def main():
             tree = os.path.join(data, name)
             size = treeBytes(tree)
             server = Server(work, f"{run}-{name}")
+            times = {}
             try:
                 ours = Ours(work, server, args.compression)
-
-                def backups():
-                    measured = []
-                    for i in range(args.repeat):
-                        settle(tree)
-                        measured.append(ours.backup(tree))
-                    return measured
-
-                full = backups()
-                restore = []
+                full, restore = [], []
                 for i in range(args.repeat):
+                    # each repetition measures every tool back to back, on
+                    # the same (unchanged) tree, so that a slow spell of the
+                    # machine lands on all of them rather than on one
+                    settle(tree)
+                    full.append(ours.backup(tree))
                     settle()
-                    restore.append(ours.restore(full[0]["snapshot"], os.path.join(
+                    restore.append(ours.restore(full[-1]["snapshot"], os.path.join(
                         work, "restore", f"{run}-{name}-{i}")))
+                    if not args.no_baselines:
+                        for tool, seconds in baselines(work, tree, name, sshd).items():
+                            times.setdefault(tool, []).append({"seconds": seconds})
                 generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
                 subprocess.run([sys.executable, MAKE_DATASET, "change", tree, "--generation",
                                 str(generation + 1)], check=True, capture_output=True)
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
-                second = backups()
+                second = []
+                for i in range(args.repeat):
+                    settle(tree)
+                    second.append(ours.backup(tree))
             finally:
                 server.stop()
             entry = {"bytes": size, "full": summary(full, size),
                      "restore": summary(restore, size), "second": summary(second, size2),
                      "second_bytes": size2}
-            if not args.no_baselines:
-                # the baselines run on the tree as changed for the second backup
-                times = {}
-                for i in range(args.repeat):
-                    for tool, seconds in baselines(work, tree, name, sshd).items():
-                        times.setdefault(tool, []).append({"seconds": seconds})
-                entry["baselines"] = {tool: summary(runs, size2) for tool, runs in times.items()}
+            if times:
+                entry["baselines"] = {tool: summary(runs, size) for tool, runs in times.items()}
             results["trees"][name] = entry
             print(f"{name}: done", file=sys.stderr, flush=True)
     except (RunStopped, subprocess.CalledProcessError) as e:
