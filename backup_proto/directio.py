@@ -9,7 +9,8 @@ reused, aligned buffer runs at about 1 GB/s (C{dd}, 2 GiB of random bytes,
 measured here).  The unpacked files of a snapshot are read rarely, so they
 need not stay cached.  The final C{syncfs} still makes them durable.
 Reading them back for a restore is the same story: 2 GiB not in the cache
-read at 520 MB/s buffered and at 1.5 GB/s with C{O_DIRECT} (L{readDirect}).
+read at 520 MB/s buffered and at 1.5 GB/s with C{O_DIRECT}
+(L{DirectReadAhead}).
 
 C{O_DIRECT} wants the buffer address, the file offset and the length
 aligned to the device's block size; L{DirectWriter} copies data into a
@@ -22,6 +23,8 @@ import errno
 import fcntl
 import mmap
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 #: Files at least this large are written with C{O_DIRECT} (and, on the
 #: server, read so for restores).  Measured here, writing 256 MiB in files
@@ -34,6 +37,9 @@ DIRECT_MIN = 256 << 10
 BUFFER_SIZE = 1 << 20
 #: Alignment assumed for offsets and lengths (the largest common block size).
 ALIGN = 4096
+#: Threads that read ahead for L{DirectReadAhead}, shared by all of a
+#: process's streams (each has at most one read under way).
+READ_AHEAD_THREADS = 4
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -154,12 +160,11 @@ class DirectWriter:
             self._buffer = None
 
 
-def readDirect(fd, want, buffer):
+def _readAt(fd, want, buffer, offset):
     """
-    Read up to C{want} bytes at the current offset of C{fd}, which has
+    Read up to C{want} bytes at C{offset} (aligned) of C{fd}, which has
     C{O_DIRECT} on (L{enableDirect}), through C{buffer} (an C{mmap} of at
-    least C{want} bytes rounded up to L{ALIGN}).  The offset must be
-    aligned: read whole blocks until the last.
+    least C{want} bytes rounded up to L{ALIGN}).
 
     @return: a view of the bytes read in C{buffer} (fewer at the end of
         the file), valid until C{buffer} is read into again.  Not a copy:
@@ -169,5 +174,75 @@ def readDirect(fd, want, buffer):
         3.18-3.20 s against 3.14-3.41 s (3 of 4).
     """
     length = -(-want // ALIGN) * ALIGN
-    got = os.readv(fd, [memoryview(buffer)[:length]])
+    got = os.preadv(fd, [memoryview(buffer)[:length]], offset)
     return memoryview(buffer)[:min(got, want)]
+
+
+_readAheadPool = None
+_readAheadLock = threading.Lock()
+
+
+def _readAheadThreads():
+    global _readAheadPool
+    with _readAheadLock:
+        if _readAheadPool is None:
+            _readAheadPool = ThreadPoolExecutor(
+                READ_AHEAD_THREADS, thread_name_prefix="backup-read-ahead")
+        return _readAheadPool
+
+
+class DirectReadAhead:
+    """
+    Reads files that have C{O_DIRECT} on with the next block always on its
+    way: a block is read in a thread of its own into one of two aligned
+    buffers while the caller works on the block before it, in the other.
+
+    C{O_DIRECT} reads get no read-ahead from the kernel, so one after the
+    other they leave the disk idle while each block is handled.  Measured
+    here, restoring the large tree (1.07 GB, four files) one block at a
+    time: the server spent 1.8-2.2 s reading it, 1.1-1.5 s of that in the
+    reads themselves, and its sender waited on them for 0.6-0.8 s of each
+    restore.  With this, the restore took 2.75-2.98 s against 2.95-3.53 s
+    (same client, 4 alternated pairs, all faster).  Only blocks of one
+    file are read ahead: the mixed tree, whose files are mostly one or two
+    blocks, restored no faster.
+    """
+
+    def __init__(self, size):
+        """
+        @param size: the largest block that will be asked for.
+        """
+        self._buffers = (mmap.mmap(-1, size), mmap.mmap(-1, size))
+
+    def blocks(self, fd, sizes):
+        """
+        Yield the blocks of C{fd} from its start, of the given sizes (each
+        a multiple of L{ALIGN} but the last), stopping early at the end of
+        the file.  Each is a view of a buffer, valid until the next one is
+        asked for.  Close the generator before closing C{fd}: it waits for
+        a read under way.
+        """
+        sizes = iter(sizes)
+        want = next(sizes, 0)
+        offset = 0
+        turn = 0
+        reading = None
+        if want:
+            reading = _readAheadThreads().submit(_readAt, fd, want, self._buffers[turn], offset)
+        try:
+            while reading is not None:
+                block = reading.result()
+                reading = None
+                if not block:
+                    return
+                offset += len(block)
+                if len(block) == want:  # a short block is the end of the file
+                    want = next(sizes, 0)
+                    if want:
+                        turn ^= 1
+                        reading = _readAheadThreads().submit(
+                            _readAt, fd, want, self._buffers[turn], offset)
+                yield block
+        finally:
+            if reading is not None:
+                wait([reading])

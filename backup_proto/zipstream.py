@@ -33,7 +33,6 @@ stops the stream with L{ArchiveChanged}.
 import errno
 import functools
 import itertools
-import mmap
 import os
 import stat
 import struct
@@ -55,7 +54,7 @@ from backup_proto.archive import (
     newDeflater,
     SAMPLE_SIZE,
 )
-from backup_proto.directio import DIRECT_MIN, enableDirect, readDirect
+from backup_proto.directio import DIRECT_MIN, DirectReadAhead, enableDirect
 from backup_proto.spool import Spool
 
 STORED = 0
@@ -292,34 +291,44 @@ def _entryFor(arcname, st, **fields):
     )
 
 
-def _readBlocks(fd, size, direct=None):
+def _blockSizes(size):
     """
-    Yield at most C{size} bytes of a file: the first L{SAMPLE_SIZE}, then
-    blocks of L{COPY_BLOCK}, each read in full unless the file ends.  The
-    plan and the stream read a file in the same blocks, so that deflating
-    it gives the same stream both times.
-
-    @param direct: an aligned buffer if C{fd} has C{O_DIRECT} on (see
-        L{backup_proto.directio.readDirect}), for stored files only: the
-        blocks keep their sizes, and each is a view of that buffer, valid
-        until the next one is read.
+    The sizes of the blocks in which a file of C{size} bytes is read: the
+    first L{SAMPLE_SIZE}, then blocks of L{COPY_BLOCK}.  The plan and the
+    stream read a file in the same blocks, so that deflating it gives the
+    same stream both times.
     """
     want = min(SAMPLE_SIZE, size)
     while size > 0:
-        if direct is not None:
-            block = readDirect(fd, want, direct)
-        else:
-            block = os.read(fd, want)
-            while 0 < len(block) < want:
-                more = os.read(fd, want - len(block))
-                if not more:
-                    break
-                block += more
+        yield want
+        size -= want
+        want = min(COPY_BLOCK, size)
+
+
+def _readBlocks(fd, size, direct=None):
+    """
+    Yield at most C{size} bytes of a file, in the blocks of L{_blockSizes},
+    each read in full unless the file ends.
+
+    @param direct: a L{backup_proto.directio.DirectReadAhead} if C{fd} has
+        C{O_DIRECT} on, for stored files only: each block is then a view of
+        its buffer, valid until the next one is asked for.
+    """
+    if direct is not None:
+        yield from direct.blocks(fd, _blockSizes(size))
+        return
+    for want in _blockSizes(size):
+        block = os.read(fd, want)
+        while 0 < len(block) < want:
+            more = os.read(fd, want - len(block))
+            if not more:
+                break
+            block += more
         if not block:
             return
-        size -= len(block)
         yield block
-        want = min(COPY_BLOCK, size)
+        if len(block) < want:
+            return
 
 
 def _planFile(path, arcname, st, compression, spool):
@@ -582,8 +591,9 @@ def _fileData(plan, entry, changed, direct):
         and enableDirect(fd)
     ):
         direct = None
+    blocks = _readBlocks(fd, want, direct) if fd is not None else None
     try:
-        for block in _readBlocks(fd, want, direct) if fd is not None else ():
+        for block in blocks or ():
             want -= len(block)
             crc = isal_zlib.crc32(block, crc)
             if whole is not None:
@@ -600,6 +610,8 @@ def _fileData(plan, entry, changed, direct):
             if want or after.st_size != entry.usize or after.st_mtime_ns != entry.mtimeNs:
                 why = "changed while it was read"
     finally:
+        if blocks is not None:
+            blocks.close()  # a read ahead under way ends before its file is closed
         if fd is not None:
             os.close(fd)
     usize = entry.usize
@@ -635,7 +647,7 @@ def _generate(plan, changed, directReads):
     # pairs took about 100 bytes an entry); folders and links as planned
     sentCRCs = array("q")
     sentSizes = array("q")
-    direct = mmap.mmap(-1, COPY_BLOCK) if directReads else None
+    direct = DirectReadAhead(COPY_BLOCK) if directReads else None
     for entry in plan.entries:
         yield entry.localHeader()
         if entry.content is not None:

@@ -4,9 +4,17 @@ Tests for L{backup_proto.directio}.
 
 import errno
 import os
+import threading
 
 from backup_proto import directio
-from backup_proto.directio import ALIGN, BUFFER_SIZE, DIRECT_MIN, DirectWriter
+from backup_proto.directio import (
+    ALIGN,
+    BUFFER_SIZE,
+    DIRECT_MIN,
+    DirectReadAhead,
+    DirectWriter,
+    enableDirect,
+)
 from tests.helpers import TestCase
 
 
@@ -73,3 +81,100 @@ class DirectWriterTests(TestCase):
         self.patch(directio.os, "write", write)
         self.writeFiles([DIRECT_MIN + 2 * BUFFER_SIZE + 777])  # the second buffer is refused
         self.assertGreater(len(calls), 2)
+
+
+class DirectReadAheadTests(TestCase):
+    """
+    L{DirectReadAhead} reads the next block while the caller holds one.
+    """
+
+    block = 16 * ALIGN
+
+    def openDirect(self, size):
+        """
+        Write a file of C{size} random bytes and open it with O_DIRECT on.
+
+        @return: its content and the descriptor (closed at cleanup).
+        """
+        data = os.urandom(size)
+        with open("f", "wb") as f:
+            f.write(data)
+        fd = os.open("f", os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        if not enableDirect(fd):
+            self.skipTest("this file system refuses O_DIRECT")
+        return data, fd
+
+    def recordReads(self, before=None):
+        """
+        Count the reads (their offsets); C{before(offset)} runs in the
+        reading thread before each.
+        """
+        offsets = []
+        real = directio._readAt
+
+        def readAt(fd, want, buffer, offset):
+            offsets.append(offset)
+            if before is not None:
+                before(offset)
+            return real(fd, want, buffer, offset)
+
+        self.patch(directio, "_readAt", readAt)
+        return offsets
+
+    def test_blocks(self):
+        """
+        The blocks are the file's bytes in the sizes asked for, the last
+        one short; each read starts where the one before ended.
+        """
+        data, fd = self.openDirect(3 * self.block + 100)
+        offsets = self.recordReads()
+        reader = DirectReadAhead(self.block)
+        blocks = [bytes(b) for b in reader.blocks(fd, [ALIGN] + [self.block] * 3)]
+        self.assertEqual([len(b) for b in blocks], [ALIGN, self.block, self.block,
+                                                    self.block - ALIGN + 100])
+        self.assertEqual(b"".join(blocks), data)
+        self.assertEqual(offsets, [0, ALIGN, ALIGN + self.block, ALIGN + 2 * self.block])
+
+    def test_endsEarly(self):
+        """
+        A file shorter than the sizes asked for (it shrank) ends at its
+        short block, with no read after it.
+        """
+        data, fd = self.openDirect(self.block + 5000)
+        offsets = self.recordReads()
+        blocks = [bytes(b) for b in DirectReadAhead(self.block).blocks(fd, [self.block] * 4)]
+        self.assertEqual(b"".join(blocks), data)
+        self.assertEqual(offsets, [0, self.block])
+
+    def test_readsAhead(self):
+        """
+        While the caller holds a block, the next one is read.
+        """
+        data, fd = self.openDirect(2 * self.block)
+        secondRead = threading.Event()
+        self.recordReads(lambda offset: offset and secondRead.set())
+        blocks = DirectReadAhead(self.block).blocks(fd, [self.block] * 2)
+        first = bytes(next(blocks))
+        # not asked for yet: only a read ahead can set it
+        self.assertTrue(secondRead.wait(30))
+        self.assertEqual(first + bytes(next(blocks)), data)
+        self.assertEqual(list(blocks), [])
+
+    def test_closeWaits(self):
+        """
+        Closing the blocks waits for the read under way, which uses the
+        descriptor and the buffer that the caller frees next.
+        """
+        data, fd = self.openDirect(2 * self.block)
+        gate = threading.Event()
+        self.recordReads(lambda offset: offset and gate.wait(30))
+        blocks = DirectReadAhead(self.block).blocks(fd, [self.block] * 2)
+        self.assertEqual(bytes(next(blocks)), data[:self.block])
+        closer = threading.Thread(target=blocks.close)
+        closer.start()
+        closer.join(0.2)
+        self.assertTrue(closer.is_alive())  # held by the second read
+        gate.set()
+        closer.join(30)
+        self.assertFalse(closer.is_alive())

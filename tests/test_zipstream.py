@@ -10,7 +10,7 @@ import threading
 import tracemalloc
 import zipfile
 
-from backup_proto import zipstream
+from backup_proto import directio, zipstream
 from backup_proto.archive import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
 from backup_proto.unzipstream import ExtractSink, StreamingExtractor, extractStream
 from backup_proto.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
@@ -605,8 +605,8 @@ class DirectReadTests(TestCase):
             f.write(os.urandom(5000))
         plan = planArchive("src", compression="store")
         calls = []
-        real = zipstream.readDirect
-        self.patch(zipstream, "readDirect", lambda *a: calls.append(1) or real(*a))
+        real = directio._readAt
+        self.patch(directio, "_readAt", lambda *a: calls.append(1) or real(*a))
         direct = readAll(ArchiveStream(plan, directReads=True))
         if not calls:
             fd = os.open("src/big", os.O_RDONLY)
