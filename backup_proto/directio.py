@@ -204,8 +204,9 @@ class DirectReadAhead:
     reads themselves, and its sender waited on them for 0.6-0.8 s of each
     restore.  With this, the restore took 2.75-2.98 s against 2.95-3.53 s
     (same client, 4 alternated pairs, all faster).  Only blocks of one
-    file are read ahead: the mixed tree, whose files are mostly one or two
-    blocks, restored no faster.
+    file are read ahead, so a file's first block is always waited for:
+    L{backup_proto.zipstream} reads these files in whole blocks from the
+    start.
     """
 
     def __init__(self, size):

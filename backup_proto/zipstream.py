@@ -291,14 +291,14 @@ def _entryFor(arcname, st, **fields):
     )
 
 
-def _blockSizes(size):
+def _blockSizes(size, first=SAMPLE_SIZE):
     """
     The sizes of the blocks in which a file of C{size} bytes is read: the
-    first L{SAMPLE_SIZE}, then blocks of L{COPY_BLOCK}.  The plan and the
-    stream read a file in the same blocks, so that deflating it gives the
-    same stream both times.
+    first of C{first} bytes, then blocks of L{COPY_BLOCK}.  The plan and
+    the stream read a file in the same blocks, so that deflating it gives
+    the same stream both times.
     """
-    want = min(SAMPLE_SIZE, size)
+    want = min(first, size)
     while size > 0:
         yield want
         size -= want
@@ -311,11 +311,15 @@ def _readBlocks(fd, size, direct=None):
     each read in full unless the file ends.
 
     @param direct: a L{backup_proto.directio.DirectReadAhead} if C{fd} has
-        C{O_DIRECT} on, for stored files only: each block is then a view of
-        its buffer, valid until the next one is asked for.
+        C{O_DIRECT} on, for stored files only: the blocks are then all of
+        L{COPY_BLOCK} (but the last), and each is a view of its buffer,
+        valid until the next one is asked for.
     """
     if direct is not None:
-        yield from direct.blocks(fd, _blockSizes(size))
+        # a stored file: its blocks need not match the plan's
+        # a stored file, whose blocks need not be the plan's: whole blocks
+        # from the start mean one wait on the disk fewer for each file
+        yield from direct.blocks(fd, _blockSizes(size, COPY_BLOCK))
         return
     for want in _blockSizes(size):
         block = os.read(fd, want)
