@@ -316,7 +316,6 @@ def _readBlocks(fd, size, direct=None):
         valid until the next one is asked for.
     """
     if direct is not None:
-        # a stored file: its blocks need not match the plan's
         # a stored file, whose blocks need not be the plan's: whole blocks
         # from the start mean one wait on the disk fewer for each file
         yield from direct.blocks(fd, _blockSizes(size, COPY_BLOCK))
