@@ -21,6 +21,7 @@ import errno
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,6 +30,8 @@ from backup_proto.cksum import Cksum
 from backup_proto.crypto import chunkCount, chunkLength
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import encodeData
+
+log = Logger()
 
 #: How many chunks one read in a thread fetches (2 MiB).  With 1 MiB the
 #: sender waited on its reads: measured here (same client, same server),
@@ -225,10 +228,13 @@ class ChunkSender:
             done.errback(failure)
 
     def _closeSource(self):
-        # only when no read is under way in a thread
+        # only when no read is under way in a thread; in a thread too, since
+        # closing a zip stream midway waits for the disk read it has under
+        # way (backup_proto.directio.DirectReadAhead)
         source, self._source = self._source, None
         if source is not None:
-            source.close()
+            self._runIO(source.close).addErrback(
+                lambda failure: log.failure("could not close a transfer's source", failure))
 
     def _fail(self, failure):
         self._reading = False

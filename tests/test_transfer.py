@@ -16,7 +16,13 @@ from backup_proto.cksum import cksumFile
 from backup_proto.errors import Code
 from backup_proto.framing import Msg
 from backup_proto.server import State
-from backup_proto.transfer import DEFAULT_SOCKET_BUFFER, READ_BATCH, SEND_BUFFER, ChunkSender
+from backup_proto.transfer import (
+    DEFAULT_SOCKET_BUFFER,
+    READ_BATCH,
+    SEND_BUFFER,
+    ChunkSender,
+    TransferAborted,
+)
 from tests.helpers import TestCase, ManualRunner, makeFactory, runNow, serverTLSOptions
 from tests.wire import Wire
 
@@ -419,6 +425,69 @@ class SenderBackpressureTests(TestCase):
         plain = b"".join(ciphers.upload.open(1, len(data), i, body[1:])
                          for i, body in enumerate(sent))
         self.assertEqual(plain, data)
+
+
+class _Source:
+    """
+    A sender's source that records whether it was closed in a thread job.
+    """
+
+    def __init__(self, data, inJob):
+        self._data = data
+        self._offset = 0
+        self._inJob = inJob
+        self.closedInJob = []
+
+    def read(self, n):
+        piece = self._data[self._offset:self._offset + n]
+        self._offset += len(piece)
+        return piece
+
+    def close(self):
+        self.closedInJob.append(bool(self._inJob))
+
+
+class SourceCloseTests(TestCase):
+    """
+    A L{ChunkSender} closes its source in a thread job, never on the
+    reactor: closing a zip stream midway waits for a disk read.
+    """
+
+    def sender(self):
+        data = os.urandom(crypto.CHUNK_SIZE * (READ_BATCH + 5))
+        runner = ManualRunner()
+        inJob = []
+
+        def runIO(f, *args):
+            def job(*args):
+                inJob.append(True)
+                try:
+                    return f(*args)
+                finally:
+                    inJob.pop()
+            return runner(job, *args)
+
+        source = _Source(data, inJob)
+        ciphers = crypto.SessionCiphers(b"k" * 32)
+        transport = StringTransport()
+        sender = ChunkSender(lambda: source, len(data), ciphers.upload, 1, transport.write,
+                             runIO)
+        return sender, sender.start(transport), runner, source
+
+    def test_afterLastChunk(self):
+        sender, done, runner, source = self.sender()
+        runner.runAll()
+        self.successResultOf(done)
+        self.assertEqual(source.closedInJob, [True])
+
+    def test_aborted(self):
+        sender, done, runner, source = self.sender()
+        runner.runRound()  # open
+        runner.runRound()  # first batch; the next read is under way
+        sender.stopProducing()
+        self.failureResultOf(done, TransferAborted)
+        runner.runAll()
+        self.assertEqual(source.closedInJob, [True])
 
 
 class _Socket(FileDescriptor):
