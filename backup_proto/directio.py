@@ -200,9 +200,9 @@ class DirectReadAhead:
     C{O_DIRECT} reads get no read-ahead from the kernel, so one after the
     other they leave the disk idle while each block is handled.  Measured
     here, restoring the large tree (1.07 GB, four files) one block at a
-    time: the server spent 1.8-2.2 s reading it, 1.1-1.5 s of that in the
-    reads themselves, and its sender waited on them for 0.6-0.8 s of each
-    restore.  With this, the restore took 2.75-2.98 s against 2.95-3.53 s
+    time: the server spent 1.7-2.2 s reading it, 1.1-1.5 s of that in the
+    reads themselves, and its sender waited on them for 0.5-0.9 s of each
+    restore (0.4-0.5 s with this).  With this, the restore took 2.75-2.98 s against 2.95-3.53 s
     (same client, 4 alternated pairs, all faster).  Only blocks of one
     file are read ahead, so a file's first block is always waited for:
     L{backup_proto.zipstream} reads these files in whole blocks from the
