@@ -40,6 +40,15 @@ log = Logger()
 #: the server's peak RSS for a restore of 20,000 small files from 88 to
 #: 96 MiB (2 MiB: 86).
 READ_BATCH = 32
+#: A sender starts its next read while fewer than this many chunks wait to
+#: be sent (so it holds at most C{READ_AHEAD + READ_BATCH - 1}, 6 MiB).
+#: With C{READ_BATCH}, it often ran dry while a read was under way:
+#: measured here, alternated, restores of the large tree (the server's
+#: sender) took 2.38-2.86 s against 2.82-3.18 s (6 pairs, all faster) and
+#: its backups (the client's) 2.35-2.49 s against 2.55-2.72 s (4 of 4),
+#: for 1.5 MiB more peak RSS on the server (large restore) and 4 MiB on
+#: the client (large backup).
+READ_AHEAD = 2 * READ_BATCH
 
 
 #: How many bytes a socket that a L{ChunkSender} writes to may hold before
@@ -208,7 +217,7 @@ class ChunkSender:
             self._done is not None
             and not self._reading
             and self._nextRead < self._count
-            and len(self._pending) < READ_BATCH
+            and len(self._pending) < READ_AHEAD
         ):
             self._readMore()
 

@@ -429,7 +429,8 @@ class SenderBackpressureTests(TestCase):
 
 class _Source:
     """
-    A sender's source that records whether it was closed in a thread job.
+    A sender's source that counts the chunks read from it, and records
+    whether it was closed in a thread job.
     """
 
     def __init__(self, data, inJob):
@@ -437,8 +438,10 @@ class _Source:
         self._offset = 0
         self._inJob = inJob
         self.closedInJob = []
+        self.chunksRead = 0
 
     def read(self, n):
+        self.chunksRead += 1
         piece = self._data[self._offset:self._offset + n]
         self._offset += len(piece)
         return piece
@@ -447,14 +450,16 @@ class _Source:
         self.closedInJob.append(bool(self._inJob))
 
 
-class SourceCloseTests(TestCase):
+class SenderSourceTests(TestCase):
     """
-    A L{ChunkSender} closes its source in a thread job, never on the
-    reactor: closing a zip stream midway waits for a disk read.
+    How a L{ChunkSender} reads its source, and closes it in a thread job,
+    never on the reactor: closing a zip stream midway waits for a disk
+    read.
     """
 
-    def sender(self):
-        data = os.urandom(crypto.CHUNK_SIZE * (READ_BATCH + 5))
+    def sender(self, batches=None):
+        chunks = READ_BATCH + 5 if batches is None else READ_BATCH * batches
+        data = os.urandom(crypto.CHUNK_SIZE * chunks)
         runner = ManualRunner()
         inJob = []
 
@@ -479,6 +484,21 @@ class SourceCloseTests(TestCase):
         runner.runAll()
         self.successResultOf(done)
         self.assertEqual(source.closedInJob, [True])
+
+    def test_readsAheadWhilePaused(self):
+        """
+        While the transport is paused and one batch waits, the sender reads
+        a second one (L{READ_AHEAD}), and no further.
+        """
+        sender, done, runner, source = self.sender(batches=4)
+        runner.runRound()  # open, and the first read starts
+        sender.pauseProducing()
+        runner.runAll()
+        self.assertEqual(source.chunksRead, 2 * READ_BATCH)
+        sender.resumeProducing()
+        runner.runAll()
+        self.successResultOf(done)
+        self.assertEqual(source.chunksRead, 4 * READ_BATCH)
 
     def test_aborted(self):
         sender, done, runner, source = self.sender()
