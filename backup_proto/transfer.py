@@ -47,7 +47,12 @@ READ_BATCH = 32
 #: sender) took 2.38-2.86 s against 2.82-3.18 s (6 pairs, all faster) and
 #: its backups (the client's) 2.35-2.49 s against 2.55-2.72 s (4 of 4),
 #: for 1.5 MiB more peak RSS on the server (large restore) and 4 MiB on
-#: the client (large backup).
+#: the client (large backup).  Under many restores at once it mostly holds
+#: memory (8 restores of the small tree at once: the server peaked at
+#: 182-186 MiB with all 8 reading so far ahead, 165-166 MiB with none), so
+#: the server gives it only to the restores that get the wider socket
+#: buffer (L{backup_proto.server.BackupServerFactory.wideSenders}; then
+#: 169-172 MiB).
 READ_AHEAD = 2 * READ_BATCH
 
 
@@ -133,7 +138,8 @@ class ChunkSender:
     @ivar _reading: whether a read is under way in a thread.
     """
 
-    def __init__(self, openSource, size, cipher, transfer, sendFrame, runIO, progress=None):
+    def __init__(self, openSource, size, cipher, transfer, sendFrame, runIO, progress=None,
+                 readAhead=READ_AHEAD):
         """
         @param openSource: called in a thread, returns the source: an object
             with C{read(n)} and C{close()} holding at least C{size} bytes.
@@ -142,6 +148,8 @@ class ChunkSender:
         @param sendFrame: writes one frame body (the protocol's C{sendString}).
         @param runIO: C{runIO(f, *args) -> Deferred} running C{f} in a thread.
         @param progress: called with the plaintext byte count of each chunk.
+        @param readAhead: the next read starts while fewer chunks than this
+            wait to be sent (L{READ_AHEAD}, or L{READ_BATCH} to hold less).
         """
         self._openSource = openSource
         self.size = size
@@ -150,6 +158,7 @@ class ChunkSender:
         self._sendFrame = sendFrame
         self._runIO = runIO
         self._progress = progress
+        self._readAhead = readAhead
         self._count = chunkCount(size)
         self._index = 0
         self._nextRead = 0
@@ -217,7 +226,7 @@ class ChunkSender:
             self._done is not None
             and not self._reading
             and self._nextRead < self._count
-            and len(self._pending) < READ_AHEAD
+            and len(self._pending) < self._readAhead
         ):
             self._readMore()
 

@@ -18,6 +18,7 @@ from backup_proto.framing import Msg
 from backup_proto.server import State
 from backup_proto.transfer import (
     DEFAULT_SOCKET_BUFFER,
+    READ_AHEAD,
     READ_BATCH,
     SEND_BUFFER,
     ChunkSender,
@@ -386,6 +387,26 @@ class RestoreWireTests(WireCase):
         self.assertGreater(sent + len(rest), READ_BATCH * 3)
 
 
+    def test_readAheadOnlyWhenWide(self):
+        """
+        A restore reads L{READ_AHEAD} chunks ahead only if its connection
+        got the wider send buffer; beyond C{wideSenders}, L{READ_BATCH}.
+        """
+        manualIO = ManualRunner()
+        self.factory.runIO = manualIO
+        readAheads = []
+        for wideSenders in (1, 0):
+            self.factory.wideSenders = wideSenders
+            self.wire.sendControl(Msg.RESTORE)
+            manualIO.runRound()  # staging folder
+            readAheads.append(self.wire.proto._download.sender._readAhead)
+            manualIO.runAll()
+            crc = self.wire.received()[-1][1]["crc"]
+            self.wire.sendControl(Msg.COMMIT, crc=crc)
+            self.assertEqual(self.wire.last()[0], Msg.DONE)
+        self.assertEqual(readAheads, [READ_AHEAD, READ_BATCH])
+
+
 class SenderBackpressureTests(TestCase):
     def test_pauseStopsSending(self):
         """
@@ -457,7 +478,7 @@ class SenderSourceTests(TestCase):
     read.
     """
 
-    def sender(self, batches=None):
+    def sender(self, batches=None, **kwargs):
         chunks = READ_BATCH + 5 if batches is None else READ_BATCH * batches
         data = os.urandom(crypto.CHUNK_SIZE * chunks)
         runner = ManualRunner()
@@ -476,7 +497,7 @@ class SenderSourceTests(TestCase):
         ciphers = crypto.SessionCiphers(b"k" * 32)
         transport = StringTransport()
         sender = ChunkSender(lambda: source, len(data), ciphers.upload, 1, transport.write,
-                             runIO)
+                             runIO, **kwargs)
         return sender, sender.start(transport), runner, source
 
     def test_afterLastChunk(self):
@@ -499,6 +520,21 @@ class SenderSourceTests(TestCase):
         runner.runAll()
         self.successResultOf(done)
         self.assertEqual(source.chunksRead, 4 * READ_BATCH)
+
+    def test_readsLessAhead(self):
+        """
+        With C{readAhead=READ_BATCH} (what the server gives restores beyond
+        its C{wideSenders}), a paused sender holds one batch and reads no
+        more.
+        """
+        sender, done, runner, source = self.sender(batches=4, readAhead=READ_BATCH)
+        runner.runRound()
+        sender.pauseProducing()
+        runner.runAll()
+        self.assertEqual(source.chunksRead, READ_BATCH)
+        sender.resumeProducing()
+        runner.runAll()
+        self.successResultOf(done)
 
     def test_aborted(self):
         sender, done, runner, source = self.sender()
@@ -578,10 +614,10 @@ class SendBufferTests(TestCase):
         """
         factory = makeFactory(os.path.abspath("data"), wideSenders=2)
         pairs = [self.serverOverSocket(factory, 50000 + i) for i in range(3)]
-        for server, socket in pairs:
-            factory.widenSendBuffer(server)
+        self.assertEqual([factory.widenSendBuffer(server) for server, _ in pairs],
+                         [True, True, False])
         self.assertEqual([socket.bufferSize for _, socket in pairs],
                          [SEND_BUFFER, SEND_BUFFER, DEFAULT_SOCKET_BUFFER])
         factory.connectionClosed(pairs[0][0])
-        factory.widenSendBuffer(pairs[2][0])
+        self.assertTrue(factory.widenSendBuffer(pairs[2][0]))
         self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)
