@@ -371,7 +371,8 @@ def _planFile(path, arcname, st, compression, spool):
             # the server
             entry.csize = len(packed)
             return entry
-        keeper = spool.keeper() if spool is not None and size > SAMPLE_SIZE else None
+        # a larger file, deflated as a stream: the send reads it back
+        keeper = spool.keeper() if spool is not None else None
         compressor = newDeflater()
         crc = csize = 0
         for block in itertools.chain((head,), blocks):
