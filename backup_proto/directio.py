@@ -223,13 +223,14 @@ class DirectReadAhead:
         asked for.  Close the generator before closing C{fd}: it waits for
         a read under way.
         """
+        threads = _readAheadThreads()
         sizes = iter(sizes)
         want = next(sizes, 0)
         offset = 0
         turn = 0
         reading = None
         if want:
-            reading = _readAheadThreads().submit(_readAt, fd, want, self._buffers[turn], offset)
+            reading = threads.submit(_readAt, fd, want, self._buffers[turn], offset)
         try:
             while reading is not None:
                 block = reading.result()
@@ -241,8 +242,7 @@ class DirectReadAhead:
                     want = next(sizes, 0)
                     if want:
                         turn ^= 1
-                        reading = _readAheadThreads().submit(
-                            _readAt, fd, want, self._buffers[turn], offset)
+                        reading = threads.submit(_readAt, fd, want, self._buffers[turn], offset)
                 yield block
         finally:
             if reading is not None:
