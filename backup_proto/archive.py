@@ -235,28 +235,31 @@ def checkName(name):
     @raise ArchiveError: naming the entry.
     @return: C{(parts, isDir)}.
     """
-    shown = repr(name)[1:-1][:200]
+    def refuse(problem):
+        # the name as shown is made only for a refusal: most names pass
+        return ArchiveError(f"entry '{repr(name)[1:-1][:200]}' {problem}")
+
     if not name:
         raise ArchiveError("archive has an entry with an empty name")
     if _CONTROL.search(name):
-        raise ArchiveError(f"entry '{shown}' has a control character in its name")
+        raise refuse("has a control character in its name")
     if "\\" in name:
-        raise ArchiveError(f"entry '{shown}' has a backslash in its name")
+        raise refuse("has a backslash in its name")
     if name.startswith("/"):
-        raise ArchiveError(f"entry '{shown}' has an absolute path")
+        raise refuse("has an absolute path")
     if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
-        raise ArchiveError(f"entry '{shown}' has a drive letter")
+        raise refuse("has a drive letter")
     if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
-        raise ArchiveError(f"entry '{shown}' has a name that is too long")
+        raise refuse("has a name that is too long")
     isDir = name.endswith("/")
     parts = tuple((name[:-1] if isDir else name).split("/"))
     for part in parts:
         if part in ("", ".", ".."):
-            raise ArchiveError(f"entry '{shown}' has an empty, '.' or '..' component")
+            raise refuse("has an empty, '.' or '..' component")
         if len(part.encode("utf-8", "surrogatepass")) > _MAX_COMPONENT_BYTES:
-            raise ArchiveError(f"entry '{shown}' has a component that is too long")
+            raise refuse("has a component that is too long")
     if len(parts) > _MAX_DEPTH:
-        raise ArchiveError(f"entry '{shown}' is nested too deeply")
+        raise refuse("is nested too deeply")
     return parts, isDir
 
 

@@ -74,6 +74,8 @@ _MAX_LINK_TARGET = 4096
 #: What decoding a name, inflating or unpacking a record raises for bad bytes.
 _CORRUPT = (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error)
 _KNOWN_FLAGS = FLAG_DESCRIPTOR | FLAG_UTF8 | 0x06  # 0x06: deflate speed hints
+_LOCAL_SIG_BYTES = struct.pack("<I", LOCAL_SIG)
+_CENTRAL_SIG_BYTES = struct.pack("<I", CENTRAL_SIG)
 
 
 class _Seen:
@@ -93,6 +95,14 @@ class _Seen:
         self.csize = csize
         self.usize = usize
         self.offset = offset
+
+
+def _nfc(text):
+    """
+    C{text} in Unicode normal form C (names are compared so): ASCII, which
+    most names are, is left as it is without a look at the tables.
+    """
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def _parts(seen):
@@ -167,11 +177,24 @@ class StreamingExtractor:
 
     def _parse(self, view):
         while view:
-            if self._step == self._data:
+            step = self._step
+            if step == self._data:
                 used = self._data(view)
                 self.position += used
                 view = view[used:]
                 continue
+            if not self._buffer and len(view) >= LOCAL.size:
+                # a whole header is here: read it in one step rather than
+                # its signature, fixed part and names one at a time
+                if step == self._header and view[:4] == _LOCAL_SIG_BYTES:
+                    used = self._wholeLocal(view)
+                elif step == self._centralNext and view[:4] == _CENTRAL_SIG_BYTES:
+                    used = self._wholeCentral(view)
+                else:
+                    used = 0
+                if used:
+                    view = view[used:]
+                    continue
             want = self._need - len(self._buffer)
             if want <= 0:
                 raise ArchiveError("archive has data after its end")
@@ -208,6 +231,22 @@ class StreamingExtractor:
             raise ArchiveError("archive has an unexpected record (not a zip, or a "
                                "zip without sizes in its local headers)")
 
+    def _wholeLocal(self, view):
+        """
+        Read a local header that lies whole in C{view}.
+
+        @return: its length, or 0 if it does not lie whole in C{view}.
+        """
+        fields = LOCAL.unpack_from(view)
+        end = LOCAL.size + fields[9] + fields[10]
+        if len(view) < end:
+            return 0
+        self._recordStart = self.position
+        self.position += end
+        self._local = fields
+        self._localVariable(bytes(view[LOCAL.size:end]))
+        return end
+
     def _localFixed(self, block):
         fields = LOCAL.unpack(struct.pack("<I", LOCAL_SIG) + block)
         self._local = fields
@@ -228,18 +267,18 @@ class StreamingExtractor:
             raise ArchiveError(f"archive has more than {self._limits.maxEntries} entries")
         name = rawName.decode("utf-8" if flags & FLAG_UTF8 else "cp437", "strict")
         parts, isDir = checkName(name)
-        shown = "/".join(parts)[:200]
+        path = "/".join(parts)
         zip64 = csize == MARKER or usize == MARKER
         if zip64:
             usize, csize = _zip64Values(extra, 2)
         if method == STORED and csize != usize:
-            raise ArchiveError(f"entry '{shown}' is stored with two different sizes")
+            raise ArchiveError(f"entry '{path[:200]}' is stored with two different sizes")
         if flags & FLAG_DESCRIPTOR and method == DEFLATED and csize == 0 and usize == 0:
             # zero sizes with a descriptor: the sizes are unknown until the end
-            raise ArchiveError(f"entry '{shown}' has no sizes in its local header")
+            raise ArchiveError(f"entry '{path[:200]}' has no sizes in its local header")
         entry = _Seen(rawName, isDir, flags, method, crc, csize, usize, offset)
         entry.zip64 = zip64
-        self._place(entry, parts, shown)
+        self._place(entry, parts, path)
         self._currentParts = parts
         self._seen.append(entry)
         self._current = entry
@@ -252,14 +291,16 @@ class StreamingExtractor:
         else:
             self._expect(1, self._data)
 
-    def _place(self, entry, parts, shown):
+    def _place(self, entry, parts, path):
         """
         Check an entry against the ones before it and create it (a folder,
         or an empty private file to be filled).
+
+        @param path: C{parts} joined with slashes.
         """
-        key = unicodedata.normalize("NFC", "/".join(parts))
+        key = _nfc(path)
         if key in self._keys:
-            raise ArchiveError(f"archive has two entries named '{shown}'")
+            raise ArchiveError(f"archive has two entries named '{path[:200]}'")
         if self._root is None:
             self._root = parts[0]
             self._rootIsFile = not entry.isDir and len(parts) == 1
@@ -267,14 +308,15 @@ class StreamingExtractor:
             raise ArchiveError("archive has more than one top-level entry")
         elif self._rootIsFile:
             raise ArchiveError("archive's top-level file has other entries")
+        parent = parts[0]
         for depth in range(1, len(parts)):
-            parent = unicodedata.normalize("NFC", "/".join(parts[:depth]))
-            if self._keys.get(parent, True) is False:
-                raise ArchiveError(f"entry '{shown}' is below a file or link")
+            if self._keys.get(_nfc(parent), True) is False:
+                raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
+            parent = f"{parent}/{parts[depth]}"
         self._keys[key] = entry.isDir
         if entry.isDir:
             if entry.csize or entry.usize:
-                raise ArchiveError(f"folder entry '{shown}' has data")
+                raise ArchiveError(f"folder entry '{path[:200]}' has data")
             makeDirs(self._dest, parts, self._made)
             return
         try:
@@ -373,6 +415,23 @@ class StreamingExtractor:
         self._expect(4, self._header)
 
     # ---------------------------------------------------------- central directory
+
+    def _wholeCentral(self, view):
+        """
+        Read a central directory record that lies whole in C{view}.
+
+        @return: its length, or 0 if it does not lie whole in C{view}.
+        """
+        if len(view) < CENTRAL.size:
+            return 0
+        fields = CENTRAL.unpack_from(view)
+        end = CENTRAL.size + fields[10] + fields[11] + fields[12]
+        if len(view) < end:
+            return 0
+        self.position += end
+        self._centralRecord = fields
+        self._centralVariable(bytes(view[CENTRAL.size:end]))
+        return end
 
     def _centralFixed(self, block):
         fields = CENTRAL.unpack(struct.pack("<I", CENTRAL_SIG) + block)

@@ -247,6 +247,24 @@ class RefusalTests(TestCase):
         """
         self.refuse([("r/", b"", D), ("r/a", b"1", F), ("r/a/", b"", D)])
 
+    def test_duplicateAfterNFC(self):
+        """
+        Two names that are one name in Unicode normal form C (here an
+        C{e} with its accent composed, and one with it apart) are refused.
+        """
+        self.refuse([("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301", b"2", F)],
+                    match="two entries")
+
+    def test_belowFileAfterNFC(self):
+        """
+        An entry below a file named the same in normal form C is refused,
+        at any depth.
+        """
+        self.refuse([("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301/x", b"2", F)],
+                    match="below a file or link")
+        self.refuse([("r/", b"", D), ("r/a/", b"", D), ("r/a/b", b"1", F),
+                     ("r/a/b/c/d", b"2", F)], match="below a file or link")
+
     def test_writeThroughLink(self):
         """
         An entry below a link (link then file through it) is refused.

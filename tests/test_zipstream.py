@@ -65,6 +65,34 @@ class StreamRoundTripTests(TestCase):
             self.assertEqual((index.root, index.kind), ("src", "dir"))
             self.assertEqual(treeSignature(src), treeSignature(f"out-{compression}/src"))
 
+    def test_anyPieces(self):
+        """
+        Headers that arrive whole in one piece are read in one step
+        (L{StreamingExtractor._wholeLocal}, C{_wholeCentral}); whatever the
+        pieces, the tree, the index and the position are the same, and so
+        is the refusal of a zip whose central directory disagrees with a
+        local header.
+        """
+        src = makeTrickyTree(os.path.abspath("src"))
+        data = readAll(ArchiveStream(planArchive(src)))
+        central = data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        bad = bytearray(data)
+        bad[central + 16] ^= 1  # the first central record's CRC
+        indexes = set()
+        for piece in (1, 29, 46, 997, len(data)):
+            extractor = StreamingExtractor(os.path.abspath(f"out-{piece}"))
+            os.mkdir(f"out-{piece}")
+            for i in range(0, len(data), piece):
+                extractor.write(data[i:i + piece])
+            index = extractor.finish()
+            self.assertEqual(extractor.position, len(data))
+            indexes.add((index.root, index.kind, index.files, index.size,
+                         tuple(sorted((d.parts, d.mode, d.mtime) for d in index.dirs))))
+            self.assertEqual(treeSignature(src), treeSignature(f"out-{piece}/src"))
+            e = self.assertRaises(ArchiveError, feed, bytes(bad), f"bad-{piece}", piece)
+            self.assertIn("differs between the central directory", str(e))
+        self.assertEqual(len(indexes), 1)
+
     def test_singleFile(self):
         """
         A single file is one entry at the root; its mode and mtime survive.
