@@ -100,6 +100,8 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 _VERSION = 20
 _VERSION64 = 45
 _MADE_BY = (3 << 8) | _VERSION64  # Unix, so that readers honour the mode bits
+#: A local header's zip64 field: tag, size, and both sizes.
+_ZIP64_LOCAL_EXTRA = 4 + 16
 
 
 class PlanStopped(Exception):
@@ -242,9 +244,28 @@ class PlannedEntry:
 
     def spanLength(self):
         """
-        @return: the bytes from this entry's local header to its end.
+        @return: the bytes from this entry's local header to its end: the
+            lengths of L{localHeader}, the data and L{descriptor}, counted
+            without packing them (a plan counts every entry, after its
+            threads are done).
         """
-        return len(self.localHeader()) + self.csize + len(self.descriptor())
+        zip64 = self.zip64
+        length = LOCAL.size + len(self.name) + len(self.extra) + self.csize
+        if zip64:
+            length += _ZIP64_LOCAL_EXTRA
+        if self.content is None:
+            length += DESCRIPTOR64.size if zip64 else DESCRIPTOR32.size
+        return length
+
+    def centralLength(self, offset):
+        """
+        @return: the length of L{centralRecord}C{(offset)}, counted without
+            packing it.
+        """
+        fields = ((self.usize >= ZIP64_LIMIT) + (self.csize >= ZIP64_LIMIT)
+                  + (offset >= ZIP64_LIMIT))
+        length = CENTRAL.size + len(self.name) + len(self.extra)
+        return length + 4 + 8 * fields if fields else length
 
 
 @dataclass
@@ -441,7 +462,7 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
         offsets.append(offset)
         offset += entry.spanLength()
     centralOffset = offset
-    centralSize = sum(len(entry.centralRecord(at)) for entry, at in zip(entries, offsets))
+    centralSize = sum(entry.centralLength(at) for entry, at in zip(entries, offsets))
     size = centralOffset + centralSize + len(_endRecords(len(entries), centralOffset,
                                                          centralSize))
     return ArchivePlan(entries, offsets, size, centralOffset, centralSize, report, source,

@@ -3,6 +3,7 @@ Tests for L{backup_proto.zipstream} (a zip made as it is read) and
 L{backup_proto.unzipstream} (a zip unpacked as it arrives).
 """
 
+import itertools
 import os
 import random
 import struct
@@ -598,6 +599,33 @@ class FolderDescriptorTests(TestCase):
         e = self.assertRaises(ArchiveError, feed, bytes(data), "out")
         self.assertIn("differs between the central directory", str(e))
         self.assertEqual(openDescriptors(), before)
+
+
+class PlannedLengthTests(TestCase):
+    def test_counted(self):
+        """
+        L{PlannedEntry.spanLength} and C{centralLength} count exactly the
+        bytes that C{localHeader}, C{descriptor} and C{centralRecord} pack,
+        with and without zip64 fields, a timestamp field, a descriptor and
+        a UTF-8 name.
+        """
+        from backup_proto.zipstream import ZIP64_LIMIT, PlannedEntry
+
+        sizes = (0, 10, ZIP64_LIMIT - 1, ZIP64_LIMIT, ZIP64_LIMIT + 5)
+        checked = 0
+        for name, usize, csize, content, mtimeNs in itertools.product(
+            (b"a/b.txt", "r/\u00e9t\u00e9".encode()), sizes, sizes, (None, b"target"),
+            (1_600_000_000 * 10**9, 2**33 * 10**9),
+        ):
+            entry = PlannedEntry(name=name, method=0, external=0o100644 << 16, dosTime=0,
+                                 dosDate=33, usize=usize, csize=csize, content=content,
+                                 mtimeNs=mtimeNs)
+            self.assertEqual(entry.spanLength(),
+                             len(entry.localHeader()) + csize + len(entry.descriptor()))
+            for offset in (0, ZIP64_LIMIT - 1, ZIP64_LIMIT):
+                self.assertEqual(entry.centralLength(offset), len(entry.centralRecord(offset)))
+                checked += 1
+        self.assertEqual(checked, 2 * 5 * 5 * 2 * 2 * 3)
 
 
 class PlanStopTests(TestCase):
