@@ -101,7 +101,7 @@ _VERSION = 20
 _VERSION64 = 45
 _MADE_BY = (3 << 8) | _VERSION64  # Unix, so that readers honour the mode bits
 #: A local header's zip64 field: tag, size, and both sizes.
-_ZIP64_LOCAL_EXTRA = 4 + 16
+_ZIP64_LOCAL = struct.Struct("<HHQQ")
 
 
 class PlanStopped(Exception):
@@ -192,7 +192,7 @@ class PlannedEntry:
         extra = self.extra
         usize, csize = self.usize, self.csize
         if self.zip64:
-            extra = struct.pack("<HHQQ", ZIP64_TAG, 16, usize, csize) + extra
+            extra = _ZIP64_LOCAL.pack(ZIP64_TAG, 16, usize, csize) + extra
             usize = csize = MARKER
         crc = self.crc if self.content is not None else 0
         version = _VERSION64 if self.zip64 else _VERSION
@@ -252,7 +252,7 @@ class PlannedEntry:
         zip64 = self.zip64
         length = LOCAL.size + len(self.name) + len(self.extra) + self.csize
         if zip64:
-            length += _ZIP64_LOCAL_EXTRA
+            length += _ZIP64_LOCAL.size
         if self.content is None:
             length += DESCRIPTOR64.size if zip64 else DESCRIPTOR32.size
         return length
