@@ -202,11 +202,11 @@ class DirectReadAhead:
     here, restoring the large tree (1.07 GB, four files) one block at a
     time: the server spent 1.7-2.2 s reading it, 1.1-1.5 s of that in the
     reads themselves, and its sender waited on them for 0.5-0.9 s of each
-    restore (0.4-0.5 s with this).  With this, the restore took 2.75-2.98 s against 2.95-3.53 s
-    (same client, 4 alternated pairs, all faster).  Only blocks of one
-    file are read ahead, so a file's first block is always waited for:
-    L{backup_proto.zipstream} reads these files in whole blocks from the
-    start.
+    restore (0.4-0.5 s with this).  With this, the restore took 2.75-2.98 s
+    against 2.95-3.53 s (same client, 4 alternated pairs, all faster).
+    Only blocks of one file are read ahead, so a file's first block is
+    always waited for: L{backup_proto.zipstream} reads these files in
+    whole blocks from the start.
     """
 
     def __init__(self, size):

@@ -386,7 +386,6 @@ class RestoreWireTests(WireCase):
         self.assertEqual(rest[-1][0], Msg.CKSUM)
         self.assertGreater(sent + len(rest), READ_BATCH * 3)
 
-
     def test_readAheadOnlyWhenWide(self):
         """
         A restore reads L{READ_AHEAD} chunks ahead only if its connection
