@@ -38,7 +38,7 @@ import stat
 import struct
 import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from isal import isal_zlib
@@ -355,7 +355,21 @@ def _readBlocks(fd, size, direct=None):
             return
 
 
-def _planFile(path, arcname, st, compression, spool):
+@dataclass(frozen=True)
+class _Later:
+    """
+    A file that a worker process left to the plan's threads: one that is
+    read in blocks (over L{SAMPLE_SIZE}) and may be deflated as a stream,
+    which the plan keeps in its spool; only the plan's own process can
+    write to that, and for such a file threads cost little (see
+    L{backup_proto.planworkers}).
+    """
+
+    path: str
+    arcname: str
+
+
+def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
     """
     Plan one file entry: read it once to pick the method, and to count its
     deflated size when it is to be deflated, keeping that stream in
@@ -366,6 +380,8 @@ def _planFile(path, arcname, st, compression, spool):
         file: then the tree's walker need not look the path up a second
         time (measured on 20,000 small files: the plan takes 0.63-0.67 s
         instead of 0.68-0.72 s).
+    @param leaveLarge: return a L{_Later}, unread, for a file that is read
+        in blocks (in a worker process, which passes no spool).
     """
     fd = os.open(path, _READ_FLAGS)  # an unreadable file is left out
     if st is None:
@@ -377,6 +393,9 @@ def _planFile(path, arcname, st, compression, spool):
     if storedWithoutLooking(path, size, compression):
         os.close(fd)
         return _entryFor(arcname, st, method=STORED, usize=size, csize=size)
+    if leaveLarge and size > SAMPLE_SIZE:
+        os.close(fd)
+        return _Later(path, arcname)
     try:
         blocks = _readBlocks(fd, size)
         head = next(blocks, b"")
@@ -418,7 +437,7 @@ def _planFile(path, arcname, st, compression, spool):
     return entry
 
 
-def planArchive(source, name=None, compression="auto", spool=None, stop=None):
+def planArchive(source, name=None, compression="auto", spool=None, stop=None, workers=None):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -433,6 +452,10 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
         (L{ArchivePlan.close}), and closes it if planning fails.
     @param stop: a C{threading.Event}: once set, planning stops with
         L{PlanStopped} (the caller no longer needs the plan).
+    @param workers: a pool of worker processes
+        (L{backup_proto.planworkers.startPlanWorkers}) that plans a folder's
+        files of at most L{SAMPLE_SIZE} bytes (and those stored unread)
+        instead of the plan's threads; C{None} to plan them all in threads.
     @return: an L{ArchivePlan}.
     """
     try:
@@ -445,7 +468,8 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
         entries = []
         if stat.S_ISDIR(st.st_mode):
             with ThreadPoolExecutor(PLAN_THREADS) as pool:
-                _planTree(entries, source, name, st, compression, spool, report, pool, stop)
+                _planTree(entries, source, name, st, compression, spool, report,
+                          pool, stop, workers)
         elif stat.S_ISREG(st.st_mode):
             entries.append(_planFile(source, name, st, compression, spool))
             report.files += 1
@@ -469,12 +493,14 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None):
                        name, spool)
 
 
-def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop):
+def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop,
+              workers=None):
     """
     Plan a folder's entries, in the order they go into the zip; files are
-    read and deflated by C{pool}, several at a time.  A task names its
-    folder once and then only its files' names: the walk runs ahead of the
-    plan threads, and tasks waiting their turn then hold no full paths.
+    read and deflated by C{workers} if given, else by C{pool}, several at a
+    time.  A task names its folder once and then only its files' names:
+    the walk runs ahead of the plan threads, and tasks waiting their turn
+    then hold no full paths.
     """
     planned = []
     batch = []
@@ -483,7 +509,11 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
     def flush():
         nonlocal batch
         if batch:
-            planned.append(pool.submit(_planFiles, *folder, batch, compression, spool))
+            if workers is None:
+                planned.append(pool.submit(_planFiles, *folder, batch, compression, spool))
+            else:
+                planned.append(workers.submit(_planFiles, *folder, batch, compression, None,
+                                              True))
             batch = []
 
     stack = [(top, name, topStat)]
@@ -540,36 +570,52 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
                 report.unreadable.append(f"{childArc}: {e.strerror}")
         stack.extend(reversed(subdirs))
     flush()
+    # the files that workers left to the threads are planned while later
+    # batches are still collected
+    results = []
     for item in planned:
         if isinstance(item, PlannedEntry):
-            entries.append(item)
+            results.append(item)
             continue
-        for entry in item.result():
-            if isinstance(entry, str):
-                report.unreadable.append(entry)
-                continue
-            entries.append(entry)
+        for result in item.result():
+            if isinstance(result, _Later):
+                result = pool.submit(_planOne, result.path, result.arcname, compression, spool)
+            results.append(result)
+    for result in results:
+        if isinstance(result, Future):
+            result = result.result()
+        if isinstance(result, str):
+            report.unreadable.append(result)
+            continue
+        entries.append(result)
+        if result.content is None:
             report.files += 1
-            report.size += entry.usize
+            report.size += result.usize
 
 
-def _planFiles(path, arcname, names, compression, spool):
+def _planOne(path, arcname, compression, spool, leaveLarge=False):
     """
-    L{_planFile} for each file of C{names} in one folder (in a plan thread).
+    L{_planFile} for a file that the walker found.
+
+    @return: its entry, a L{_Later}, or the line to report if it could not
+        be read.
+    """
+    try:
+        return _planFile(path, arcname, None, compression, spool, leaveLarge)
+    except OSError as e:
+        return f"{arcname}: {e.strerror}"
+
+
+def _planFiles(path, arcname, names, compression, spool, leaveLarge=False):
+    """
+    L{_planOne} for each file of C{names} in one folder (in a plan thread or
+    a worker process).
 
     @param path: the folder.
     @param arcname: its name in the zip.
-    @return: an entry for each file, or the line to report for a file that
-        could not be read.
     """
-    results = []
-    for name in names:
-        childArc = f"{arcname}/{name}"
-        try:
-            results.append(_planFile(f"{path}/{name}", childArc, None, compression, spool))
-        except OSError as e:
-            results.append(f"{childArc}: {e.strerror}")
-    return results
+    return [_planOne(f"{path}/{name}", f"{arcname}/{name}", compression, spool, leaveLarge)
+            for name in names]
 
 
 def _endRecords(count, centralOffset, centralSize):

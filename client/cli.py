@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+from concurrent.futures.process import BrokenProcessPool
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError as NoAnswer, ensureDeferred
@@ -35,6 +36,7 @@ from backup_proto import crypto
 from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.spool import Spool
+from backup_proto.planworkers import startPlanWorkers
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_client.progress import progressBar
@@ -366,6 +368,11 @@ def _planInThread(runInThread, *args, **kwargs):
     return runInThread(planArchive, *args, **kwargs).addBoth(planned)
 
 
+def _stopWorkers(result, workers):
+    workers.stop()
+    return result
+
+
 async def cmdBackup(reactor, args):
     user = _needUser(args)
     path = os.path.abspath(args.path)
@@ -381,10 +388,15 @@ async def cmdBackup(reactor, args):
     password = _readPassword(args, False)
     quiet = _quiet(args)
     kind = "dir" if os.path.isdir(path) else "file"
+    # forked first, while the client has no other thread (planworkers)
+    workers = startPlanWorkers() if kind == "dir" else None
     # plan the zip while connecting and logging in
     stop = threading.Event()
     spool = Spool()
-    planning = _planInThread(deferToThread, path, name, args.compression, spool, stop=stop)
+    planning = _planInThread(deferToThread, path, name, args.compression, spool, stop=stop,
+                             workers=None if workers is None else workers.pool)
+    if workers is not None:
+        planning.addBoth(_stopWorkers, workers)
     try:
         return await _sendBackup(reactor, args, user, password, planning, name, kind, quiet)
     finally:
@@ -498,6 +510,9 @@ def _errorResult(error):
         return EXIT_ERROR, f"refusing to restore: {error}"
     if isinstance(error, ArchiveError):
         return EXIT_ERROR, f"archive refused: {error}"
+    if isinstance(error, BrokenProcessPool):
+        return EXIT_ERROR, ("a process planning the backup ended unexpectedly (out of memory?);"
+                            " nothing was sent")
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         return EXIT_ERROR, f"{error.strerror or error}{where}"

@@ -1,6 +1,7 @@
 """
 The client plans a backup's zip while it logs in, and keeps the connection
-alive if planning takes longer.
+alive if planning takes longer; a plan that loses a worker process ends
+with a clear message.
 """
 
 import sys
@@ -91,3 +92,18 @@ class PlanDoneTests(TestCase):
         planning = Deferred()
         planning.callback("plan")
         self.assertIs(self.successResultOf(_planDone(clock, planning, 50)), True)
+
+
+class PlanWorkerLostTests(TestCase):
+    def test_message(self):
+        """
+        A plan that lost a worker process ends the backup with exit code 1
+        and a message that says nothing was sent, not a traceback.
+        """
+        from concurrent.futures.process import BrokenProcessPool
+
+        from backup_client.cli import EXIT_ERROR, _errorResult
+
+        code, message = _errorResult(BrokenProcessPool("a child process terminated"))
+        self.assertEqual(code, EXIT_ERROR)
+        self.assertIn("nothing was sent", message)
