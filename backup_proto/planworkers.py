@@ -59,13 +59,18 @@ class PlanWorkers:
     """
 
     def __init__(self, count):
+        """
+        @raise OSError: if the workers could not be started (none is left).
+        """
         reader, self._writer = os.pipe()
+        self.pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
+                                        initializer=_startWorker, initargs=(reader, self._writer))
         try:
-            self.pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_startWorker,
-                                            initargs=(reader, self._writer))
             # a pool that forks starts all its workers at its first task
             self.pool.submit(os.getpid)
+        except OSError:
+            self.close()
+            raise
         finally:
             os.close(reader)
 
@@ -91,8 +96,12 @@ def startPlanWorkers(count=PLAN_THREADS):
     Fork the worker processes for a plan now, if that is safe.
 
     @return: a L{PlanWorkers}, or C{None} if this process already has other
-        threads (the plan then runs in threads).
+        threads or the system refuses new processes (the plan then runs in
+        threads).
     """
     if threading.active_count() != 1:
         return None
-    return PlanWorkers(count)
+    try:
+        return PlanWorkers(count)
+    except OSError:
+        return None

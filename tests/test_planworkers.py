@@ -8,6 +8,7 @@ process has some; so the forking itself is tested in child interpreters,
 and in-process tests give C{planArchive} workers that are spawned.
 """
 
+import errno
 import json
 import multiprocessing
 import os
@@ -206,6 +207,32 @@ class StartPlanWorkersTests(TestCase):
         self.addCleanup(other.join)
         self.addCleanup(release.set)
         self.assertIsNone(planworkers.startPlanWorkers())
+
+    def test_refused(self):
+        """
+        If the system refuses to fork, no worker is left, neither end of the
+        pipe stays open, and the plan runs in threads.
+        """
+        def refuse():
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        pipes = []
+        pipe = os.pipe
+
+        def recordPipe():
+            pipes.append(pipe())
+            return pipes[-1]
+
+        self.patch(os, "fork", refuse)
+        self.patch(os, "pipe", recordPipe)
+        self.assertRaises(OSError, planworkers.PlanWorkers, 2)
+        watched = [pipes[0]]  # the workers' pipe is made first, the pool's after
+        del pipes[:]
+        self.patch(threading, "active_count", lambda: 1)
+        self.assertIsNone(planworkers.startPlanWorkers())
+        watched.append(pipes[0])
+        for fd in [fd for ends in watched for fd in ends]:
+            self.assertRaises(OSError, os.fstat, fd)
 
     def test_endWithKilledClient(self):
         """
