@@ -107,6 +107,7 @@ def _withoutSpool(entry):
 
 class WorkerPlanTests(TestCase):
     def setUp(self):
+        super().setUp()
         self.src = _makeTree(os.path.abspath("src"))
         self.pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
         self.addCleanup(self.pool.shutdown)
@@ -174,7 +175,7 @@ class WorkerPlanTests(TestCase):
 class StartPlanWorkersTests(TestCase):
     def child(self, script, *args):
         return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                              text=True, timeout=60, cwd=os.getcwd())
+                              text=True, timeout=60)
 
     def test_forkedWhenAlone(self):
         """
