@@ -4,6 +4,7 @@ synchronous fakes, and in-memory TLS connections (iosim).
 """
 
 import functools
+import hashlib
 import os
 import stat
 
@@ -202,8 +203,13 @@ def makeTrickyTree(root):
 def treeSignature(root):
     """
     A comparable description of a tree: for each path, its type, mode,
-    mtime (seconds) and content or link target.  The top folder's own
-    mtime is left out (restoring into it may touch it).
+    mtime (whole seconds, as a zip keeps it: from the exact time, since
+    the float C{st_mtime} rounds up to the next second when the time lies
+    within about 0.1 us of it) and content or link target.  The top
+    folder's own mtime is left out (restoring into it may touch it).  A
+    file's content is its length and SHA-256, so that a failed comparison
+    shows which entry differs (with the bytes themselves, a tree holding a
+    few MB was a diff too long to print).
     """
     result = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -211,14 +217,16 @@ def treeSignature(root):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             st = os.lstat(path)
+            mtime = st.st_mtime_ns // 1_000_000_000
             if stat.S_ISLNK(st.st_mode):
-                result[rel] = ("link", os.readlink(path), int(st.st_mtime))
+                result[rel] = ("link", os.readlink(path), mtime)
             elif stat.S_ISDIR(st.st_mode):
-                result[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
+                result[rel] = ("dir", stat.S_IMODE(st.st_mode), mtime)
             else:
                 with open(path, "rb") as f:
                     data = f.read()
-                result[rel] = ("file", stat.S_IMODE(st.st_mode), int(st.st_mtime), data)
+                result[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, len(data),
+                               hashlib.sha256(data).hexdigest())
     return result
 
 
