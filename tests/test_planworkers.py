@@ -8,6 +8,7 @@ process has some; so the forking itself is tested in child interpreters,
 and in-process tests give C{planArchive} workers that are spawned.
 """
 
+import dataclasses
 import errno
 import json
 import multiprocessing
@@ -99,10 +100,10 @@ def _makeTree(root):
 
 
 def _withoutSpool(entry):
-    fields = dict(entry.__dict__) if hasattr(entry, "__dict__") else {
-        name: getattr(entry, name) for name in entry.__slots__}
-    fields["spooled"] = fields["spooled"] is not None
-    return fields
+    """
+    C{entry} with only whether its stream was kept, not where.
+    """
+    return dataclasses.replace(entry, spooled=entry.spooled is not None)
 
 
 class WorkerPlanTests(TestCase):
