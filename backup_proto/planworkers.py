@@ -84,8 +84,9 @@ class PlanWorkers:
 
     def close(self):
         """
-        Wait for the workers to exit, then close the pipe they watch (for
-        tests; the client's pipe closes when it exits).
+        Wait for the workers to exit, then close the pipe they watch (when
+        they could not all be started, and in tests; a client's pipe
+        closes when it exits).
         """
         self.pool.shutdown(wait=True, cancel_futures=True)
         os.close(self._writer)

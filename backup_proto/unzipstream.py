@@ -248,7 +248,7 @@ class StreamingExtractor:
         return end
 
     def _localFixed(self, block):
-        fields = LOCAL.unpack(struct.pack("<I", LOCAL_SIG) + block)
+        fields = LOCAL.unpack(_LOCAL_SIG_BYTES + block)
         self._local = fields
         nameLen, extraLen = fields[9], fields[10]
         self._expect(nameLen + extraLen, self._localVariable)
@@ -434,7 +434,7 @@ class StreamingExtractor:
         return end
 
     def _centralFixed(self, block):
-        fields = CENTRAL.unpack(struct.pack("<I", CENTRAL_SIG) + block)
+        fields = CENTRAL.unpack(_CENTRAL_SIG_BYTES + block)
         self._centralRecord = fields
         self._expect(fields[10] + fields[11] + fields[12], self._centralVariable)
         if self._need == 0:
