@@ -23,7 +23,8 @@ The benchmark suite (run by hand; not part of the test suite):
    unchanged tree (the change step comes after the last repetition).
 4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
 
-Prints a table with the ratios ours / theirs and ours / ceiling, and writes
+Prints a table with the ratios ours / theirs (of the medians, and of each
+repetition's pair of runs) and ours / ceiling, and writes
 benchmarks/results/bench-<UTC time>.json.  What a run writes besides the
 trees (several GB) is deleted at its end unless --keep is given; the next
 run waits for those deletions to age (see QUIET_AFTER_DELETES).
@@ -447,10 +448,21 @@ def report(results):
     print()
     for name, entry in results["trees"].items():
         for tool, m in entry.get("baselines", {}).items():
-            ours = entry["restore" if tool.endswith("restore") else "full"]["mb_per_s"]
+            ours = entry["restore" if tool.endswith("restore") else "full"]
             print(f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
-                  f" {ours / m['mb_per_s']:.2f}   times {spread(m)}")
-    print(f"\nmedians of {results['repeat']} runs of each step")
+                  f" {ours['mb_per_s'] / m['mb_per_s']:.2f}   per round {perRound(ours, m)}"
+                  f"   times {spread(m)}")
+    print(f"\nmedians of {results['repeat']} runs of each step; 'per round' is the ratio"
+          " of each repetition's two runs, made back to back")
+
+
+def perRound(ours, theirs):
+    """
+    The ratio ours / theirs of each repetition: both tools ran on the same
+    data a minute apart at most, so the spread of these shows how much of
+    the ratio of the medians may be the machine's own variation.
+    """
+    return " ".join(f"{t / o:.2f}" for o, t in zip(ours["samples"], theirs["samples"]))
 
 
 def spread(m):
