@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from backup_proto.accounts import DEFAULT_ITERATIONS, AccountStore
+from backup_proto.allocator import tuneAllocator
 from backup_proto.archive import COMPRESSION_CHOICES, Limits
 from backup_proto.database import Database
 from backup_proto.framing import MAX_FRAME
@@ -134,6 +135,7 @@ def makeService(options, reactor=None):
     """
     Build the server: pools, database, crash recovery, listeners.
     """
+    tuneAllocator()
     if reactor is None:
         from twisted.internet import reactor
     dataDir = os.path.abspath(options["data-dir"])

@@ -33,6 +33,7 @@ from twisted.internet.ssl import (
 from twisted.internet.threads import deferToThread
 
 from backup_proto import crypto
+from backup_proto.allocator import tuneAllocator
 from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.spool import Spool
@@ -542,4 +543,5 @@ def main():
     """
     Console-script entry point.
     """
+    tuneAllocator()
     run(sys.argv[1:])

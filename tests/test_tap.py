@@ -116,6 +116,16 @@ class ServiceTests(TestCase):
         options.parseOptions(["--data-dir", "data", *argv])
         return tap.makeService(options, self.reactor)
 
+    def test_tunesAllocator(self):
+        """
+        Building the server tunes the C allocator
+        (L{backup_proto.allocator}), before the pools' threads start.
+        """
+        calls = []
+        self.patch(tap, "tuneAllocator", lambda: calls.append("tune"))
+        self.make()
+        self.assertEqual(calls, ["tune"])
+
     def test_listensWithTLS13(self):
         """
         The service listens on the ssl: endpoint with TLS 1.3 as the floor.
