@@ -63,13 +63,14 @@ def _libc():
 
 def tuneAllocator(libc=None, environ=os.environ):
     """
-    Set glibc's mmap and trim thresholds for this process (and the ones it
-    forks later): call it first thing.  Elsewhere (musl, other systems:
-    no C{mallopt}), and where the user tuned the allocator through the
-    environment, it does nothing.
+    Set glibc's mmap and trim thresholds and its count of arenas for this
+    process (and the ones it forks later): call it first thing, before
+    threads start.  Elsewhere (musl, other systems: no C{mallopt}), and
+    where the user tuned the allocator through the environment, it does
+    nothing.
 
     @param libc: the C library (a stand-in in tests).
-    @return: whether the thresholds were set.
+    @return: whether all three were set.
     """
     if any(name in environ for name in USER_SETTINGS):
         return False

@@ -119,7 +119,7 @@ class ServiceTests(TestCase):
     def test_tunesAllocator(self):
         """
         Building the server tunes the C allocator
-        (L{backup_proto.allocator}), before the pools' threads start.
+        (L{backup_proto.allocator}), once.
         """
         calls = []
         self.patch(tap, "tuneAllocator", lambda: calls.append("tune"))
