@@ -25,6 +25,7 @@ from backup_proto.certs import makeCertificates
 from backup_proto.database import Database
 from backup_proto.server import BackupServerFactory
 from backup_proto.storage import SnapshotStore
+from backup_proto.zipstream import _wholeSeconds
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
@@ -203,10 +204,11 @@ def makeTrickyTree(root):
 def treeSignature(root):
     """
     A comparable description of a tree: for each path, its type, mode,
-    mtime (whole seconds, as a zip keeps it: from the exact time, since
-    the float C{st_mtime} rounds up to the next second when the time lies
-    within about 0.1 us of it) and content or link target.  The top
-    folder's own mtime is left out (restoring into it may touch it).  A
+    mtime (whole seconds, as a zip keeps it: from the exact time, with the
+    zip's own rounding, since the float C{st_mtime} rounds up to the next
+    second when the time lies within about 0.1 us of it) and content or
+    link target.  The top folder's own mtime is left out (restoring into
+    it may touch it).  A
     file's content is its length and SHA-256, so that a failed comparison
     shows which entry differs (with the bytes themselves, a tree holding a
     few MB was a diff too long to print).
@@ -217,7 +219,7 @@ def treeSignature(root):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             st = os.lstat(path)
-            mtime = st.st_mtime_ns // 1_000_000_000
+            mtime = _wholeSeconds(st.st_mtime_ns)
             if stat.S_ISLNK(st.st_mode):
                 result[rel] = ("link", os.readlink(path), mtime)
             elif stat.S_ISDIR(st.st_mode):
