@@ -90,18 +90,44 @@ def decodeFrame(frame):
     return kind, frame[1:]
 
 
-def parseControl(kind, body, required=None, optional=None):
-    """
-    Decode and check the JSON object of a control message.
+#: JSON's null, where a field may hold it.
+NULL = type(None)
 
-    @param required: C{{name: type or tuple of types}} that must be present.
-    @param optional: the same, for fields that may be absent or null.
-    @raise ProtocolError: for bad JSON, a non-object, a missing, unexpected
-        or wrongly typed field.  (C{bool} never passes for C{int}.)
+#: The JSON object of every control message: each field and the types its
+#: value may have (C{docs/protocol.rst}, "Messages").  Every field is
+#: required; L{NULL} among the types lets it be null.
+SCHEMAS = {
+    Msg.REGISTER: {"user": str, "password": str},
+    Msg.LOGIN: {"user": str, "password": str},
+    Msg.PUBKEY: {"key": str},
+    Msg.LIST: {},
+    Msg.BACKUP: {"name": str, "size": int, "kind": str},
+    Msg.RESTORE: {"snapshot": (str, NULL)},
+    Msg.COMMIT: {"crc": int},
+    Msg.RESEND: {},
+    Msg.OK: {"user": str},
+    Msg.SESSION_KEY: {"wrapped": str},
+    Msg.SNAPSHOTS: {"snapshots": list, "more": bool},
+    Msg.READY: {"transfer": int, "attempt": int},
+    Msg.CKSUM: {"crc": int, "size": int, "rejected": int},
+    Msg.DONE: {"snapshot": dict},
+    Msg.RESTORE_BEGIN: {"snapshot": str, "name": str, "kind": str, "size": int,
+                        "transfer": int, "attempt": int},
+    Msg.ERROR: {"code": str, "message": str, "fatal": bool},
+}
+
+
+def parseControl(kind, body):
+    """
+    Decode and check the JSON object of a control message against its
+    entry in L{SCHEMAS}.
+
+    @raise ProtocolError: (L{Code.BAD_MESSAGE}) for bad JSON, a non-object,
+        a missing, unexpected or wrongly typed field.  (C{bool} never
+        passes for C{int}.)
     @return: the object as a C{dict}.
     """
-    required = required or {}
-    optional = optional or {}
+    schema = SCHEMAS[kind]
     if len(body) > MAX_CONTROL:
         raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} message too long")
     try:
@@ -113,19 +139,14 @@ def parseControl(kind, body, required=None, optional=None):
     if not isinstance(obj, dict):
         raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object")
     for name in obj:
-        if name not in required and name not in optional:
+        if name not in schema:
             raise ProtocolError(
                 Code.BAD_MESSAGE, f"{kind.name} has an unexpected field {name!r}"
             )
-    for name, types in required.items():
+    for name, types in schema.items():
         if name not in obj:
             raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} lacks the field {name!r}")
         _checkType(kind, name, obj[name], types)
-    for name, types in optional.items():
-        if obj.get(name) is not None:
-            _checkType(kind, name, obj[name], types)
-        else:
-            obj[name] = None
     return obj
 
 

@@ -20,11 +20,13 @@ import enum
 import os
 
 from twisted.internet.defer import succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.policies import TimeoutMixin
-from twisted.internet.protocol import Factory
+from zope.interface import implementer
 
 from backup_proto import crypto
 from backup_proto.accounts import AUTH_FAILED_TEXT
@@ -115,6 +117,42 @@ def _finishUpload(sink, name, kind):
     return index
 
 
+@implementer(IPushProducer)
+class _AnswerGate:
+    """
+    Registered on a connection's transport whenever no restore is being
+    sent: when the client stops reading our answers and they pile up in
+    the transport, we stop reading its requests until it catches up, so
+    that a client that sends LIST after LIST and reads nothing cannot make
+    the server hold its answers.
+    """
+
+    def __init__(self, proto):
+        self._proto = proto
+
+    def pauseProducing(self):
+        self._proto._holdReading("answers")
+
+    def resumeProducing(self):
+        self._proto._releaseReading("answers")
+
+    def stopProducing(self):
+        pass
+
+
+class RefusedConnection(Protocol):
+    """
+    What a connection over the server's caps gets instead of a session:
+    closed as soon as it is made, before the TLS handshake, holding nothing
+    and counted nowhere.  (A factory's C{buildProtocol} may not return
+    C{None} under TLS: the TLS wrapper would wrap C{None} and fail at the
+    first byte, leaving the connection open.)
+    """
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
 class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
     """
     One client connection.
@@ -127,11 +165,18 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
     @ivar _upload: the L{_Upload} under way, if any.
     @ivar _download: the L{_Download} under way, if any.
     @ivar _jobs: thread jobs under way; staging is cleaned after them.
-    @ivar _transportPaused: whether we paused the transport because the
-        disk fell behind.
+    @ivar _readHolds: why the socket is not being read (see
+        L{_holdReading}); empty while it is.
+    @ivar _discarded: bytes dropped since a fatal error.
+    @ivar _gate: the L{_AnswerGate}, registered on the transport between
+        restores.
     """
 
     MAX_LENGTH = MAX_FRAME
+    #: Bytes read and dropped after a fatal error before reading stops:
+    #: enough to see an honest client close (with its chunks in flight),
+    #: never enough for a peer that keeps sending to cost anything.
+    discardLimit = 1 << 20
     log = Logger()
 
     def __init__(self, factory):
@@ -147,7 +192,10 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._upload = None
         self._download = None
         self._jobs = 0
-        self._transportPaused = False
+        self._readHolds = set()
+        self._discarded = 0
+        self._gate = _AnswerGate(self)
+        self._gateOn = False
         self._loginDeadline = None
         self._connected = False
         self._handlers = {
@@ -172,6 +220,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self.peer = getattr(peer, "host", str(peer))
         self.setTimeout(self.factory.idleTimeout)
         self._loginDeadline = self.callLater(self.factory.loginTimeout, self._loginExpired)
+        self._registerGate()
         self.log.info("connection from {peer}", peer=self.peer)
 
     @property
@@ -204,6 +253,45 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
     def lengthLimitExceeded(self, length):
         self._fail(ProtocolError(Code.BAD_FRAME, f"frame of {length} bytes is too large"))
 
+    def dataReceived(self, data):
+        """
+        Parse frames as L{Int32StringReceiver} does, without letting bytes
+        pile up: after a fatal error what arrives is dropped (and the
+        socket is no longer read past L{discardLimit}); while frames wait
+        (thread work, a slow disk) the socket is not read once more than a
+        frame's worth is buffered.
+        """
+        if self.state is State.CLOSED:
+            self._discard(len(data))
+            return
+        super().dataReceived(data)
+        if self.state is State.CLOSED:
+            self._unprocessed = b""
+        elif self.paused and len(self._unprocessed) > self.MAX_LENGTH:
+            self._holdReading("input")
+
+    def _discard(self, length):
+        self._discarded += length
+        if self._discarded > self.discardLimit:
+            self._holdReading("closed")
+
+    def _holdReading(self, reason):
+        """
+        Stop reading the socket until every reason given is released:
+        C{"input"} (frames wait for us: L{_resumeInput} releases it),
+        C{"answers"} (the client does not read ours: L{_AnswerGate}),
+        C{"closed"} (after a fatal error: for good).
+        """
+        if not self._readHolds and self._connected:
+            self.transport.pauseProducing()
+        self._readHolds.add(reason)
+
+    def _releaseReading(self, reason):
+        if reason in self._readHolds:
+            self._readHolds.discard(reason)
+            if not self._readHolds and self._connected:
+                self.transport.resumeProducing()
+
     def stringReceived(self, frame):
         if self.state is State.CLOSED:
             return
@@ -215,7 +303,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
                 raise ProtocolError(
                     Code.BAD_STATE, f"{kind.name} not allowed in state {self.state.name}"
                 )
-            handler(body)
+            handler(body if kind is Msg.DATA else parseControl(kind, body))
         except ProtocolError as e:
             self._fail(e)
         except Exception:
@@ -242,10 +330,15 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._error(error, True)
         self.state = State.CLOSED
         self.paused = True
+        self._unprocessed = b""
         self.setTimeout(None)
         if self._upload is not None and self._upload.receiver is not None:
             self._upload.receiver.abort()
+        if self._download is not None and self._download.sender is not None:
+            self._download.sender.stop()
         if self._connected:
+            # TLS sends its close only once no producer is registered
+            self._unregisterGate()
             self.transport.loseConnection()
             self.callLater(self.factory.abortTimeout, self._abort)
 
@@ -300,11 +393,24 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def _resumeInput(self):
         if self._connected and self.state is not State.CLOSED and self.state is not State.BUSY:
-            if self._transportPaused:
-                self._transportPaused = False
-                self.transport.resumeProducing()
+            self._releaseReading("input")
             self.paused = False
             self.dataReceived(b"")
+
+    def _registerGate(self):
+        if self._connected and self.state is not State.CLOSED and not self._gateOn:
+            self._gateOn = True
+            self.transport.registerProducer(self._gate, True)
+
+    def _unregisterGate(self):
+        """
+        Take the gate off the transport (a restore's sender takes over the
+        answers' flow, or the connection closes): what it held is released.
+        """
+        if self._gateOn:
+            self._gateOn = False
+            self.transport.unregisterProducer()
+            self._releaseReading("answers")
 
     def _cleanupIfIdle(self):
         """
@@ -326,10 +432,6 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     # ------------------------------------------------------------ accounts
 
-    def _credentials(self, kind, body):
-        fields = parseControl(kind, body, required={"user": str, "password": str})
-        return fields["user"], fields["password"]
-
     def _accountFailed(self, failure):
         error = failure.value
         if not isinstance(error, ProtocolError):
@@ -342,8 +444,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._error(error, False)
         return None
 
-    def _register(self, body):
-        user, password = self._credentials(Msg.REGISTER, body)
+    def _register(self, fields):
+        user, password = fields["user"], fields["password"]
         d = self.factory.accounts.register(user, password)
 
         def registered(_):
@@ -354,8 +456,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         d.addCallbacks(registered, self._accountFailed)
         self._busy(d, lambda _: self._resume(State.UNAUTH))
 
-    def _login(self, body):
-        user, password = self._credentials(Msg.LOGIN, body)
+    def _login(self, fields):
+        user, password = fields["user"], fields["password"]
         factory = self.factory
         delay = factory.throttle.delayFor(user)
         d = deferLater(factory.clock, delay, factory.accounts.authenticate, user, password)
@@ -383,8 +485,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         self._busy(d, then)
 
-    def _pubkey(self, body):
-        fields = parseControl(Msg.PUBKEY, body, required={"key": str})
+    def _pubkey(self, fields):
         publicKey = crypto.loadClientPublicKey(fields["key"].encode("ascii", "replace"))
         secret = crypto.newSessionSecret()
         wrapped = crypto.wrapSecret(publicKey, secret)
@@ -397,8 +498,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     # ------------------------------------------------------------ listing
 
-    def _list(self, body):
-        parseControl(Msg.LIST, body)
+    def _list(self, fields):
 
         def send(rows):
             for start in range(0, max(len(rows), 1), LIST_PAGE):
@@ -410,10 +510,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     # ------------------------------------------------------------ backup
 
-    def _backup(self, body):
-        fields = parseControl(
-            Msg.BACKUP, body, required={"name": str, "size": int, "kind": str}
-        )
+    def _backup(self, fields):
         name = checkSourceName(fields["name"])
         size = fields["size"]
         if fields["kind"] not in ("file", "dir"):
@@ -459,9 +556,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         socket (L{_resumeInput} undoes both, whatever state comes next).
         """
         self.paused = True
-        if not self._transportPaused:
-            self._transportPaused = True
-            self.transport.pauseProducing()
+        self._holdReading("input")
 
     def _resumeForDisk(self):
         if self._connected and self.state is State.RECEIVING:
@@ -480,8 +575,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         self._busy(upload.receiver.finish(), verified)
 
-    def _commitUpload(self, body):
-        fields = parseControl(Msg.COMMIT, body, required={"crc": int})
+    def _commitUpload(self, fields):
         upload = self._upload
         crc, length, rejected = upload.result
         if rejected or fields["crc"] != crc or length != upload.size:
@@ -515,8 +609,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         self._busy(d, done)
 
-    def _resendUpload(self, body):
-        parseControl(Msg.RESEND, body)
+    def _resendUpload(self, fields):
         upload = self._upload
         upload.receiver.abort()
         if upload.attempt > MAX_RESENDS:
@@ -525,8 +618,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     # ------------------------------------------------------------ restore
 
-    def _restore(self, body):
-        fields = parseControl(Msg.RESTORE, body, optional={"snapshot": str})
+    def _restore(self, fields):
         factory = self.factory
         d = factory.store.lookup(self.username, fields["snapshot"])
         prepared = {}
@@ -579,6 +671,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             size=download.plan.size, transfer=transfer, attempt=download.attempt,
         )
         self.state = State.SENDING
+        self._unregisterGate()
         wide = self.factory.widenSendBuffer(self)
         download.sender = ChunkSender(
             lambda: ArchiveStream(download.plan, directReads=True), download.plan.size,
@@ -591,6 +684,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         def sent(crc):
             download.crc = crc
             if self._connected and self.state is State.SENDING:
+                self._registerGate()
                 self._send(Msg.CKSUM, crc=crc, size=download.plan.size, rejected=0)
                 self._resume(State.CONFIRMING)
 
@@ -600,8 +694,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
         d.addCallbacks(sent, failed)
 
-    def _commitDownload(self, body):
-        fields = parseControl(Msg.COMMIT, body, required={"crc": int})
+    def _commitDownload(self, fields):
         if fields["crc"] != self._download.crc:
             raise ProtocolError(Code.BAD_MESSAGE, "COMMIT names a checksum that was not sent")
         download, self._download = self._download, None
@@ -613,8 +706,7 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         self._send(Msg.DONE, snapshot=download.row)
         self.state = State.KEYED
 
-    def _resendDownload(self, body):
-        parseControl(Msg.RESEND, body)
+    def _resendDownload(self, fields):
         if self._download.attempt > MAX_RESENDS:
             raise ProtocolError(Code.VERIFY_FAILED, "restore did not verify after all resends")
         self._beginDownloadAttempt()
@@ -626,6 +718,7 @@ class BackupServerFactory(Factory):
 
     @ivar connections: open connections.
     @ivar perPeer: open connections per peer address.
+    @ivar refused: connections refused for being over the caps.
     @ivar throttle: the L{LoginThrottle} shared by all connections.
     @ivar flushAhead: the L{FlushAhead} that writes uploads to disk as they
         arrive.
@@ -663,6 +756,9 @@ class BackupServerFactory(Factory):
             setattr(self, name, value)
         self.connections = set()
         self.perPeer = {}
+        self.refused = 0
+        self._refusedLogged = 0
+        self._lastRefusalLogged = float("-inf")
         self._wide = set()
         self.throttle = LoginThrottle(clock)
         self.flushAhead = FlushAhead()
@@ -670,16 +766,31 @@ class BackupServerFactory(Factory):
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
         if len(self.connections) >= self.maxConnections:
-            BackupServerProtocol.log.warn("refusing {peer}: too many connections", peer=host)
-            return None
+            return self._refuse(host, "too many connections")
         if self.perPeer.get(host, 0) >= self.maxPerPeer:
-            BackupServerProtocol.log.warn("refusing {peer}: too many from this peer", peer=host)
-            return None
+            return self._refuse(host, "too many from this peer")
         proto = BackupServerProtocol(self)
         proto._peerKey = host
         self.connections.add(proto)
         self.perPeer[host] = self.perPeer.get(host, 0) + 1
         return proto
+
+    def _refuse(self, host, why):
+        """
+        @return: a L{RefusedConnection}, after a warning in the log (one a
+            second at most, with a count of those not logged: a flood of
+            connections must not become a flood of log lines).
+        """
+        self.refused += 1
+        now = self.clock.seconds()
+        if now - self._lastRefusalLogged >= 1.0:
+            BackupServerProtocol.log.warn(
+                "refusing {peer}: {why} ({count} refused since the last such warning)",
+                peer=host, why=why, count=self.refused - self._refusedLogged,
+            )
+            self._lastRefusalLogged = now
+            self._refusedLogged = self.refused
+        return RefusedConnection()
 
     def widenSendBuffer(self, proto):
         """

@@ -260,6 +260,14 @@ class ChunkSender:
             self._closeSource()
         self._finish(failure)
 
+    def stop(self):
+        """
+        Stop sending before the end (the sender's side gave up on the
+        transfer): leave the consumer, and fail L{start}'s L{Deferred} with
+        L{TransferAborted}.
+        """
+        self._finish(Failure(TransferAborted("transfer stopped")))
+
     # IPushProducer
 
     def pauseProducing(self):

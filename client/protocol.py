@@ -114,12 +114,11 @@ class BackupClientProtocol(Int32StringReceiver):
             if kind is Msg.DATA:
                 self._dataReceived(body)
                 return
+            fields = parseControl(kind, body)
             if kind is Msg.ERROR:
-                fields = parseControl(kind, body, required={"code": str, "message": str},
-                                      optional={"fatal": bool})
                 self._deliver(kind, ProtocolError(fields["code"], fields["message"][:500]))
                 return
-            self._deliver(kind, body)
+            self._deliver(kind, fields)
         except ProtocolError as e:
             self._protocolError(e)
 
@@ -164,10 +163,9 @@ class BackupClientProtocol(Int32StringReceiver):
                 return body
         return ConnectionGone(self._lost or Failure(ConnectionDone("transfer stopped")))
 
-    async def _call(self, request, fields, *answers, **schema):
+    async def _call(self, request, fields, *answers):
         self.sendString(encodeControl(request, **fields))
-        kind, body = await self._expect(*answers)
-        return kind, parseControl(kind, body, **schema) if schema else body
+        return await self._expect(*answers)
 
     # ------------------------------------------------------------ accounts
 
@@ -176,22 +174,18 @@ class BackupClientProtocol(Int32StringReceiver):
         @return: a L{Deferred} firing when the account exists.
         """
         return ensureDeferred(self._call(
-            Msg.REGISTER, {"user": user, "password": password}, Msg.OK,
-            required={"user": str},
-        ))
+            Msg.REGISTER, {"user": user, "password": password}, Msg.OK))
 
     def login(self, user, password):
         """
         @return: a L{Deferred} firing when the server accepted the login.
         """
         return ensureDeferred(self._call(
-            Msg.LOGIN, {"user": user, "password": password}, Msg.OK, required={"user": str},
-        ))
+            Msg.LOGIN, {"user": user, "password": password}, Msg.OK))
 
     async def _exchangeKeys(self, privateKey):
         pem = crypto.publicKeyPEM(privateKey).decode("ascii")
-        _, fields = await self._call(Msg.PUBKEY, {"key": pem}, Msg.SESSION_KEY,
-                                     required={"wrapped": str})
+        _, fields = await self._call(Msg.PUBKEY, {"key": pem}, Msg.SESSION_KEY)
         try:
             wrapped = base64.b64decode(fields["wrapped"], validate=True)
         except ValueError:
@@ -212,8 +206,7 @@ class BackupClientProtocol(Int32StringReceiver):
         self.sendString(encodeControl(Msg.LIST))
         snapshots = []
         while True:
-            kind, body = await self._expect(Msg.SNAPSHOTS)
-            fields = parseControl(kind, body, required={"snapshots": list, "more": bool})
+            _, fields = await self._expect(Msg.SNAPSHOTS)
             snapshots.extend(_checkSnapshot(s) for s in fields["snapshots"])
             if not fields["more"]:
                 return snapshots
@@ -230,8 +223,7 @@ class BackupClientProtocol(Int32StringReceiver):
     async def _backup(self, openSource, size, name, kind, progress):
         request = (Msg.BACKUP, {"name": name, "size": size, "kind": kind})
         for attempt in range(1 + MAX_RESENDS):
-            _, ready = await self._call(*request, Msg.READY,
-                                        required={"transfer": int, "attempt": int})
+            _, ready = await self._call(*request, Msg.READY)
             sender = ChunkSender(openSource, size, self._ciphers.upload, ready["transfer"],
                                  self.sendString, self._runIO, progress)
             try:
@@ -241,11 +233,8 @@ class BackupClientProtocol(Int32StringReceiver):
                 # full): its ERROR tells why
                 raise self._pendingError() from None
             _, theirs = await self._expect(Msg.CKSUM)
-            theirs = parseControl(Msg.CKSUM, theirs,
-                                  required={"crc": int, "size": int, "rejected": int})
             if theirs["crc"] == ours and theirs["size"] == size and not theirs["rejected"]:
-                _, done = await self._call(Msg.COMMIT, {"crc": ours}, Msg.DONE,
-                                           required={"snapshot": dict})
+                _, done = await self._call(Msg.COMMIT, {"crc": ours}, Msg.DONE)
                 return _checkSnapshot(done["snapshot"])
             request = (Msg.RESEND, {})
         raise VerificationFailed(
@@ -298,11 +287,7 @@ class BackupClientProtocol(Int32StringReceiver):
     async def _restoreAttempts(self, snapshotId, openSink, maxSize, progress, beginHook):
         request = (Msg.RESTORE, {"snapshot": snapshotId})
         for attempt in range(1 + MAX_RESENDS):
-            _, begin = await self._call(
-                *request, Msg.RESTORE_BEGIN,
-                required={"snapshot": str, "name": str, "kind": str, "size": int,
-                          "transfer": int, "attempt": int},
-            )
+            _, begin = await self._call(*request, Msg.RESTORE_BEGIN)
             checkSourceName(begin["name"])
             if begin["kind"] not in ("file", "dir"):
                 raise ProtocolError(Code.BAD_MESSAGE, "server sent an unknown snapshot kind")
@@ -320,14 +305,11 @@ class BackupClientProtocol(Int32StringReceiver):
                 self._runIO, self._pauseInput, self._resumeInput, progress,
             )
             _, theirs = await self._expect(Msg.CKSUM)
-            theirs = parseControl(Msg.CKSUM, theirs,
-                                  required={"crc": int, "size": int, "rejected": int})
             if self._receiver is not None:
                 raise ProtocolError(Code.BAD_UPLOAD, "restore stream ended early")
             crc, length, rejected = await self._finished
             if crc == theirs["crc"] and length == begin["size"] == theirs["size"] and not rejected:
-                await self._call(Msg.COMMIT, {"crc": crc}, Msg.DONE,
-                                 required={"snapshot": dict})
+                await self._call(Msg.COMMIT, {"crc": crc}, Msg.DONE)
                 return begin, sink
             await self._runIO(sink.discard)
             request = (Msg.RESEND, {})

@@ -377,7 +377,6 @@ class ChunkTests(HostileCase):
         """
         wire = Wire(self.factory).keyed("alice", register=False)
         wire.received()
-        wire.transport.producer = None
         realRunIO = self.factory.runIO
 
         def holdReads(f, *args):
@@ -386,7 +385,7 @@ class ChunkTests(HostileCase):
             return realRunIO(f, *args)
 
         self.factory.runIO = holdReads
-        wire.sendControl(Msg.RESTORE)
+        wire.sendControl(Msg.RESTORE, snapshot=None)
         self.assertIsNotNone(wire.transport.producer)
         wire.transport.producer.pauseProducing()
         self.factory.runIO = realRunIO

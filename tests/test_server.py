@@ -7,10 +7,17 @@ import os
 import struct
 
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
 from backup_proto.errors import Code
 from backup_proto.framing import MAX_FRAME, Msg
-from backup_proto.server import State
-from tests.helpers import TestCase, makeFactory
+from backup_proto.server import BackupServerProtocol, RefusedConnection, State
+from tests.helpers import TestCase, makeFactory, serverTLSOptions
 from tests.wire import Wire, control, frame
 
 
@@ -106,6 +113,32 @@ class StateMachineTests(TestCase):
             wire = Wire(self.factory)
             wire.send(frame(bytes((Msg.LOGIN,)) + body))
             self.assertRefused(wire, Code.BAD_MESSAGE)
+
+    def test_missingFieldEveryMessage(self):
+        """
+        In the state that accepts it, every client message without one of
+        its fields is a fatal bad-message: C{RESTORE {}} is no longer
+        served as "the newest".
+        """
+        Wire(self.factory).register("u2")
+        for kind in (Msg.REGISTER, Msg.LOGIN, Msg.PUBKEY, Msg.BACKUP, Msg.RESTORE):
+            wire = Wire(self.factory)
+            if kind is Msg.PUBKEY:
+                wire.login("u2")
+            elif kind not in (Msg.REGISTER, Msg.LOGIN):
+                wire.keyed("u2", register=False)
+            wire.received()
+            wire.send(frame(bytes((kind,)) + b"{}"))
+            fields = self.assertRefused(wire, Code.BAD_MESSAGE)
+            self.assertIn("lacks the field", fields["message"])
+        wire = Wire(self.factory).keyed("u2", register=False)
+        wire.received()
+        wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=3)
+        wire.received()
+        wire.send(frame(bytes((Msg.DATA,)) + b"x" * 19))
+        wire.received()
+        wire.send(frame(bytes((Msg.COMMIT,)) + b"{}"))
+        self.assertRefused(wire, Code.BAD_MESSAGE)
 
     def test_framesAfterErrorIgnored(self):
         """
@@ -228,16 +261,55 @@ class TimeoutTests(TestCase):
 class ConnectionLimitTests(TestCase):
     def test_perPeer(self):
         """
-        Connections over the per-address limit are refused; others and
-        freed slots are fine.
+        Connections over the per-address or total limit get a
+        L{RefusedConnection} (never C{None}, which the TLS wrapper cannot
+        take) and count toward nothing; others and freed slots are fine.
         """
         factory = makeFactory(os.path.abspath("data"), maxPerPeer=2, maxConnections=3)
         a, b = Wire(factory), Wire(factory)
-        from twisted.internet.address import IPv4Address
-
-        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)),
+                              RefusedConnection)
         c = Wire(factory, host="10.0.0.9")
-        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 1)))
+        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 1)),
+                              RefusedConnection)
+        self.assertEqual((len(factory.connections), factory.perPeer, factory.refused),
+                         (3, {"127.0.0.1": 2, "10.0.0.9": 1}, 2))
         a.proto.connectionLost(None)
-        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)))
+        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)),
+                              BackupServerProtocol)
         del b, c
+
+    def test_refusedUnderTLS(self):
+        """
+        Under TLS an over-cap connection is aborted as it is made, before
+        the handshake: the client's hello and what follows reach no
+        protocol, and nothing is logged as an error.
+        """
+        factory = makeFactory(os.path.abspath("data"), maxPerPeer=1)
+        Wire(factory)
+        tls = TLSMemoryBIOFactory(serverTLSOptions(), False, factory)
+        proto = tls.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"\x16\x03\x01" + os.urandom(500))
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(factory.connections), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_refusalsLoggedOncePerSecond(self):
+        """
+        A flood of refused connections logs one warning a second, which
+        counts the refusals it stands for.
+        """
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        factory = makeFactory(os.path.abspath("data"), maxPerPeer=1)
+        Wire(factory)
+        for _ in range(50):
+            factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        factory.clock.advance(1)
+        for _ in range(7):
+            factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        warnings = [e for e in observer if "refusing" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in warnings], [1, 50])

@@ -346,7 +346,7 @@ class RestoreWireTests(WireCase):
         runRound = manualIO.runRound
 
         self.factory.runIO = manualIO
-        self.wire.sendControl(Msg.RESTORE)
+        self.wire.sendControl(Msg.RESTORE, snapshot=None)
         for _ in range(3):  # staging folder, open, first read
             runRound()
         frames = self.wire.received()
@@ -366,7 +366,7 @@ class RestoreWireTests(WireCase):
         self.wire.backup(zipData)
         self.wire.received()
         self.factory.runIO = manualIO
-        self.wire.sendControl(Msg.RESTORE)
+        self.wire.sendControl(Msg.RESTORE, snapshot=None)
         runRound()
         runRound()
         producer = self.wire.transport.producer
@@ -396,7 +396,7 @@ class RestoreWireTests(WireCase):
         readAheads = []
         for wideSenders in (1, 0):
             self.factory.wideSenders = wideSenders
-            self.wire.sendControl(Msg.RESTORE)
+            self.wire.sendControl(Msg.RESTORE, snapshot=None)
             manualIO.runRound()  # staging folder
             readAheads.append(self.wire.proto._download.sender._readAhead)
             manualIO.runAll()
@@ -597,6 +597,7 @@ class SendBufferTests(TestCase):
         factory.widenSendBuffer(server)
         self.assertEqual(socket.bufferSize, SEND_BUFFER)
         producer = _Producer()
+        server._unregisterGate()  # as a restore does: its sender takes over
         server.transport.registerProducer(producer, True)
         socket.write(b"x" * (4 * crypto.CHUNK_SIZE))
         self.assertFalse(producer.paused)
