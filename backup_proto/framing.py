@@ -168,13 +168,17 @@ def checkSourceName(name):
     @raise ProtocolError: unless C{name} is one safe path component (the
         top-level name of a backup).
     """
+    try:
+        encoded = name.encode("utf-8")  # a lone surrogate (JSON's \ud800, say) fails
+    except (AttributeError, UnicodeEncodeError):
+        encoded = b""
     if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
+        not encoded
+        or name in (".", "..")
         or "/" in name
         or "\\" in name
         or any(ord(c) < 32 or ord(c) == 127 for c in name)
-        or len(name.encode("utf-8", "surrogatepass")) > 255
+        or len(encoded) > 255
     ):
         raise ProtocolError(Code.BAD_MESSAGE, "backup name must be one safe path component")
     return name

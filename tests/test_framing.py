@@ -3,10 +3,13 @@ Tests for L{backup_proto.framing}.
 """
 
 import json
+import os
+import re
 
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import (
-    MAX_CONTROL, SCHEMAS, Msg, decodeFrame, encodeControl, encodeData, parseControl,
+    MAX_CONTROL, NULL, SCHEMAS, Msg, checkSourceName, decodeFrame, encodeControl, encodeData,
+    parseControl,
 )
 from tests.helpers import TestCase
 
@@ -125,3 +128,50 @@ class ParseControlTests(TestCase):
                 partial = {k: v for k, v in full.items() if k != name}
                 e = self.check(json.dumps(partial).encode(), kind)
                 self.assertIn(repr(name), e.message)
+
+
+class SourceNameTests(TestCase):
+    def test_rule(self):
+        """
+        A backup name is one path component of 1 to 255 bytes of UTF-8
+        without control characters, slashes or backslashes, and not C{.}
+        or C{..}; a lone surrogate (which JSON can carry) is refused.
+        """
+        for good in ("docs", "a" * 255, "é" * 127, "my photos", ".hidden"):
+            self.assertEqual(checkSourceName(good), good)
+        for bad in ("", ".", "..", "a/b", "a\\b", "a\x00", "a\x1f", "a\x7f", "a" * 256,
+                    "é" * 128, "\ud800", "x\udc80", None, 3):
+            e = self.assertRaises(ProtocolError, checkSourceName, bad)
+            self.assertEqual(e.code, Code.BAD_MESSAGE)
+
+
+class SpecTests(TestCase):
+    def test_messagesMatchSpec(self):
+        """
+        The message tables of docs/protocol.rst name every message with
+        its type byte and exactly the fields of L{SCHEMAS}, and say
+        C{null} where the schema allows it.
+        """
+        spec = os.path.join(os.path.dirname(__file__), "..", "docs", "protocol.rst")
+        with open(spec, encoding="utf-8") as f:
+            text = f.read()
+        rows = {}
+        current = None
+        for line in text[text.index("\nMessages\n"):text.index("\nStates\n")].splitlines():
+            start = re.match(r"([A-Z_]+)\s+0x([0-9A-F]{2})\s(.*)", line)
+            if start:
+                current = start.group(1)
+                self.assertEqual(Msg[current], int(start.group(2), 16), current)
+                rows.setdefault(current, "")
+                rows[current] += " " + start.group(3)
+            elif line.startswith(" ") and current is not None:
+                rows[current] += " " + line
+            else:
+                current = None
+        self.assertEqual(set(rows), {m.name for m in Msg})
+        for kind, schema in SCHEMAS.items():
+            described = dict(re.findall(r'"(\w+)": ([^,}]+)', rows[kind.name]))
+            self.assertEqual(set(described), set(schema), kind.name)
+            for name, types in schema.items():
+                nullable = isinstance(types, tuple) and NULL in types
+                self.assertEqual("null" in described[name], nullable, (kind.name, name))
