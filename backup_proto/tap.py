@@ -4,6 +4,7 @@ C{twistd backup-server}: command-line options and the service they build.
 """
 
 import os
+import resource
 
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
@@ -131,11 +132,45 @@ def requireTLS13(endpoint, description):
     return endpoint
 
 
+#: Descriptors a connection may hold at once: its socket, and while it
+#: uploads or restores the file and folder being read or written.
+FILES_PER_CONNECTION = 4
+#: Descriptors beyond the connections': the catalog, pools, logs, listeners.
+SPARE_FILES = 64
+
+
+def raiseOpenFileLimit(maxConnections, getrlimit=resource.getrlimit,
+                       setrlimit=resource.setrlimit):
+    """
+    Raise the soft limit on open files toward what C{maxConnections} may
+    need, as far as the hard limit allows: at the common default of 1,024
+    the server would run out of descriptors (C{EMFILE}, refusing everyone)
+    long before its connection caps.
+
+    @return: the soft limit now in force.
+    """
+    wanted = maxConnections * FILES_PER_CONNECTION + SPARE_FILES
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warn(
+            "open files are limited to {limit}, fewer than --max-connections {connections}"
+            " may need ({wanted}): raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+            limit=soft, connections=maxConnections, wanted=wanted,
+        )
+    return soft
+
+
 def makeService(options, reactor=None):
     """
     Build the server: pools, database, crash recovery, listeners.
     """
     tuneAllocator()
+    raiseOpenFileLimit(options["max-connections"])
     if reactor is None:
         from twisted.internet import reactor
     dataDir = os.path.abspath(options["data-dir"])

@@ -4,10 +4,12 @@ recovery at start-up.
 """
 
 import os
+import resource
 import ssl
 
 from OpenSSL import SSL
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
 from backup_proto import tap
@@ -126,6 +128,16 @@ class ServiceTests(TestCase):
         self.make()
         self.assertEqual(calls, ["tune"])
 
+    def test_raisesOpenFileLimit(self):
+        """
+        Building the server raises the open-file limit for its
+        --max-connections.
+        """
+        calls = []
+        self.patch(tap, "raiseOpenFileLimit", calls.append)
+        self.make("--max-connections", "7")
+        self.assertEqual(calls, [7])
+
     def test_listensWithTLS13(self):
         """
         The service listens on the ssl: endpoint with TLS 1.3 as the floor.
@@ -202,3 +214,34 @@ class CertsTests(TestCase):
         self.assertEqual(main(["--dir", "c", "--force"]), 0)
         with open("c/ca.pem", "rb") as f:
             self.assertNotEqual(f.read(), before)
+
+
+class OpenFileLimitTests(TestCase):
+    def limits(self, soft, hard, maxConnections=2000):
+        calls = []
+        result = tap.raiseOpenFileLimit(
+            maxConnections, lambda which: (soft, hard),
+            lambda which, limits: calls.append(limits))
+        return result, calls
+
+    def test_raised(self):
+        """
+        A soft limit below what the connection cap needs is raised to it.
+        """
+        self.assertEqual(self.limits(1024, 1 << 20), (8064, [(8064, 1 << 20)]))
+
+    def test_cappedByHard(self):
+        """
+        The hard limit caps the raise, and the shortfall is logged.
+        """
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.assertEqual(self.limits(1024, 4096), (4096, [(4096, 4096)]))
+        self.assertEqual([e["wanted"] for e in observer if "wanted" in e], [8064])
+
+    def test_enoughAlready(self):
+        """
+        A soft limit that is high enough, or unlimited, is left alone.
+        """
+        self.assertEqual(self.limits(20000, 20000), (20000, []))
+        infinity = resource.RLIM_INFINITY
+        self.assertEqual(self.limits(infinity, infinity), (infinity, []))
