@@ -13,7 +13,7 @@ import zipfile
 
 from backup_proto import directio, zipstream
 from backup_proto.archive import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
-from backup_proto.unzipstream import ExtractSink, StreamingExtractor, extractStream
+from backup_proto.unzipstream import ExtractSink, StreamingExtractor, _NameIndex, extractStream
 from backup_proto.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_archive import D, F, craft
@@ -455,9 +455,10 @@ class ExtractorMemoryTests(TestCase):
     def test_entryCost(self):
         """
         Until the central directory has compared them, the reader keeps
-        little per entry (a 16-byte digest of its record and the hash of
+        little per entry (a 16-byte digest of its record and 8 bytes for
         its name), and drops it when closed.  With a record object and the
-        name kept per entry it held about 350 bytes an entry.
+        name kept per entry it held about 350 bytes an entry, with hashes
+        of names in a dict about 105.
         """
         count = 10_000
         with zipfile.ZipFile("many.zip", "w") as z:
@@ -475,10 +476,46 @@ class ExtractorMemoryTests(TestCase):
         for i in range(0, centralStart, 65536):
             extractor.write(data[i:min(i + 65536, centralStart)])
         held = tracemalloc.get_traced_memory()[0] - before
-        self.assertLess(held / count, 130)
+        # the index's buckets cost up to 256 KiB however few the entries
+        self.assertLess(held, (256 << 10) + 30 * count)
         extractor.write(data[centralStart:])
         self.assertEqual(extractor.finish().files, count)
         self.assertLess(tracemalloc.get_traced_memory()[0] - before, 64 << 10)
+
+
+class NameIndexTests(TestCase):
+    def test_kinds(self):
+        """
+        The index tells a folder from another entry, and knows nothing of
+        paths never added.
+        """
+        index = _NameIndex()
+        index.add("r/a", False)
+        index.add("r/b", True)
+        self.assertEqual([index.kind(p) for p in ("r/a", "r/b", "r/c", "r")],
+                         [False, True, None, None])
+
+    def test_manyInOneBucket(self):
+        """
+        Thousands of paths share the buckets; each is still found.
+        """
+        index = _NameIndex()
+        paths = [f"root/folder/file-{i}" for i in range(20_000)]
+        for i, path in enumerate(paths):
+            index.add(path, i % 2 == 0)
+        self.assertEqual([index.kind(p) for p in paths],
+                         [i % 2 == 0 for i in range(len(paths))])
+        self.assertIsNone(index.kind("root/folder/file-20000"))
+
+    def test_matchOnlyOnKeys(self):
+        """
+        A key's bytes that appear across two stored keys are no match.
+        """
+        key = _NameIndex._KEY.pack(0x1122334455667788)
+        bucket = bytearray(b"\x00" * 4 + key + b"\x00" * 4)
+        self.assertFalse(_NameIndex._holds(bucket, 0x1122334455667788))
+        self.assertTrue(_NameIndex._holds(bytearray(key), 0x1122334455667788))
+        self.assertTrue(_NameIndex._holds(bucket + key, 0x1122334455667788))
 
 
 class StreamRefusalTests(TestCase):
