@@ -44,7 +44,7 @@ from backup_proto.framing import (
 from backup_proto.throttle import LoginThrottle
 from backup_proto.transfer import (
     DEFAULT_SOCKET_BUFFER, READ_AHEAD, READ_BATCH, SEND_BUFFER, ChunkReceiver, ChunkSender,
-    setSocketBuffer, storageError,
+    SinkFailed, diskFull, setSocketBuffer,
 )
 from backup_proto.unzipstream import ExtractSink
 from backup_proto.flushahead import FlushAhead
@@ -58,6 +58,17 @@ LIST_PAGE = 25
 #: folder: small, as restores may run side by side and uploads need the
 #: space.
 RESTORE_SPOOL_LIMIT = 64 << 20
+
+
+def storageError(error):
+    """
+    @return: the L{ProtocolError} for the client when storing its data
+        failed here (an C{OSError}): L{Code.STORAGE_FULL} for a full disk
+        or quota, else L{Code.INTERNAL}.
+    """
+    if diskFull(error):
+        return ProtocolError(Code.STORAGE_FULL, "server storage full")
+    return ProtocolError(Code.INTERNAL, "could not store the data")
 
 
 class State(enum.Enum):
@@ -377,6 +388,8 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
             error = failure.value
             if isinstance(error, ArchiveError):
                 error = ProtocolError(Code.BAD_ARCHIVE, f"archive refused: {error}")
+            elif isinstance(error, SinkFailed):
+                error = storageError(error.error)
             elif isinstance(error, OSError):
                 error = storageError(error)
             elif not isinstance(error, ProtocolError):
@@ -564,7 +577,11 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
 
     def _data(self, body):
         upload = self._upload
-        if not upload.receiver.chunkReceived(body):
+        try:
+            last = upload.receiver.chunkReceived(body)
+        except SinkFailed as e:
+            raise storageError(e.error) from None
+        if not last:
             return
 
         def verified(result):

@@ -95,14 +95,25 @@ def setSocketBuffer(transport, size):
         transport.bufferSize = size
 
 
-def storageError(error):
+class SinkFailed(Exception):
     """
-    @return: a L{ProtocolError} for an C{OSError} met while storing data:
-        L{Code.STORAGE_FULL} for a full disk or quota, else L{Code.INTERNAL}.
+    Writing received data failed on the receiving side (its disk is full,
+    say).  Shared code does not word it: the server reports it to the
+    client as an C{ERROR}, the client as its own disk's problem.
+
+    @ivar error: what the sink raised (an C{OSError}, mostly).
     """
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ProtocolError(Code.STORAGE_FULL, "server storage full")
-    return ProtocolError(Code.INTERNAL, "could not store the data")
+
+    def __init__(self, error):
+        super().__init__(error)
+        self.error = error
+
+
+def diskFull(error):
+    """
+    @return: whether C{error} says a disk or a quota is full.
+    """
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class TransferAborted(Exception):
@@ -341,8 +352,9 @@ class ChunkReceiver:
         """
         Take one sealed chunk.
 
-        @raise ProtocolError: for data beyond the declared size, a chunk of
-            the wrong length, or a storage error met by an earlier write.
+        @raise ProtocolError: for data beyond the declared size or a chunk
+            of the wrong length.
+        @raise SinkFailed: an earlier write failed.
         @return: C{True} if this was the transfer's last chunk.
         """
         if self._error is not None:
@@ -423,7 +435,7 @@ class ChunkReceiver:
 
     def _writeFailed(self, failure):
         self._writing = False
-        self._error = storageError(failure.value)
+        self._error = SinkFailed(failure.value)
         self._dropQueue()
         if self._inputPaused:
             self._inputPaused = False
@@ -434,7 +446,7 @@ class ChunkReceiver:
         """
         @return: a L{Deferred} firing with C{(crc, length, rejected)} once
             every chunk has arrived and been written and the sink is closed,
-            or failing with a L{ProtocolError}.
+            or failing with a L{SinkFailed}.
         """
         self._finished = Deferred()
         d = self._finished
@@ -450,7 +462,7 @@ class ChunkReceiver:
             return
         d = self._runIO(self.sink.close)
         d.addCallback(lambda _: (self.crc.value(), self.crc.length, self.rejected))
-        d.addErrback(lambda f: Failure(storageError(f.value)))
+        d.addErrback(lambda f: Failure(SinkFailed(f.value)))
         d.chainDeferred(finished)
 
     def abort(self):

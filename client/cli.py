@@ -40,6 +40,7 @@ from backup_proto.spool import Spool
 from backup_proto.planworkers import startPlanWorkers
 from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
+from backup_proto.transfer import SinkFailed, diskFull
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
 from backup_client.restoring import RestoreConflict, RestoreStaging, placeUnpacked
@@ -52,6 +53,7 @@ EXIT_UNREACHABLE = 4
 EXIT_VERIFY = 5
 EXIT_WARNINGS = 6
 EXIT_STORAGE_FULL = 7
+EXIT_LOCAL_FULL = 9
 
 DEFAULT_PORT = 40445
 CONNECT_TIMEOUT = 15
@@ -503,6 +505,13 @@ def _errorResult(error):
         if error.code == Code.TIMEOUT:
             return EXIT_UNREACHABLE, f"server closed the connection: {error.message}"
         return EXIT_ERROR, error.message
+    if isinstance(error, SinkFailed):
+        error = error.error
+        if not isinstance(error, OSError):
+            return EXIT_ERROR, f"cannot write the restore: {error}"
+    if diskFull(error):
+        where = f" ({error.filename})" if error.filename else ""
+        return EXIT_LOCAL_FULL, f"local disk full{where}: {error.strerror or error}"
     if isinstance(error, VerificationFailed):
         return EXIT_VERIFY, str(error)
     if isinstance(error, ConnectionGone):

@@ -28,8 +28,8 @@ from backup_proto.framing import (
     parseControl,
 )
 from backup_proto.transfer import (
-    DEFAULT_SOCKET_BUFFER, RECEIVE_BUFFER, ChunkReceiver, ChunkSender, TransferAborted,
-    setSocketBuffer,
+    DEFAULT_SOCKET_BUFFER, RECEIVE_BUFFER, ChunkReceiver, ChunkSender, SinkFailed,
+    TransferAborted, setSocketBuffer,
 )
 
 _SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
@@ -119,7 +119,7 @@ class BackupClientProtocol(Int32StringReceiver):
                 self._deliver(kind, ProtocolError(fields["code"], fields["message"][:500]))
                 return
             self._deliver(kind, fields)
-        except ProtocolError as e:
+        except (ProtocolError, SinkFailed) as e:
             self._protocolError(e)
 
     def _deliver(self, kind, body):

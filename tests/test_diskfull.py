@@ -113,3 +113,31 @@ class UnpackFullTests(TestCase):
         self.assertEqual(wire.backup(data)[1]["code"], Code.STORAGE_FULL)
         wire.proto.connectionLost(None)
         self.assertEqual(os.listdir("data/users/alice/.staging"), [])
+
+
+class LocalDiskFullTests(EndToEndCase):
+    def test_restoreIntoFullDisk(self):
+        """
+        A restore into a folder on a disk too small for it fails with the
+        client's own words and exit code 9 (it once said "server storage
+        full", exit 7), leaves nothing in the folder, and the server keeps
+        serving.
+        """
+        small = os.path.abspath("small-disk")
+        os.makedirs(small)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small],
+                                capture_output=True)
+        if result.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: " + result.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", small])
+        self.ok("register")
+        with open("big", "wb") as f:
+            f.write(os.urandom(8 << 20))
+        self.ok("backup", "big")
+        result = self.client("restore", small)
+        self.assertEqual(result.returncode, 9, result.stderr)
+        self.assertTrue(result.stderr.strip().splitlines()[-1].startswith(
+            "backup-client: local disk full"), result.stderr)
+        self.assertNotIn("server", result.stderr)
+        self.assertEqual(os.listdir(small), [])
+        self.ok("list")

@@ -3,6 +3,7 @@ The real client protocol against the real server over real TLS, in memory
 (L{TLSMemoryBIOFactory} and iosim), with a L{Clock}.
 """
 
+import errno
 import os
 import threading
 import zipfile
@@ -18,10 +19,13 @@ from backup_proto.zipstream import ArchiveStream, planArchive
 from backup_proto.errors import Code, ProtocolError
 from backup_proto.framing import Msg
 from backup_client import protocol as clientModule
+from backup_client.cli import EXIT_LOCAL_FULL, _errorResult
 from backup_client.protocol import ConnectionGone, VerificationFailed
+from backup_proto.transfer import SinkFailed
 from backup_client.restoring import placeRestore
 from tests.test_spool import textTree
 from tests.helpers import (
+    FileSink,
     zipSinks,
     TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
@@ -260,6 +264,27 @@ class SessionTests(TestCase):
         client, server, _ = self.backedUp()
         self.restoreCutAt(client, server, 3)
         self.assertEqual(os.listdir("work"), [])
+
+    def test_localDiskFullDuringRestore(self):
+        """
+        A full disk on the client while it writes a restore fails the
+        restore with the neutral L{SinkFailed} (not the server's
+        "storage full"), which the command words as a full local disk,
+        exit code 9; the server keeps serving.
+        """
+        client, server, _ = self.backedUp()
+
+        class FullSink(FileSink):
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device", "work/x.zip")
+
+        os.mkdir("work")
+        d = self.settle(client.restore(None, lambda begin, attempt: FullSink("work/x.zip")))
+        failure = self.failureResultOf(d, SinkFailed)
+        self.assertEqual(_errorResult(failure.value),
+                         (EXIT_LOCAL_FULL, "local disk full (work/x.zip): No space left on device"))
+        self.assertEqual(self.factory.connections, set())
+        self.keyed(register=False)
 
     def test_flushAheadDuringUpload(self):
         """
