@@ -13,6 +13,8 @@ import struct
 import time
 import zipfile
 
+import pytest
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
@@ -251,6 +253,7 @@ def _openFiles(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.slow
 class RealServerTests(TestCase):
     """
     The findings of an independent hostile client, against a real

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
@@ -78,6 +79,7 @@ class ServerProcess:
             self.process.wait(30)
 
 
+@pytest.mark.slow
 class EndToEndCase(TestCase):
     serverArgs = ()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from twisted.plugin import getPlugins
 from twisted.application.service import IServiceMaker
 from tests.helpers import TestCase
@@ -17,6 +18,7 @@ from tests.helpers import TestCase
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 class PackagingTests(TestCase):
     def test_pluginVisibleHere(self):
         """
