@@ -48,9 +48,14 @@ class PackagingTests(TestCase):
         new virtualenv, twistd lists backup-server from another folder and
         both console scripts run.
         """
+        # the outer environment stays out: trial -j gives its workers this
+        # interpreter's path in PYTHONPATH, and the new venv's pip would
+        # then take its dependencies as installed
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
         dist = os.path.abspath("dist")
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist,
-                        ROOT], check=True, capture_output=True)
+                        ROOT], check=True, capture_output=True, env=env)
         wheel, = glob.glob(os.path.join(dist, "backup_proto-*.whl"))
         names = zipfile.ZipFile(wheel).namelist()
         self.assertIn("twisted/plugins/backup_server.py", names)
@@ -62,18 +67,19 @@ class PackagingTests(TestCase):
         self.assertFalse([n for n in names if n.startswith("tests/")])
 
         venv = os.path.abspath("venv")
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, env=env)
         subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", wheel],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         elsewhere = os.path.abspath("elsewhere")
         os.makedirs(elsewhere)
         out = subprocess.run([os.path.join(venv, "bin", "twistd"), "--help"], cwd=elsewhere,
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=env).stdout
         self.assertIn("backup-server", out)
         out = subprocess.run([os.path.join(venv, "bin", "twistd"), "backup-server", "--help"],
-                             cwd=elsewhere, capture_output=True, text=True, check=True).stdout
+                             cwd=elsewhere, capture_output=True, text=True, check=True,
+                             env=env).stdout
         self.assertIn("--listen", out)
         for script in ("backup-client", "backup-certs"):
             result = subprocess.run([os.path.join(venv, "bin", script), "--help"],
-                                    cwd=elsewhere, capture_output=True, text=True)
+                                    cwd=elsewhere, capture_output=True, text=True, env=env)
             self.assertEqual(result.returncode, 0, result.stderr)
