@@ -105,12 +105,9 @@ class _Seen:
 
 class _NameIndex:
     """
-    The NFC paths of an archive's entries so far, each as its 64-bit hash
-    (Python's, keyed per process) with a bit for "folder", in 8 bytes and
-    no object of its own: byte strings of packed keys, one per bucket of
-    the hash's bits (a dict or set would hold an int object and a slot per
-    name, about 90 bytes).  Two different paths that collide only make an
-    archive be refused (odds under 1 in 10^7 at 10^6 entries).
+    A set of 64-bit name hashes in 8 bytes each and no object of its own:
+    byte strings of packed keys, one per bucket of the hash's low bits (a
+    set of ints holds an int object and a slot per name, about 90 bytes).
     """
 
     _BUCKETS = 4096
@@ -119,38 +116,23 @@ class _NameIndex:
     def __init__(self):
         self._buckets = [None] * self._BUCKETS
 
-    def _hash(self, path):
-        value = hash(path) & 0xFFFF_FFFF_FFFF_FFFE  # the low bit says "folder"
-        return value, (value >> 1) % self._BUCKETS
+    def add(self, value):
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        which = value % self._BUCKETS
+        if self._buckets[which] is None:
+            self._buckets[which] = bytearray()
+        self._buckets[which] += self._KEY.pack(value)
 
-    @classmethod
-    def _holds(cls, bucket, value):
-        key = cls._KEY.pack(value)
+    def __contains__(self, value):
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        bucket = self._buckets[value % self._BUCKETS]
+        if bucket is None:
+            return False
+        key = self._KEY.pack(value)
         at = bucket.find(key)
         while at % 8 and at != -1:  # a match must start on a key
             at = bucket.find(key, at + 1)
         return at != -1
-
-    def kind(self, path):
-        """
-        @return: C{True} for a folder, C{False} for another entry, C{None}
-            if no entry has this path.
-        """
-        value, which = self._hash(path)
-        bucket = self._buckets[which]
-        if bucket is None:
-            return None
-        if self._holds(bucket, value):
-            return False
-        if self._holds(bucket, value | 1):
-            return True
-        return None
-
-    def add(self, path, isDir):
-        value, which = self._hash(path)
-        if self._buckets[which] is None:
-            self._buckets[which] = bytearray()
-        self._buckets[which] += self._KEY.pack(value | isDir)
 
 
 def _nfc(text):
@@ -197,12 +179,17 @@ class StreamingExtractor:
     costs little memory (L{close} releases it): for the central directory,
     a keyed 16-byte digest of each entry's name and record (a mismatch
     cannot be forged without the key, drawn anew per archive); for
-    duplicates and entries below a file, 8 bytes in a L{_NameIndex}.
+    duplicates and entries below a file, the 64-bit hash of its NFC path
+    (Python's, keyed per process: two different paths collide with odds
+    under 1 in 10^7 at 10^6 entries, and a collision only refuses the
+    archive), in 8 bytes of a L{_NameIndex} for a file or link.
 
     @ivar position: bytes of the zip consumed so far.
     @ivar _records: the digests of the entries whose data has ended, in
         order (L{_recordDigest}).
-    @ivar _names: the L{_NameIndex} of the entries' NFC paths.
+    @ivar _folders: the hashes of the folder entries' NFC paths (folders
+        are few, and most lookups are of folders: a set is fastest).
+    @ivar _others: the L{_NameIndex} of the other entries' NFC path hashes.
     """
 
     def __init__(self, dest, limits=None, progress=None):
@@ -215,7 +202,8 @@ class StreamingExtractor:
         self._entries = 0
         self._records = bytearray()
         self._keyedDigest = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=os.urandom(16))
-        self._names = _NameIndex()
+        self._folders = set()
+        self._others = _NameIndex()
         self._made = {}  # folder parts -> path, see makeDirs
         self._root = None
         self._total = 0
@@ -367,8 +355,8 @@ class StreamingExtractor:
 
         @param path: C{parts} joined with slashes.
         """
-        key = _nfc(path)
-        if self._names.kind(key) is not None:
+        key = hash(_nfc(path))
+        if key in self._folders or key in self._others:
             raise ArchiveError(f"archive has two entries named '{path[:200]}'")
         if self._root is None:
             self._root = parts[0]
@@ -379,10 +367,14 @@ class StreamingExtractor:
             raise ArchiveError("archive's top-level file has other entries")
         parent = parts[0]
         for depth in range(1, len(parts)):
-            if self._names.kind(_nfc(parent)) is False:
+            ancestor = hash(_nfc(parent))
+            if ancestor not in self._folders and ancestor in self._others:
                 raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
             parent = f"{parent}/{parts[depth]}"
-        self._names.add(key, entry.isDir)
+        if entry.isDir:
+            self._folders.add(key)
+        else:
+            self._others.add(key)
         if entry.isDir:
             if entry.csize or entry.usize:
                 raise ArchiveError(f"folder entry '{path[:200]}' has data")
@@ -536,7 +528,7 @@ class StreamingExtractor:
             csize = next(values) if csize == MARKER else csize
             offset = next(values) if offset == MARKER else offset
         start = index * _DIGEST_SIZE
-        if self._recordDigest(name, flags, method, crc, csize, usize, offset) != bytes(
+        if self._recordDigest(name, flags, method, crc, csize, usize, offset) != (
             self._records[start:start + _DIGEST_SIZE]
         ):
             shown = repr(name)[2:-1][:200]
@@ -680,7 +672,8 @@ class StreamingExtractor:
         Close the file being written, if any (after an error, say), and
         the folder kept open; drop what was kept per entry.
         """
-        self._names = _NameIndex()
+        self._folders = set()
+        self._others = _NameIndex()
         self._records = bytearray()
         self._closeFolder()
         if self._fd is not None:

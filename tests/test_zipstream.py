@@ -484,38 +484,33 @@ class ExtractorMemoryTests(TestCase):
 
 
 class NameIndexTests(TestCase):
-    def test_kinds(self):
+    def test_membership(self):
         """
-        The index tells a folder from another entry, and knows nothing of
-        paths never added.
-        """
-        index = _NameIndex()
-        index.add("r/a", False)
-        index.add("r/b", True)
-        self.assertEqual([index.kind(p) for p in ("r/a", "r/b", "r/c", "r")],
-                         [False, True, None, None])
-
-    def test_manyInOneBucket(self):
-        """
-        Thousands of paths share the buckets; each is still found.
+        Thousands of hashes share the buckets, negative ones included; each
+        is found, and others are not.
         """
         index = _NameIndex()
-        paths = [f"root/folder/file-{i}" for i in range(20_000)]
-        for i, path in enumerate(paths):
-            index.add(path, i % 2 == 0)
-        self.assertEqual([index.kind(p) for p in paths],
-                         [i % 2 == 0 for i in range(len(paths))])
-        self.assertIsNone(index.kind("root/folder/file-20000"))
+        values = [hash(f"root/folder/file-{i}") for i in range(20_000)]
+        for value in values[::2]:
+            index.add(value)
+        self.assertEqual([value in index for value in values],
+                         [i % 2 == 0 for i in range(len(values))])
+        self.assertTrue(any(value < 0 for value in values[::2]))
 
     def test_matchOnlyOnKeys(self):
         """
         A key's bytes that appear across two stored keys are no match.
         """
-        key = _NameIndex._KEY.pack(0x1122334455667788)
-        bucket = bytearray(b"\x00" * 4 + key + b"\x00" * 4)
-        self.assertFalse(_NameIndex._holds(bucket, 0x1122334455667788))
-        self.assertTrue(_NameIndex._holds(bytearray(key), 0x1122334455667788))
-        self.assertTrue(_NameIndex._holds(bucket + key, 0x1122334455667788))
+        index = _NameIndex()
+        value = 0x1122334455667788
+        lower = index._KEY.unpack(b"\x00" * 4 + index._KEY.pack(value)[:4])[0]
+        upper = index._KEY.unpack(index._KEY.pack(value)[4:] + b"\x00" * 4)[0]
+        # two keys whose bytes hold the value's across their boundary
+        index._buckets[value % index._BUCKETS] = bytearray(
+            index._KEY.pack(lower) + index._KEY.pack(upper))
+        self.assertNotIn(value, index)
+        index.add(value)
+        self.assertIn(value, index)
 
 
 class StreamRefusalTests(TestCase):
