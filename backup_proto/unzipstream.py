@@ -40,7 +40,7 @@ from backup_proto.archive import (
     COPY_BLOCK,
     ArchiveError,
     ArchiveIndex,
-    Entry,
+    FolderAttributes,
     Limits,
     applyDirAttributes,
     checkName,
@@ -72,6 +72,8 @@ from backup_proto.zipstream import (
 )
 
 _MAX_LINK_TARGET = 4096
+#: Folders whose paths L{StreamingExtractor} keeps for L{makeDirs}.
+_MADE_CACHE = 1024
 #: What decoding a name, inflating or unpacking a record raises for bad bytes.
 _CORRUPT = (UnicodeDecodeError, zlib.error, isal_zlib.error, struct.error)
 _KNOWN_FLAGS = FLAG_DESCRIPTOR | FLAG_UTF8 | 0x06  # 0x06: deflate speed hints
@@ -182,14 +184,14 @@ class StreamingExtractor:
     duplicates and entries below a file, the 64-bit hash of its NFC path
     (Python's, keyed per process: two different paths collide with odds
     under 1 in 10^7 at 10^6 entries, and a collision only refuses the
-    archive), in 8 bytes of a L{_NameIndex} for a file or link.
+    archive), in 8 bytes of a L{_NameIndex}; for a folder, its path, mode
+    and time packed (L{backup_proto.archive.FolderAttributes}).
 
     @ivar position: bytes of the zip consumed so far.
     @ivar _records: the digests of the entries whose data has ended, in
         order (L{_recordDigest}).
-    @ivar _folders: the hashes of the folder entries' NFC paths (folders
-        are few, and most lookups are of folders: a set is fastest).
-    @ivar _others: the L{_NameIndex} of the other entries' NFC path hashes.
+    @ivar _folders: the L{_NameIndex} of the folder entries' NFC paths.
+    @ivar _others: the L{_NameIndex} of the other entries' NFC paths.
     """
 
     def __init__(self, dest, limits=None, progress=None):
@@ -202,13 +204,15 @@ class StreamingExtractor:
         self._entries = 0
         self._records = bytearray()
         self._keyedDigest = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=os.urandom(16))
-        self._folders = set()
+        self._folders = _NameIndex()
         self._others = _NameIndex()
+        self._checkedParent = None  # the parts of the last folder whose ancestors were checked
+        self._checkedAncestors = set()  # and their hashes
         self._made = {}  # folder parts -> path, see makeDirs
         self._root = None
         self._total = 0
         self._central = 0
-        self._dirs = []
+        self._dirs = FolderAttributes()
         self._files = 0
         self._kind = None
         self._done = False
@@ -365,20 +369,28 @@ class StreamingExtractor:
             raise ArchiveError("archive has more than one top-level entry")
         elif self._rootIsFile:
             raise ArchiveError("archive's top-level file has other entries")
-        parent = parts[0]
-        for depth in range(1, len(parts)):
-            ancestor = hash(_nfc(parent))
-            if ancestor not in self._folders and ancestor in self._others:
-                raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
-            parent = f"{parent}/{parts[depth]}"
+        if parts[:-1] != self._checkedParent:
+            # entries come folder by folder: their ancestors are checked
+            # once per folder
+            ancestors = set()
+            parent = parts[0]
+            for depth in range(1, len(parts)):
+                ancestor = hash(_nfc(parent))
+                if ancestor in self._others:
+                    raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
+                ancestors.add(ancestor)
+                parent = f"{parent}/{parts[depth]}"
+            self._checkedParent, self._checkedAncestors = parts[:-1], ancestors
         if entry.isDir:
             self._folders.add(key)
         else:
             self._others.add(key)
+            if key in self._checkedAncestors:
+                self._checkedParent = None  # a file now stands where a folder was checked
         if entry.isDir:
             if entry.csize or entry.usize:
                 raise ArchiveError(f"folder entry '{path[:200]}' has data")
-            makeDirs(self._dest, parts, self._made)
+            self._makeDirs(parts)
             return
         try:
             self._fd = os.open(
@@ -555,7 +567,7 @@ class StreamingExtractor:
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
         if kind == "dir":
-            self._dirs.append(Entry(parts, kind, mode, mtime))
+            self._dirs.add(parts, mode, mtime)
         elif kind == "file":
             self._files += 1
             folder = self._folderFd(parts[:-1])
@@ -565,11 +577,22 @@ class StreamingExtractor:
             if len(parts) == 1:
                 raise ArchiveError("archive's top-level entry is a link")
             # the entry's folder was made when the entry was placed: a lookup
-            path = os.path.join(makeDirs(self._dest, parts[:-1], self._made), parts[-1])
+            path = os.path.join(self._makeDirs(parts[:-1]), parts[-1])
             target = self._linkTarget(path, parts)
             os.unlink(path)
             os.symlink(target, path)
             os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+    def _makeDirs(self, parts):
+        """
+        L{makeDirs} with a bounded memory of the folders made: past
+        L{_MADE_CACHE} it starts afresh (a folder made before is then
+        found again with C{mkdir} and C{lstat}), so that an archive of a
+        million folders does not keep a million paths.
+        """
+        if len(self._made) > _MADE_CACHE:
+            self._made.clear()
+        return makeDirs(self._dest, parts, self._made)
 
     def _folderFd(self, parts):
         """
@@ -584,7 +607,7 @@ class StreamingExtractor:
             if self._folder[0] == parts:
                 return self._folder[1]
             self._closeFolder()
-        path = makeDirs(self._dest, parts, self._made)
+        path = self._makeDirs(parts)
         self._folder = (parts, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
         return self._folder[1]
 
@@ -672,8 +695,9 @@ class StreamingExtractor:
         Close the file being written, if any (after an error, say), and
         the folder kept open; drop what was kept per entry.
         """
-        self._folders = set()
+        self._folders = _NameIndex()
         self._others = _NameIndex()
+        self._checkedParent = None
         self._records = bytearray()
         self._closeFolder()
         if self._fd is not None:
