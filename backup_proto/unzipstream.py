@@ -206,8 +206,7 @@ class StreamingExtractor:
         self._keyedDigest = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=os.urandom(16))
         self._folders = _NameIndex()
         self._others = _NameIndex()
-        self._checkedParent = None  # the parts of the last folder whose ancestors were checked
-        self._checkedAncestors = set()  # and their hashes
+        self._checkedParent = None  # the last folder whose ancestors were checked
         self._made = {}  # folder parts -> path, see makeDirs
         self._root = None
         self._total = 0
@@ -371,22 +370,18 @@ class StreamingExtractor:
             raise ArchiveError("archive's top-level file has other entries")
         if parts[:-1] != self._checkedParent:
             # entries come folder by folder: their ancestors are checked
-            # once per folder
-            ancestors = set()
+            # once per folder (an entry added meanwhile in the same folder
+            # is none of them: it has more components)
             parent = parts[0]
             for depth in range(1, len(parts)):
-                ancestor = hash(_nfc(parent))
-                if ancestor in self._others:
+                if hash(_nfc(parent)) in self._others:
                     raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
-                ancestors.add(ancestor)
                 parent = f"{parent}/{parts[depth]}"
-            self._checkedParent, self._checkedAncestors = parts[:-1], ancestors
+            self._checkedParent = parts[:-1]
         if entry.isDir:
             self._folders.add(key)
         else:
             self._others.add(key)
-            if key in self._checkedAncestors:
-                self._checkedParent = None  # a file now stands where a folder was checked
         if entry.isDir:
             if entry.csize or entry.usize:
                 raise ArchiveError(f"folder entry '{path[:200]}' has data")

@@ -265,6 +265,15 @@ class RefusalTests(TestCase):
         self.refuse([("r/", b"", D), ("r/a/", b"", D), ("r/a/b", b"1", F),
                      ("r/a/b/c/d", b"2", F)], match="below a file or link")
 
+    def test_fileWhereFolderWasImplied(self):
+        """
+        A file named (after NFC) like a folder that earlier entries only
+        implied, then another entry in that folder: refused, although the
+        reader checks a folder's ancestors once for all its entries.
+        """
+        self.refuse([("r/", b"", D), ("r/cafe\u0301/x", b"1", F), ("r/caf\u00e9", b"2", F),
+                     ("r/cafe\u0301/y", b"3", F)], match="below a file or link")
+
     def test_writeThroughLink(self):
         """
         An entry below a link (link then file through it) is refused.
