@@ -379,14 +379,12 @@ class StreamingExtractor:
                 parent = f"{parent}/{parts[depth]}"
             self._checkedParent = parts[:-1]
         if entry.isDir:
-            self._folders.add(key)
-        else:
-            self._others.add(key)
-        if entry.isDir:
             if entry.csize or entry.usize:
                 raise ArchiveError(f"folder entry '{path[:200]}' has data")
+            self._folders.add(key)
             self._makeDirs(parts)
             return
+        self._others.add(key)
         try:
             self._fd = os.open(
                 parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
