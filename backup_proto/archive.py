@@ -115,17 +115,12 @@ class FolderAttributes:
 
     def __init__(self):
         self._byDepth = {}  # depth -> packed records
-        self._count = 0
 
     def add(self, parts, mode, mtime):
         path = "/".join(parts).encode("utf-8")
         records = self._byDepth.setdefault(len(parts), bytearray())
         records += self._RECORD.pack(mode, mtime, len(path))
         records += path
-        self._count += 1
-
-    def __len__(self):
-        return self._count
 
     def __iter__(self):
         size = self._RECORD.size

@@ -512,7 +512,6 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
     # ------------------------------------------------------------ listing
 
     def _list(self, fields):
-
         def send(rows):
             for start in range(0, max(len(rows), 1), LIST_PAGE):
                 page = rows[start : start + LIST_PAGE]

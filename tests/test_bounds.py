@@ -215,10 +215,6 @@ def _status(pid, field):
     raise AssertionError(f"no {field}")
 
 
-def _rssMiB(pid):
-    return _status(pid, "VmRSS")
-
-
 class SocketWire(Wire):
     """
     L{Wire}'s hand-written client over a real TLS socket (blocking).
@@ -290,7 +286,7 @@ class RealServerTests(TestCase):
         """
         self.startServer()
         self.honestLogin()
-        before = _rssMiB(self.pid)
+        before = _status(self.pid, "VmRSS")
         junk = os.urandom(1 << 20)
         for _ in range(20):
             s = self.connect()
@@ -303,7 +299,7 @@ class RealServerTests(TestCase):
                 pass  # the server stopped reading: the send buffers are full
             s.close()
         self.honestLogin()
-        grown = _rssMiB(self.pid) - before
+        grown = _status(self.pid, "VmRSS") - before
         self.assertLess(grown, 25, f"server grew by {grown:.1f} MiB")
         self.assertNotIn("Unhandled Error", self.server.logText())
 
