@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certs -*-
+# -*- test-case-name: tests.test_tap -*-
 """
 C{backup-certs}: a private CA and a server certificate for development.
 

@@ -30,9 +30,9 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import Int32StringReceiver
 
 from backup_proto.certs import makeCertificates
-from backup_proto.cksum import Cksum
-from backup_proto.crypto import CHUNK_SIZE, SessionCiphers, chunkCount
-from backup_proto.framing import MAX_FRAME, encodeData
+from backup_proto.wire.cksum import Cksum
+from backup_proto.wire.crypto import CHUNK_SIZE, SessionCiphers, chunkCount
+from backup_proto.wire.frames import MAX_FRAME, encodeData
 
 
 class Sink(Int32StringReceiver):

@@ -34,8 +34,8 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 
-from backup_proto import crypto
-from backup_proto.zipstream import ArchiveStream, planArchive
+from backup_proto.wire import crypto
+from backup_proto.archive.zipstream import ArchiveStream, planArchive
 from backup_client.protocol import BackupClientProtocol
 
 BIN = os.path.dirname(sys.executable)

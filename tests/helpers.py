@@ -18,14 +18,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from backup_proto import crypto
-from backup_proto.accounts import AccountStore
-from backup_proto.archive import Limits
+from backup_proto.wire import crypto
+from backup_proto.server.accounts import AccountStore
+from backup_proto.archive.policy import Limits
 from backup_proto.certs import makeCertificates
-from backup_proto.database import Database
-from backup_proto.server import BackupServerFactory
-from backup_proto.storage import SnapshotStore
-from backup_proto.zipstream import _wholeSeconds
+from backup_proto.server.database import Database
+from backup_proto.server.protocol import BackupServerFactory
+from backup_proto.server.storage import SnapshotStore
+from backup_proto.archive.zipstream import _wholeSeconds
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
@@ -243,7 +243,7 @@ def fileSource(path):
 
 class FileSink:
     """
-    A L{backup_proto.transfer.ChunkReceiver} sink writing into a new file (C{O_EXCL}, mode 0600), created at the
+    A L{backup_proto.wire.transfer.ChunkReceiver} sink writing into a new file (C{O_EXCL}, mode 0600), created at the
     first write.
     """
 

@@ -1,16 +1,16 @@
 """
-Tests for L{backup_proto.accounts} and its SQLite storage.
+Tests for L{backup_proto.server.accounts} and its SQLite storage.
 """
 
 import os
 import sqlite3
 
 
-from backup_proto.accounts import (
+from backup_proto.server.accounts import (
     AUTH_FAILED_TEXT, AccountStore, SALT_SIZE, checkPassword, checkUsername, deriveKey,
 )
-from backup_proto.database import Database
-from backup_proto.errors import Code, ProtocolError
+from backup_proto.server.database import Database
+from backup_proto.wire.errors import Code, ProtocolError
 from tests.helpers import TestCase, ManualRunner, runNow
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{backup_proto.archive}: fidelity, and refusal of unsafe zips.
+Tests for L{backup_proto.archive.policy}: fidelity, and refusal of unsafe zips.
 """
 
 import os
@@ -8,9 +8,9 @@ import stat
 import zipfile
 
 
-from backup_proto.archive import ArchiveError, Limits
-from backup_proto.unzipstream import extractStream
-from backup_proto.zipstream import writeArchive
+from backup_proto.archive.policy import ArchiveError, Limits
+from backup_proto.archive.extract import extractStream
+from backup_proto.archive.zipstream import writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
 
@@ -92,7 +92,7 @@ class RoundTripTests(TestCase):
         A file or folder that cannot be read is reported, the rest archived.
         (Permission errors are simulated: the suite may run as root.)
         """
-        from backup_proto import archive
+        from backup_proto.archive import policy as archive
 
         os.makedirs("src/locked")
         for name in ("secret", "fine"):
@@ -151,7 +151,7 @@ class FastDeflateTests(TestCase):
         from isal import isal_zlib
         from zlib_ng import zlib_ng
 
-        from backup_proto import archive
+        from backup_proto.archive import policy as archive
 
         calls = []
         real = zlib_ng.compressobj, isal_zlib.decompressobj

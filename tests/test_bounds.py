@@ -18,10 +18,10 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from backup_proto.errors import Code
-from backup_proto.framing import MAX_FRAME, Msg, decodeFrame
-from backup_proto.server import State
-from backup_proto.zipstream import writeArchive
+from backup_proto.wire.errors import Code
+from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame
+from backup_proto.server.protocol import State
+from backup_proto.archive.zipstream import writeArchive
 from tests.helpers import ManualRunner, TestCase, makeFactory
 from tests.test_e2e import ServerProcess
 from tests.wire import Wire, control, frame

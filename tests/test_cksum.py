@@ -1,5 +1,5 @@
 """
-Tests for L{backup_proto.cksum}: it must equal GNU C{cksum}.
+Tests for L{backup_proto.wire.cksum}: it must equal GNU C{cksum}.
 """
 
 import os
@@ -8,7 +8,7 @@ import subprocess
 import zlib
 
 
-from backup_proto.cksum import Cksum, cksumBytes, cksumFile
+from backup_proto.wire.cksum import Cksum, cksumBytes, cksumFile
 from tests.helpers import TestCase
 
 

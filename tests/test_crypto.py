@@ -1,12 +1,12 @@
 """
-Tests for L{backup_proto.crypto}: key vetting, key wrap, chunk sealing.
+Tests for L{backup_proto.wire.crypto}: key vetting, key wrap, chunk sealing.
 """
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from backup_proto import crypto
-from backup_proto.errors import Code, ProtocolError
+from backup_proto.wire import crypto
+from backup_proto.wire.errors import Code, ProtocolError
 from tests.helpers import TestCase, clientKey
 
 

@@ -1,13 +1,13 @@
 """
-Tests for L{backup_proto.directio}.
+Tests for L{backup_proto.archive.directio}.
 """
 
 import errno
 import os
 import threading
 
-from backup_proto import directio
-from backup_proto.directio import (
+from backup_proto.archive import directio
+from backup_proto.archive.directio import (
     ALIGN,
     BUFFER_SIZE,
     DIRECT_MIN,

@@ -97,8 +97,8 @@ class UnpackFullTests(TestCase):
         ENOSPC while unpacking the arriving zip (simulated) is reported as
         storage-full and the staging data is removed.
         """
-        from backup_proto.errors import Code
-        from backup_proto.unzipstream import StreamingExtractor
+        from backup_proto.wire.errors import Code
+        from backup_proto.archive.extract import StreamingExtractor
         from tests.helpers import makeFactory
         from tests.test_transfer import makeZip
         from tests.wire import Wire

@@ -1,12 +1,12 @@
 """
-Tests for L{backup_proto.flushahead}: flushes asked for while an upload
+Tests for L{backup_proto.archive.flushahead}: flushes asked for while an upload
 arrives, run in a thread of their own.
 """
 
 import os
 import threading
 
-from backup_proto.flushahead import FlushAhead
+from backup_proto.archive.flushahead import FlushAhead
 from tests.helpers import TestCase
 
 

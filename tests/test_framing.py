@@ -1,13 +1,13 @@
 """
-Tests for L{backup_proto.framing}.
+Tests for L{backup_proto.wire.frames}.
 """
 
 import json
 import os
 import re
 
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import (
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import (
     MAX_CONTROL, NULL, SCHEMAS, Msg, checkSourceName, decodeFrame, encodeControl, encodeData,
     parseControl,
 )

@@ -12,10 +12,10 @@ import zipfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from backup_proto.archive import ArchiveError, Limits
-from backup_proto.unzipstream import StreamingExtractor, extractStream
-from backup_proto.errors import ProtocolError
-from backup_proto.framing import MAX_FRAME, Msg, decodeFrame, parseControl
+from backup_proto.archive.policy import ArchiveError, Limits
+from backup_proto.archive.extract import StreamingExtractor, extractStream
+from backup_proto.wire.errors import ProtocolError
+from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame, parseControl
 from tests.helpers import TestCase, makeFactory
 from tests.wire import Wire
 

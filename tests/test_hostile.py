@@ -17,10 +17,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from backup_proto.archive import Limits
-from backup_proto.zipstream import writeArchive
-from backup_proto.errors import Code
-from backup_proto.framing import Msg
+from backup_proto.archive.policy import Limits
+from backup_proto.archive.zipstream import writeArchive
+from backup_proto.wire.errors import Code
+from backup_proto.wire.frames import Msg
 from backup_client.restoring import placeRestore
 from tests.helpers import (
     fileSource,

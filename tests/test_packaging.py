@@ -1,7 +1,8 @@
 """
 The wheel ships the twistd plugin and the right import names, and a fresh
 install from it shows C{backup-server} in C{twistd --help} from anywhere
-(the daphne lesson: ../shared/STYLE.md 2(e)).
+(a plain C{find:} in setup.cfg silently drops C{twisted.plugins}, and the
+plugin never shows up).
 """
 
 import glob
@@ -31,12 +32,12 @@ class PackagingTests(TestCase):
         The client does not import the server's modules: every client
         command would pay for loading them (the accounts database, the
         storage layout), and the protocol rules both sides share are in
-        L{backup_proto.framing}.
+        L{backup_proto.wire.frames}.
         """
         code = ("import sys, backup_client.cli; "
                 "print(sorted(m for m in sys.modules if m in ("
-                "'backup_proto.server', 'backup_proto.accounts', 'backup_proto.database',"
-                " 'backup_proto.storage', 'sqlite3')))")
+                "'backup_proto.server.protocol', 'backup_proto.server.accounts', 'backup_proto.server.database',"
+                " 'backup_proto.server.storage', 'sqlite3')))")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True)
         self.assertEqual(result.stdout.strip(), "[]")
@@ -62,7 +63,9 @@ class PackagingTests(TestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertIn("backup_client/cli.py", names)
-        self.assertIn("backup_proto/server.py", names)
+        self.assertIn("backup_proto/server/tap.py", names)
+        self.assertIn("backup_proto/wire/frames.py", names)
+        self.assertIn("backup_proto/archive/extract.py", names)
         self.assertFalse([n for n in names if n.startswith("client/")])
         self.assertFalse([n for n in names if n.startswith("tests/")])
 

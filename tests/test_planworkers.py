@@ -1,6 +1,6 @@
 """
-Tests for L{backup_proto.planworkers}, and for plans whose small files are
-planned in worker processes (L{backup_proto.zipstream.planArchive}'s
+Tests for L{backup_client.planworkers}, and for plans whose small files are
+planned in worker processes (L{backup_proto.archive.zipstream.planArchive}'s
 C{workers}).
 
 The workers fork only from a process without other threads, and this test
@@ -21,10 +21,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from backup_proto import planworkers, zipstream
-from backup_proto.archive import SAMPLE_SIZE
-from backup_proto.spool import Spool
-from backup_proto.zipstream import ArchiveStream, planArchive
+from backup_client import planworkers
+
+from backup_proto.archive import zipstream
+from backup_proto.archive.policy import SAMPLE_SIZE
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.zipstream import ArchiveStream, planArchive
 from tests.helpers import TestCase, makeTrickyTree
 from tests.test_zipstream import readAll
 
@@ -32,8 +34,8 @@ from tests.test_zipstream import readAll
 #: them, and print what the test checks.
 _CHILD_PLAN = """
 import json, os, signal, sys, threading
-from backup_proto.planworkers import startPlanWorkers
-from backup_proto.zipstream import planArchive
+from backup_client.planworkers import startPlanWorkers
+from backup_proto.archive.zipstream import planArchive
 # as the client's reactor does before a backup starts
 signal.signal(signal.SIGTERM, lambda *args: None)
 wakeup = os.pipe()[1]
@@ -62,7 +64,7 @@ print(json.dumps({"before": before, "pids": pids, "signals": signals, "tasks": p
 #: be killed.
 _CHILD_WAIT = """
 import json, sys, time
-from backup_proto.planworkers import startPlanWorkers
+from backup_client.planworkers import startPlanWorkers
 workers = startPlanWorkers()
 print(json.dumps(list(workers.pool._processes)), flush=True)
 time.sleep(60)

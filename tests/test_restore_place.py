@@ -8,9 +8,9 @@ import os
 import stat
 
 
-from backup_proto import server as serverModule
-from backup_proto.archive import ArchiveError, Limits
-from backup_proto.zipstream import writeArchive
+from backup_proto.server import protocol as serverModule
+from backup_proto.archive.policy import ArchiveError, Limits
+from backup_proto.archive.zipstream import writeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
 from tests.helpers import (
     TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory, zipSinks,

@@ -14,9 +14,9 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from backup_proto.errors import Code
-from backup_proto.framing import MAX_FRAME, Msg
-from backup_proto.server import BackupServerProtocol, RefusedConnection, State
+from backup_proto.wire.errors import Code
+from backup_proto.wire.frames import MAX_FRAME, Msg
+from backup_proto.server.protocol import BackupServerProtocol, RefusedConnection, State
 from tests.helpers import TestCase, makeFactory, serverTLSOptions
 from tests.wire import Wire, control, frame
 
@@ -158,7 +158,7 @@ class StateMachineTests(TestCase):
         order, although LOGIN pauses input while the password is checked.
         """
         Wire(self.factory).register()
-        from backup_proto import crypto
+        from backup_proto.wire import crypto
         from tests.helpers import clientKey
 
         wire = Wire(self.factory)

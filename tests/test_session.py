@@ -11,17 +11,17 @@ import zipfile
 from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
 
-from backup_proto import server as serverModule
-from backup_proto.archive import Limits
-from backup_proto.flushahead import FlushAhead
-from backup_proto.spool import Spool
-from backup_proto.zipstream import ArchiveStream, planArchive
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import Msg
+from backup_proto.server import protocol as serverModule
+from backup_proto.archive.policy import Limits
+from backup_proto.archive.flushahead import FlushAhead
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import Msg
 from backup_client import protocol as clientModule
 from backup_client.cli import EXIT_LOCAL_FULL, _errorResult
 from backup_client.protocol import ConnectionGone, VerificationFailed
-from backup_proto.transfer import SinkFailed
+from backup_proto.wire.transfer import SinkFailed
 from backup_client.restoring import placeRestore
 from tests.test_spool import textTree
 from tests.helpers import (

@@ -1,6 +1,6 @@
 """
-Tests for L{backup_proto.spool} (deflate streams kept between a zip's plan
-and its stream) and its use by L{backup_proto.zipstream}.
+Tests for L{backup_proto.archive.spool} (deflate streams kept between a zip's plan
+and its stream) and its use by L{backup_proto.archive.zipstream}.
 """
 
 import errno
@@ -8,9 +8,11 @@ import os
 import random
 import threading
 
-from backup_proto import spool as spoolModule, zipstream
-from backup_proto.spool import Spool
-from backup_proto.zipstream import DEFLATED, ArchiveStream, planArchive
+from backup_proto.archive import spool as spoolModule
+
+from backup_proto.archive import zipstream
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.zipstream import DEFLATED, ArchiveStream, planArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_zipstream import feed, readAll
 

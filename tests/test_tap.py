@@ -1,5 +1,5 @@
 """
-Tests for L{backup_proto.tap}: options, the service, TLS 1.3, crash
+Tests for L{backup_proto.server.tap}: options, the service, TLS 1.3, crash
 recovery at start-up.
 """
 
@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
-from backup_proto import tap
+from backup_proto.server import tap
 from backup_proto.certs import makeCertificates, writeCertificates
 from tests.helpers import TestCase
 
@@ -164,7 +164,7 @@ class ServiceTests(TestCase):
         does not know (half-committed), and keeps completed ones.
         """
         self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
-        from backup_proto.database import Database
+        from backup_proto.server.database import Database
         from tests.helpers import runNow
 
         db = Database(os.path.abspath("data/user.db"), runNow)

@@ -6,11 +6,11 @@ import os
 
 from twisted.internet.task import Clock
 
-from backup_proto.accounts import AccountStore
-from backup_proto.database import Database
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import Msg
-from backup_proto.throttle import LoginThrottle
+from backup_proto.server.accounts import AccountStore
+from backup_proto.server.database import Database
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import Msg
+from backup_proto.server.throttle import LoginThrottle
 from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
 from tests.wire import Wire
 

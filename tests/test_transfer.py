@@ -10,13 +10,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from backup_proto import crypto
-from backup_proto.zipstream import writeArchive
-from backup_proto.cksum import cksumFile
-from backup_proto.errors import Code
-from backup_proto.framing import Msg
-from backup_proto.server import State
-from backup_proto.transfer import (
+from backup_proto.wire import crypto
+from backup_proto.archive.zipstream import writeArchive
+from backup_proto.wire.cksum import cksumFile
+from backup_proto.wire.errors import Code
+from backup_proto.wire.frames import Msg
+from backup_proto.server.protocol import State
+from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER,
     READ_AHEAD,
     READ_BATCH,
@@ -111,7 +111,7 @@ class UploadTests(WireCase):
         reads again once they drain, even if the upload ended meanwhile, so
         the COMMIT that follows is processed.
         """
-        from backup_proto.transfer import ChunkReceiver
+        from backup_proto.wire.transfer import ChunkReceiver
 
         # nothing is written until the test runs the I/O, and only the last
         # chunk takes the bytes not yet written over the mark: the pause
@@ -252,7 +252,7 @@ class UploadTests(WireCase):
         A correctly sealed chunk of the wrong length is refused.
         """
         transfer = self.begin(size=10)
-        from backup_proto.framing import encodeData
+        from backup_proto.wire.frames import encodeData
         from tests.wire import frame
 
         sealed = self.wire.ciphers.upload.seal(transfer, 10, 0, b"short")
@@ -440,7 +440,7 @@ class SenderBackpressureTests(TestCase):
             runReads()
         self.assertEqual(len(sent), chunks)
         self.assertEqual(self.successResultOf(done), __import__(
-            "backup_proto.cksum", fromlist=["cksumBytes"]).cksumBytes(data))
+            "backup_proto.wire.cksum", fromlist=["cksumBytes"]).cksumBytes(data))
         self.assertIsNone(transport.producer)
         plain = b"".join(ciphers.upload.open(1, len(data), i, body[1:])
                          for i, body in enumerate(sent))

@@ -1,6 +1,6 @@
 """
-Tests for L{backup_proto.zipstream} (a zip made as it is read) and
-L{backup_proto.unzipstream} (a zip unpacked as it arrives).
+Tests for L{backup_proto.archive.zipstream} (a zip made as it is read) and
+L{backup_proto.archive.extract} (a zip unpacked as it arrives).
 """
 
 import itertools
@@ -13,10 +13,12 @@ import tracemalloc
 import zipfile
 from datetime import datetime
 
-from backup_proto import directio, zipstream
-from backup_proto.archive import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
-from backup_proto.unzipstream import ExtractSink, StreamingExtractor, _NameIndex, extractStream
-from backup_proto.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
+from backup_proto.archive import directio
+
+from backup_proto.archive import zipstream
+from backup_proto.archive.policy import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
+from backup_proto.archive.extract import ExtractSink, StreamingExtractor, _NameIndex, extractStream
+from backup_proto.archive.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_archive import D, F, craft
 
@@ -719,7 +721,7 @@ class PlannedLengthTests(TestCase):
         with and without zip64 fields, a timestamp field, a descriptor and
         a UTF-8 name.
         """
-        from backup_proto.zipstream import ZIP64_LIMIT, PlannedEntry
+        from backup_proto.archive.zipstream import ZIP64_LIMIT, PlannedEntry
 
         sizes = (0, 10, ZIP64_LIMIT - 1, ZIP64_LIMIT, ZIP64_LIMIT + 5)
         checked = 0
@@ -745,7 +747,7 @@ class PlanStopTests(TestCase):
         """
         import threading
 
-        from backup_proto.zipstream import PlanStopped
+        from backup_proto.archive.zipstream import PlanStopped
 
         makeTrickyTree(os.path.abspath("src"))
         stop = threading.Event()
@@ -760,8 +762,8 @@ class DirectReadTests(TestCase):
         Reading large stored files past the page cache gives the same zip,
         whatever the file's length (here not a multiple of the block size).
         """
-        from backup_proto.archive import COPY_BLOCK
-        from backup_proto.directio import DIRECT_MIN
+        from backup_proto.archive.policy import COPY_BLOCK
+        from backup_proto.archive.directio import DIRECT_MIN
 
         os.mkdir("src")
         size = DIRECT_MIN + 8 * COPY_BLOCK + 12345

@@ -10,8 +10,8 @@ import struct
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from backup_proto import crypto
-from backup_proto.framing import Msg, decodeFrame, encodeControl, encodeData
+from backup_proto.wire import crypto
+from backup_proto.wire.frames import Msg, decodeFrame, encodeControl, encodeData
 from tests.helpers import clientKey
 
 

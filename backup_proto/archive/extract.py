@@ -14,13 +14,13 @@ files their modes and times; folders get theirs at the end.  Nothing is
 ever written below a link: links are made after all the data, and no entry
 may lie below a file or link.
 
-Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.checkName}),
+Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.policy.checkName}),
 duplicates after NFC, entries under more than one root or below a file or
 link, a link at the top, types other than file, folder and link, encrypted
 entries and methods other than stored and deflated, too many entries, too
-many bytes or too high a compression ratio (L{backup_proto.archive.Limits}),
+many bytes or too high a compression ratio (L{backup_proto.archive.policy.Limits}),
 and what the stream form adds: sizes missing from a local header (every zip
-made by L{backup_proto.zipstream}, or by C{zipfile} into a file, has them),
+made by L{backup_proto.archive.zipstream}, or by C{zipfile} into a file, has them),
 a CRC-32 that does not match the data, and a central directory that does
 not match the entries.
 
@@ -36,7 +36,7 @@ import zlib
 
 from isal import isal_zlib
 
-from backup_proto.archive import (
+from backup_proto.archive.policy import (
     COPY_BLOCK,
     ArchiveError,
     ArchiveIndex,
@@ -48,8 +48,8 @@ from backup_proto.archive import (
     entryMtime,
     makeDirs,
 )
-from backup_proto.directio import DirectWriter
-from backup_proto.zipstream import (
+from backup_proto.archive.directio import DirectWriter
+from backup_proto.archive.zipstream import (
     CENTRAL,
     CENTRAL_SIG,
     DEFLATED,
@@ -185,7 +185,7 @@ class StreamingExtractor:
     (Python's, keyed per process: two different paths collide with odds
     under 1 in 10^7 at 10^6 entries, and a collision only refuses the
     archive), in 8 bytes of a L{_NameIndex}; for a folder, its path, mode
-    and time packed (L{backup_proto.archive.FolderAttributes}).
+    and time packed (L{backup_proto.archive.policy.FolderAttributes}).
 
     @ivar position: bytes of the zip consumed so far.
     @ivar _records: the digests of the entries whose data has ended, in
@@ -650,7 +650,7 @@ class StreamingExtractor:
         """
         Check that the whole zip arrived, and give folders their modes and
         times, deepest first (or leave that to the caller, with
-        L{backup_proto.archive.applyDirAttributes}, if C{applyDirs} is
+        L{backup_proto.archive.policy.applyDirAttributes}, if C{applyDirs} is
         false).  Files and links got theirs as the central directory
         arrived.
 
@@ -724,7 +724,7 @@ def extractStream(source, dest, limits=None):
 
 class ExtractSink:
     """
-    A L{backup_proto.transfer.ChunkReceiver} sink that unpacks the zip into
+    A L{backup_proto.wire.transfer.ChunkReceiver} sink that unpacks the zip into
     C{dest} (a new folder, made at the first write) as it arrives.  An
     unsafe or corrupt zip does not stop the transfer: the first
     L{ArchiveError} is kept (C{error}), the rest of the data is dropped,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_session -*-
 """
 The client side of the backup protocol.
 
@@ -16,9 +16,9 @@ from twisted.internet.error import ConnectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from backup_proto import crypto
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import (
+from backup_proto.wire import crypto
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import (
     MAX_FRAME,
     MAX_RESENDS,
     Msg,
@@ -27,7 +27,7 @@ from backup_proto.framing import (
     encodeControl,
     parseControl,
 )
-from backup_proto.transfer import (
+from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER, RECEIVE_BUFFER, ChunkReceiver, ChunkSender, SinkFailed,
     TransferAborted, setSocketBuffer,
 )
@@ -248,7 +248,7 @@ class BackupClientProtocol(Int32StringReceiver):
 
         @param openSource: called in a thread for each attempt; returns the
             zip to send, an object with C{read(n)} and C{close()}: an open
-            file, or a L{backup_proto.zipstream.ArchiveStream}.
+            file, or a L{backup_proto.archive.zipstream.ArchiveStream}.
         @param size: the zip's size in bytes.
         @param kind: C{"dir"} or C{"file"}: what the zip holds.
         @param progress: called with byte counts as chunks are sent.
@@ -323,8 +323,8 @@ class BackupClientProtocol(Int32StringReceiver):
         @param snapshotId: an id, or C{None} for the newest snapshot.
         @param openSink: called with the C{RESTORE_BEGIN} fields and the
             attempt number (from 0); returns the sink for that attempt (see
-            L{backup_proto.transfer}), such as an
-            L{backup_proto.unzipstream.ExtractSink} unpacking as it goes.
+            L{backup_proto.wire.transfer}), such as an
+            L{backup_proto.archive.extract.ExtractSink} unpacking as it goes.
         @param beginHook: called with the C{RESTORE_BEGIN} fields of each
             attempt (the CLI sizes its progress bar with it).
         @return: a L{Deferred} with C{(beginFields, sink)}.

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from backup_proto.errors import Code, ProtocolError
+from backup_proto.wire.errors import Code, ProtocolError
 
 #: Plaintext bytes per DATA chunk (the last chunk of a transfer may be
 #: shorter, or empty for an empty stream).

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_archive -*-
 """
-What the zip maker (L{backup_proto.zipstream}) and the zip reader
-(L{backup_proto.unzipstream}) share: the archive layout, the limits, the
+What the zip maker (L{backup_proto.archive.zipstream}) and the zip reader
+(L{backup_proto.archive.extract}) share: the archive layout, the limits, the
 checks on entry names and types, and the file system steps of unpacking.
 Both sides use one reader, so that they apply I{the same} checks to a zip
-they did not make (C{../shared/SECURITY.md} T1-T8).
+they did not make (C{docs/security.rst}, "What is not trusted").
 
 Archive layout: a folder C{name} is stored as C{name/} and entries below it;
 a single file as one entry C{name}.  Unix modes are in the high 16 bits of
@@ -32,7 +32,7 @@ COPY_BLOCK = 1 << 20
 #: zlib-ng's deflate level for files deflated as streams (those over
 #: L{SAMPLE_SIZE}): standard deflate streams (any zip reader inflates them)
 #: made twice as fast as zlib's level 1.  A zip is planned before it is
-#: made (L{backup_proto.zipstream}), so compressing the same bytes twice
+#: made (L{backup_proto.archive.zipstream}), so compressing the same bytes twice
 #: must give the same stream, and ISA-L's streaming compressor (faster
 #: still) does not always (seen here on 4 of 6,000 files).
 DEFLATE_LEVEL = 1
@@ -153,7 +153,7 @@ class ArchiveIndex:
 @dataclass
 class ArchiveReport:
     """
-    What L{backup_proto.zipstream.planArchive} put into an archive, and what it had to leave out.
+    What L{backup_proto.archive.zipstream.planArchive} put into an archive, and what it had to leave out.
 
     @ivar skipped: one line per special file (socket, FIFO, device) skipped.
     @ivar unreadable: one line per file or folder that could not be read.

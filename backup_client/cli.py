@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_cli_plan,tests.test_e2e -*-
 """
 C{backup-client}: the terminal client.
 
@@ -32,15 +32,15 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.threads import deferToThread
 
-from backup_proto import crypto
+from backup_proto.wire import crypto
 from backup_proto.allocator import tuneAllocator
-from backup_proto.archive import COMPRESSION_CHOICES, ArchiveError, Limits
-from backup_proto.unzipstream import ExtractSink
-from backup_proto.spool import Spool
-from backup_proto.planworkers import startPlanWorkers
-from backup_proto.zipstream import ArchiveStream, planArchive
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.transfer import SinkFailed, diskFull
+from backup_proto.archive.policy import COMPRESSION_CHOICES, ArchiveError, Limits
+from backup_proto.archive.extract import ExtractSink
+from backup_proto.archive.spool import Spool
+from backup_client.planworkers import startPlanWorkers
+from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.transfer import SinkFailed, diskFull
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
 from backup_client.restoring import RestoreConflict, RestoreStaging, placeUnpacked

@@ -28,11 +28,11 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from backup_proto import crypto
-from backup_proto.accounts import AUTH_FAILED_TEXT
-from backup_proto.archive import ArchiveError, syncTree
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import (
+from backup_proto.wire import crypto
+from backup_proto.server.accounts import AUTH_FAILED_TEXT
+from backup_proto.archive.policy import ArchiveError, syncTree
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import (
     MAX_FRAME,
     MAX_RESENDS,
     Msg,
@@ -41,20 +41,20 @@ from backup_proto.framing import (
     encodeControl,
     parseControl,
 )
-from backup_proto.throttle import LoginThrottle
-from backup_proto.transfer import (
+from backup_proto.server.throttle import LoginThrottle
+from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER, READ_AHEAD, READ_BATCH, SEND_BUFFER, ChunkReceiver, ChunkSender,
     SinkFailed, diskFull, setSocketBuffer,
 )
-from backup_proto.unzipstream import ExtractSink
-from backup_proto.flushahead import FlushAhead
-from backup_proto.spool import Spool
-from backup_proto.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.extract import ExtractSink
+from backup_proto.archive.flushahead import FlushAhead
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.zipstream import ArchiveStream, planArchive
 
 #: Snapshots per SNAPSHOTS frame.
 LIST_PAGE = 25
 #: Deflate streams a restore's plan keeps for sending (only when restores
-#: are deflated; see L{backup_proto.spool}), in unnamed files in the data
+#: are deflated; see L{backup_proto.archive.spool}), in unnamed files in the data
 #: folder: small, as restores may run side by side and uploads need the
 #: space.
 RESTORE_SPOOL_LIMIT = 64 << 20
@@ -119,7 +119,7 @@ def _finishUpload(sink, name, kind):
     """
     Finish unpacking an upload and flush it to disk (runs in a thread).
 
-    @return: the L{backup_proto.archive.ArchiveIndex}.
+    @return: the L{backup_proto.archive.policy.ArchiveIndex}.
     """
     index = sink.finish()
     if index.root != name or index.kind != kind:

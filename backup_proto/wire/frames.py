@@ -14,8 +14,8 @@ frame.
 import enum
 import json
 
-from backup_proto.crypto import CHUNK_SIZE, TAG_SIZE
-from backup_proto.errors import Code, ProtocolError
+from backup_proto.wire.crypto import CHUNK_SIZE, TAG_SIZE
+from backup_proto.wire.errors import Code, ProtocolError
 
 #: Largest control message body (a JSON object).
 MAX_CONTROL = 16 * 1024

@@ -18,7 +18,7 @@ import sqlite3
 
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
 
-from backup_proto.errors import Code, ProtocolError
+from backup_proto.wire.errors import Code, ProtocolError
 
 DEFAULT_ITERATIONS = 600_000
 SALT_SIZE = 32

@@ -6,9 +6,9 @@ Both directions use these two classes: the client sends backups and the
 server sends restores with L{ChunkSender}; the server receives backups and
 the client receives restores with L{ChunkReceiver}.  What is sent is read
 from a I{source} (a file, or a zip made as it is read:
-L{backup_proto.zipstream.ArchiveStream}); what is received goes to a
+L{backup_proto.archive.zipstream.ArchiveStream}); what is received goes to a
 I{sink} (a zip unpacked as it arrives:
-L{backup_proto.unzipstream.ExtractSink}).  Sources
+L{backup_proto.archive.extract.ExtractSink}).  Sources
 and sinks run in threads (C{runIO}); only sealing, opening and the CRC (all
 C code) run on the reactor.  Memory stays bounded: the sender is a push producer
 that stops when the transport is full, and the receiver pauses its input
@@ -26,10 +26,10 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from backup_proto.cksum import Cksum
-from backup_proto.crypto import chunkCount, chunkLength
-from backup_proto.errors import Code, ProtocolError
-from backup_proto.framing import encodeData
+from backup_proto.wire.cksum import Cksum
+from backup_proto.wire.crypto import chunkCount, chunkLength
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import encodeData
 
 log = Logger()
 
@@ -51,7 +51,7 @@ READ_BATCH = 32
 #: memory (8 restores of the small tree at once: the server peaked at
 #: 182-186 MiB with all 8 reading so far ahead, 165-166 MiB with none), so
 #: the server gives it only to the restores that get the wider socket
-#: buffer (L{backup_proto.server.BackupServerFactory.wideSenders}; then
+#: buffer (L{backup_proto.server.protocol.BackupServerFactory.wideSenders}; then
 #: 169-172 MiB).
 READ_AHEAD = 2 * READ_BATCH
 
@@ -65,7 +65,7 @@ READ_AHEAD = 2 * READ_BATCH
 #: and 2.37-2.75 s against 2.67-2.87 s, and of the mixed tree 1.24-1.29 s
 #: against 1.29-1.42 s.  The sender still pauses; 1 MiB more per
 #: connection at most, and only a few connections at a time get it (see
-#: L{backup_proto.server.BackupServerFactory.wideSenders}).
+#: L{backup_proto.server.protocol.BackupServerFactory.wideSenders}).
 SEND_BUFFER = 1 << 20
 #: How many bytes a restoring client's socket reads at once (Twisted reads
 #: up to its C{bufferSize}, 64 KiB by default, each time the socket is
@@ -259,7 +259,7 @@ class ChunkSender:
     def _closeSource(self):
         # only when no read is under way in a thread; in a thread too, since
         # closing a zip stream midway waits for the disk read it has under
-        # way (backup_proto.directio.DirectReadAhead)
+        # way (backup_proto.archive.directio.DirectReadAhead)
         source, self._source = self._source, None
         if source is not None:
             self._runIO(source.close).addErrback(
@@ -314,7 +314,7 @@ class ChunkReceiver:
                  progress=None):
         """
         @param sink: where the plaintext goes, e.g. an
-            L{backup_proto.unzipstream.ExtractSink}.
+            L{backup_proto.archive.extract.ExtractSink}.
         @param pauseInput: called when too much data waits for the disk.
         @param resumeInput: called when it has drained; must not re-enter the
             frame parser synchronously (see STYLE.md 2(a)).

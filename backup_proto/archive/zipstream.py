@@ -6,19 +6,19 @@ The protocol declares a transfer's size before its first byte, so a zip is
 made in two passes.  L{planArchive} walks the tree, picks each file's
 method and works out every entry's size and so the zip's exact length (a
 file to be deflated is deflated once to count, and a file over
-L{SAMPLE_SIZE} keeps that stream in a L{backup_proto.spool.Spool} for the
+L{SAMPLE_SIZE} keeps that stream in a L{backup_proto.archive.spool.Spool} for the
 second pass when one is given).  L{ArchiveStream} then produces the zip's
 bytes, file by file, as the sender asks for them: zipping overlaps with
 sending, and the zip is never written to a disk (on this kind of machine
 each byte written costs as much as sending it); only kept deflate streams
 pass through the spool's unnamed files.
 
-The layout is the one L{backup_proto.archive} documents and checks.  File
+The layout is the one L{backup_proto.archive.policy} documents and checks.  File
 entries set general-purpose bit 3: their CRC-32 (and the sizes again) are
 in a data descriptor after the data, since a file is read only once while
 it is sent; their sizes are in the local header too, as the planned sizes,
 so that a reader can unpack the stream as it arrives
-(L{backup_proto.unzipstream}).  Any zip reader reads the result.
+(L{backup_proto.archive.extract}).  Any zip reader reads the result.
 
 A file whose deflate stream the plan kept is sent as it was when planned,
 and not read again.  Any other file that changes between the passes is
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from isal import isal_zlib
 
-from backup_proto.archive import (
+from backup_proto.archive.policy import (
     COPY_BLOCK,
     ArchiveError,
     ArchiveReport,
@@ -54,8 +54,8 @@ from backup_proto.archive import (
     newDeflater,
     SAMPLE_SIZE,
 )
-from backup_proto.directio import DIRECT_MIN, DirectReadAhead, enableDirect
-from backup_proto.spool import Spool
+from backup_proto.archive.directio import DIRECT_MIN, DirectReadAhead, enableDirect
+from backup_proto.archive.spool import Spool
 
 STORED = 0
 DEFLATED = 8
@@ -159,7 +159,7 @@ class PlannedEntry:
     @ivar content: a folder's (empty) or a link's content (its target);
         C{None} for a file entry, whose data is read from its file.
     @ivar spooled: where the plan kept a file's deflate stream (see
-        L{backup_proto.spool.Spool.read}), or C{None}.
+        L{backup_proto.archive.spool.Spool.read}), or C{None}.
     @ivar mtimeNs: the modification time when planned.
     """
 
@@ -331,7 +331,7 @@ def _readBlocks(fd, size, direct=None):
     Yield at most C{size} bytes of a file, in the blocks of L{_blockSizes},
     each read in full unless the file ends.
 
-    @param direct: a L{backup_proto.directio.DirectReadAhead} if C{fd} has
+    @param direct: a L{backup_proto.archive.directio.DirectReadAhead} if C{fd} has
         C{O_DIRECT} on, for stored files only: the blocks are then all of
         L{COPY_BLOCK} (but the last), and each is a view of its buffer,
         valid until the next one is asked for.
@@ -362,7 +362,7 @@ class _Later:
     read in blocks (over L{SAMPLE_SIZE}) and may be deflated as a stream,
     which the plan keeps in its spool; only the plan's own process can
     write to that, and for such a file threads cost little (see
-    L{backup_proto.planworkers}).
+    L{backup_client.planworkers}).
     """
 
     path: str
@@ -447,13 +447,13 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
     @param source: the file or folder (a link given here is followed: it is
         what the user named).
     @param name: the root name in the archive; default the basename.
-    @param spool: a L{backup_proto.spool.Spool} in which to keep deflate
+    @param spool: a L{backup_proto.archive.spool.Spool} in which to keep deflate
         streams for the second pass; the plan owns it from here on
         (L{ArchivePlan.close}), and closes it if planning fails.
     @param stop: a C{threading.Event}: once set, planning stops with
         L{PlanStopped} (the caller no longer needs the plan).
     @param workers: a pool of worker processes
-        (L{backup_proto.planworkers.startPlanWorkers}) that plans a folder's
+        (L{backup_client.planworkers.startPlanWorkers}) that plans a folder's
         files of at most L{SAMPLE_SIZE} bytes (and those stored unread)
         instead of the plan's threads; C{None} to plan them all in threads.
     @return: an L{ArchivePlan}.
@@ -754,7 +754,7 @@ class ArchiveStream:
     def __init__(self, plan, directReads=False):
         """
         @param directReads: read large stored files past the page cache
-            (L{backup_proto.directio}): for files that are not likely to be
+            (L{backup_proto.archive.directio}): for files that are not likely to be
             cached, such as a snapshot's on the server.
         """
         self.changed = []

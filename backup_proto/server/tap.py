@@ -13,14 +13,14 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from backup_proto.accounts import DEFAULT_ITERATIONS, AccountStore
+from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.allocator import tuneAllocator
-from backup_proto.archive import COMPRESSION_CHOICES, Limits
-from backup_proto.database import Database
-from backup_proto.framing import MAX_FRAME
-from backup_proto.server import BackupServerFactory
-from backup_proto.storage import SnapshotStore
-from backup_proto.threads import WorkerPools
+from backup_proto.archive.policy import COMPRESSION_CHOICES, Limits
+from backup_proto.server.database import Database
+from backup_proto.wire.frames import MAX_FRAME
+from backup_proto.server.protocol import BackupServerFactory
+from backup_proto.server.storage import SnapshotStore
+from backup_proto.server.threads import WorkerPools
 
 DEFAULT_PORT = 40445
 DEFAULT_LISTEN = f"ssl:{DEFAULT_PORT}:privateKey=certs/server.key:certKey=certs/server.pem"

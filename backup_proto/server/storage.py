@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_storage -*-
+# -*- test-case-name: tests.test_session -*-
 """
 Where snapshots live on the server, and how one becomes visible.
 
@@ -14,7 +14,7 @@ the catalog row written.  At start-up L{SnapshotStore.recover} removes all
 staging data, snapshot folders without a row (never confirmed to a client)
 and rows without a folder, so the catalog and the disk agree.
 
-Usernames are safe as folder names: L{backup_proto.accounts.checkUsername}
+Usernames are safe as folder names: L{backup_proto.server.accounts.checkUsername}
 allows only C{[a-z0-9._-]}, never C{.} or C{-} first.
 """
 
@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 
-from backup_proto.archive import fsyncDir
+from backup_proto.archive.policy import fsyncDir
 
 STAGING = ".staging"
 
@@ -60,7 +60,7 @@ class SnapshotStore:
     Users' areas and their snapshots.
 
     @ivar dataDir: the server's data folder.
-    @ivar db: the L{backup_proto.database.Database}.
+    @ivar db: the L{backup_proto.server.database.Database}.
     """
 
     def __init__(self, dataDir, db):
@@ -89,7 +89,7 @@ class SnapshotStore:
     def commit(self, username, tree, meta):
         """
         Make an unpacked tree, already flushed to disk with
-        L{backup_proto.archive.syncTree}, a snapshot.  Runs on the database
+        L{backup_proto.archive.policy.syncTree}, a snapshot.  Runs on the database
         thread, which serialises id allocation.
 
         @param tree: a folder in this user's staging area holding the one

@@ -4,7 +4,7 @@ Putting a restored snapshot where the user asked, without ever writing
 outside it or over their files.
 
 The server's zip is untrusted: it is unpacked as it arrives, with the
-server's own checks (L{backup_proto.unzipstream.ExtractSink}), into a fresh
+server's own checks (L{backup_proto.archive.extract.ExtractSink}), into a fresh
 hidden folder inside DEST, and only then moved into place.  Every conflict
 is found before anything is moved; without C{overwrite} the first one is
 reported and DEST is left as it was.
@@ -15,8 +15,8 @@ import shutil
 import stat
 import tempfile
 
-from backup_proto.archive import ArchiveError, applyDirAttributes
-from backup_proto.unzipstream import ExtractSink, feedFile
+from backup_proto.archive.policy import ArchiveError, applyDirAttributes
+from backup_proto.archive.extract import ExtractSink, feedFile
 
 
 class RestoreConflict(Exception):
@@ -84,13 +84,13 @@ def placeUnpacked(sink, dest, name, kind, overwrite=False):
     check it holds what the server announced, then move it into C{dest}.
     The sink's folder must be inside C{dest}, so that moving is renaming.
 
-    @param sink: the L{backup_proto.unzipstream.ExtractSink} that received
+    @param sink: the L{backup_proto.archive.extract.ExtractSink} that received
         the zip.
     @param name: the snapshot's top-level name the server announced.
     @param kind: C{"dir"} or C{"file"}, as announced.
     @raise ArchiveError: the zip is unsafe or not what was announced.
     @raise RestoreConflict: see L{findConflicts}.
-    @return: the L{backup_proto.archive.ArchiveIndex}.
+    @return: the L{backup_proto.archive.policy.ArchiveIndex}.
     """
     index = sink.finish(applyDirs=False)
     if index.root != name or index.kind != kind:

@@ -5,7 +5,7 @@ snapshot catalog.
 
 One connection, owned by one thread: every query runs through L{Database.run}
 on a single-thread pool, so the reactor never waits on SQLite and writes are
-serialised (C{../shared/SECURITY.md} T31).
+serialised (C{docs/security.rst}).
 """
 
 import os
