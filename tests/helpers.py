@@ -20,15 +20,20 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backup_proto.wire import crypto
 from backup_proto.server.accounts import AccountStore
+from backup_proto.archive.directio import readAheadThreads
 from backup_proto.archive.policy import Limits
 from backup_proto.certs import makeCertificates
 from backup_proto.server.database import Database
 from backup_proto.server.protocol import BackupServerFactory
+from backup_proto.server.resources import RestoreArchives
 from backup_proto.server.storage import SnapshotStore
 from backup_proto.archive.zipstream import _wholeSeconds
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
+#: The direct reads of the in-memory servers' restores, as the real one
+#: does them; one for all tests (its threads end with the process).
+TEST_READ_AHEAD = readAheadThreads()
 
 
 class TestCase(SynchronousTestCase):
@@ -109,6 +114,7 @@ def makeFactory(dataDir, clock=None, runIO=runNow, runCPU=runNow, **tunables):
     store.recover()
     accounts = AccountStore(db, runCPU, iterations=TEST_ITERATIONS)
     limits = tunables.pop("limits", Limits())
+    tunables.setdefault("restores", RestoreArchives(dataDir, TEST_READ_AHEAD))
     return BackupServerFactory(accounts, store, runCPU, runIO, clock, limits, **tunables)
 
 

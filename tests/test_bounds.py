@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame
-from backup_proto.server.protocol import State
+from backup_proto.server.session import State
 from backup_proto.archive.zipstream import writeArchive
 from tests.helpers import ManualRunner, TestCase, makeFactory
 from tests.test_e2e import ServerProcess

@@ -14,6 +14,7 @@ from backup_proto.archive.directio import (
     DirectReadAhead,
     DirectWriter,
     enableDirect,
+    readAheadThreads,
 )
 from tests.helpers import TestCase
 
@@ -90,6 +91,15 @@ class DirectReadAheadTests(TestCase):
 
     block = 16 * ALIGN
 
+    def threads(self):
+        """
+        @return: an executor of reads, shut down at cleanup (after the
+            descriptors are closed: cleanups run last first).
+        """
+        threads = readAheadThreads()
+        self.addCleanup(threads.shutdown)
+        return threads
+
     def openDirect(self, size):
         """
         Write a file of C{size} random bytes and open it with O_DIRECT on.
@@ -129,7 +139,7 @@ class DirectReadAheadTests(TestCase):
         """
         data, fd = self.openDirect(3 * self.block + 100)
         offsets = self.recordReads()
-        reader = DirectReadAhead(self.block)
+        reader = DirectReadAhead(self.block, self.threads())
         blocks = [bytes(b) for b in reader.blocks(fd, [ALIGN] + [self.block] * 3)]
         self.assertEqual([len(b) for b in blocks], [ALIGN, self.block, self.block,
                                                     self.block - ALIGN + 100])
@@ -143,7 +153,7 @@ class DirectReadAheadTests(TestCase):
         """
         data, fd = self.openDirect(self.block + 5000)
         offsets = self.recordReads()
-        blocks = [bytes(b) for b in DirectReadAhead(self.block).blocks(fd, [self.block] * 4)]
+        blocks = [bytes(b) for b in DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 4)]
         self.assertEqual(b"".join(blocks), data)
         self.assertEqual(offsets, [0, self.block])
 
@@ -154,7 +164,7 @@ class DirectReadAheadTests(TestCase):
         data, fd = self.openDirect(2 * self.block)
         secondRead = threading.Event()
         self.recordReads(lambda offset: offset and secondRead.set())
-        blocks = DirectReadAhead(self.block).blocks(fd, [self.block] * 2)
+        blocks = DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 2)
         first = bytes(next(blocks))
         # not asked for yet: only a read ahead can set it
         self.assertTrue(secondRead.wait(30))
@@ -169,7 +179,7 @@ class DirectReadAheadTests(TestCase):
         data, fd = self.openDirect(2 * self.block)
         gate = threading.Event()
         self.recordReads(lambda offset: offset and gate.wait(30))
-        blocks = DirectReadAhead(self.block).blocks(fd, [self.block] * 2)
+        blocks = DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 2)
         self.assertEqual(bytes(next(blocks)), data[:self.block])
         closer = threading.Thread(target=blocks.close)
         closer.start()

@@ -90,8 +90,30 @@ class FlushAheadTests(TestCase):
         os.mkdir("tree")
         ahead.counter(os.path.abspath("tree"))(10)
         ahead.request(os.path.abspath("missing"))
-        for _ in range(3000):
-            if ahead.flushes >= 1 and ahead._wanted is None:
-                break
-            threading.Event().wait(0.01)
+        ahead.stop()
         self.assertGreaterEqual(ahead.flushes, 1)
+        self.assertIsNone(ahead._wanted)
+
+    def test_stopDrainsAndEnds(self):
+        """
+        L{FlushAhead.stop} runs the flush still asked for, ends the thread,
+        and later requests are ignored (no thread is started again).
+        """
+        self.flush.hold.clear()
+        self.ahead.request("a")
+        self.assertTrue(self.flush.entered.acquire(timeout=30))
+        self.ahead.request("b")
+        self.flush.hold.set()
+        self.ahead.stop()
+        self.assertEqual(self.flush.paths, ["a", "b"])
+        self.assertFalse(self.ahead._thread.is_alive())
+        self.ahead.request("c")
+        self.ahead.stop()
+        self.assertEqual(self.flush.paths, ["a", "b"])
+
+    def test_stopUnstarted(self):
+        """
+        Stopping a L{FlushAhead} that never flushed starts nothing.
+        """
+        self.ahead.stop()
+        self.assertIsNone(self.ahead._thread)

@@ -8,7 +8,7 @@ import os
 import stat
 
 
-from backup_proto.server import protocol as serverModule
+from backup_proto.server.resources import RestoreArchives
 from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.zipstream import writeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
@@ -54,8 +54,9 @@ class MaliciousServerTests(TestCase):
             def close(self):
                 pass
 
-        self.patch(serverModule, "planArchive", lambda *args: CraftedPlan())
-        self.patch(serverModule, "ArchiveStream", lambda plan, **kw: open(crafted, "rb"))
+        self.factory.restores = RestoreArchives(
+            self.factory.store.dataDir, plan=lambda *args, **kw: CraftedPlan(),
+            stream=lambda plan, **kw: open(crafted, "rb"))
         os.makedirs("work", exist_ok=True)
         d = self.client.restore(None, zipSinks("work"))
         flush(self.pump, self.factory.clock)

@@ -16,7 +16,8 @@ from twisted.python.failure import Failure
 
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import MAX_FRAME, Msg
-from backup_proto.server.protocol import BackupServerProtocol, RefusedConnection, State
+from backup_proto.server.protocol import BackupServerProtocol, RefusedConnection
+from backup_proto.server.session import State
 from tests.helpers import TestCase, makeFactory, serverTLSOptions
 from tests.wire import Wire, control, frame
 

@@ -5,13 +5,13 @@ The real client protocol against the real server over real TLS, in memory
 
 import errno
 import os
-import threading
 import zipfile
 
 from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
 
-from backup_proto.server import protocol as serverModule
+from backup_proto.server.resources import RestoreArchives, SendBuffers
+from backup_proto.wire.transfer import DEFAULT_SOCKET_BUFFER, SEND_BUFFER
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.flushahead import FlushAhead
 from backup_proto.archive.spool import Spool
@@ -26,6 +26,7 @@ from backup_client.restoring import placeRestore
 from tests.test_spool import textTree
 from tests.helpers import (
     FileSink,
+    TEST_READ_AHEAD,
     zipSinks,
     TestCase,
     certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
@@ -294,11 +295,7 @@ class SessionTests(TestCase):
         flushed = []
         self.factory.flushAhead = FlushAhead(every=1000, flush=flushed.append)
         client, server, _ = self.backedUp()
-        self.factory.flushAhead.request("end")  # runs after the upload's own
-        for _ in range(3000):
-            if flushed and flushed[-1] == "end":
-                break
-            threading.Event().wait(0.01)
+        self.factory.flushAhead.stop()  # runs the flushes asked for, then ends
         staging = os.path.join(self.data, "users", "alice", ".staging")
         self.assertTrue(flushed[0].startswith(staging + os.sep), flushed)
 
@@ -320,7 +317,8 @@ class SessionTests(TestCase):
                 self.reads += 1
                 return super().read(where, length)
 
-        self.patch(serverModule, "Spool", RecordingSpool)
+        self.factory.restores = RestoreArchives(
+            self.factory.store.dataDir, TEST_READ_AHEAD, spool=RecordingSpool)
         return spools
 
     def test_deflatedRestoreSpooled(self):
@@ -363,6 +361,16 @@ class SessionTests(TestCase):
         self.assertEqual(spool._files, [])
         self.assertIsNone(spool.keeper())
 
+    def recordServerBuffers(self):
+        """
+        @return: a list that gets each size that the server's send buffer
+            policy sets its sockets' buffers to.
+        """
+        sizes = []
+        self.factory.sendBuffers = SendBuffers(
+            setBuffer=lambda transport, size: sizes.append(size))
+        return sizes
+
     def recordSocketBuffers(self, module):
         """
         @return: a list that gets each size that C{module} (the server's or
@@ -379,26 +387,27 @@ class SessionTests(TestCase):
         and Twisted's default again once the restore is done; a backup
         leaves it alone.
         """
-        sizes = self.recordSocketBuffers(serverModule)
+        sizes = self.recordServerBuffers()
         client, server, _ = self.backedUp()
         self.assertEqual(sizes, [])
         os.mkdir("work")
         self.successResultOf(self.settle(client.restore(None, zipSinks("work"))))
-        self.assertEqual(sizes, [serverModule.SEND_BUFFER, serverModule.DEFAULT_SOCKET_BUFFER])
-        self.assertEqual(self.factory._wide, set())
+        self.assertEqual(sizes, [SEND_BUFFER, DEFAULT_SOCKET_BUFFER])
+        self.assertEqual(self.factory.sendBuffers.holders, set())
 
     def test_sendBufferFreedWhenRestoreCut(self):
         """
         A restore cut off midway gives its place among the wider buffers
         back.
         """
-        sizes = self.recordSocketBuffers(serverModule)
+        sizes = self.recordServerBuffers()
         client, server, _ = self.backedUp()
         held = []
-        self.restoreCutAt(client, server, 2, lambda: held.append(set(self.factory._wide)))
+        self.restoreCutAt(client, server, 2,
+                          lambda: held.append(set(self.factory.sendBuffers.holders)))
         self.assertEqual(held, [{server}])
-        self.assertEqual(sizes, [serverModule.SEND_BUFFER])
-        self.assertEqual(self.factory._wide, set())
+        self.assertEqual(sizes, [SEND_BUFFER])
+        self.assertEqual(self.factory.sendBuffers.holders, set())
 
     def test_clientReadsMoreWhileRestoring(self):
         """

@@ -4,6 +4,7 @@ recovery at start-up.
 """
 
 import os
+import threading
 import resource
 import ssl
 
@@ -150,6 +151,33 @@ class ServiceTests(TestCase):
         self.assertRaises(ssl.SSLError, handshake, ctx, ssl.TLSVersion.TLSv1_2)
         self.assertEqual(handshake(ctx, ssl.TLSVersion.TLSv1_3), "TLSv1.3")
         self.assertTrue(os.path.exists("data/user.db"))
+
+    def test_threadsOwnedByService(self):
+        """
+        Every thread the server starts (its pools and the flush-ahead
+        thread the factory is given) ends when the service stops, and the
+        factory gets its collaborators from the options.
+        """
+        service = self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem",
+                            "--login-free-failures", "5", "--login-max-delay", "9")
+        before = set(threading.enumerate())
+        service.startService()
+        factory = self.reactor.sslServers[0][1]
+        self.assertEqual((factory.throttle.freeFailures, factory.throttle.maxDelay), (5, 9))
+        os.mkdir("tree")
+        factory.flushAhead.request(os.path.abspath("tree"))
+        self.reactor.callFromThread = lambda f, *args: None  # results are not needed
+        factory.runIO(os.getpid)
+        factory.runCPU(os.getpid)
+        os.makedirs("snap")
+        with open("snap/f", "wb") as f:
+            f.write(b"x")
+        factory.restores.plan(os.path.abspath("snap"), "snap", "store").close()
+        ours = lambda: [t.name for t in set(threading.enumerate()) - before if "backup-" in t.name]
+        self.assertIn("backup-flush-ahead", ours())
+        self.assertTrue([name for name in ours() if name.startswith("backup-plan")], ours())
+        service.stopService()
+        self.assertEqual(ours(), [])
 
     def test_plainTCPRefused(self):
         """

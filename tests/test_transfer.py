@@ -15,7 +15,8 @@ from backup_proto.archive.zipstream import writeArchive
 from backup_proto.wire.cksum import cksumFile
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg
-from backup_proto.server.protocol import State
+from backup_proto.server.resources import SendBuffers
+from backup_proto.server.session import State
 from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER,
     READ_AHEAD,
@@ -157,7 +158,7 @@ class UploadTests(WireCase):
         """
         io, transfer = self.beginWithHeldIO()
         self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)[:2]))
-        receiver = self.wire.proto._upload.receiver
+        receiver = self.wire.proto.session.upload.receiver
         written = []
         self.patch(receiver.sink, "write", written.append)
         self.wire.proto.connectionLost(None)
@@ -389,16 +390,16 @@ class RestoreWireTests(WireCase):
     def test_readAheadOnlyWhenWide(self):
         """
         A restore reads L{READ_AHEAD} chunks ahead only if its connection
-        got the wider send buffer; beyond C{wideSenders}, L{READ_BATCH}.
+        got the wider send buffer; beyond the policy's limit, L{READ_BATCH}.
         """
         manualIO = ManualRunner()
         self.factory.runIO = manualIO
         readAheads = []
         for wideSenders in (1, 0):
-            self.factory.wideSenders = wideSenders
+            self.factory.sendBuffers.limit = wideSenders
             self.wire.sendControl(Msg.RESTORE, snapshot=None)
             manualIO.runRound()  # staging folder
-            readAheads.append(self.wire.proto._download.sender._readAhead)
+            readAheads.append(self.wire.proto.session.restore.sender._readAhead)
             manualIO.runAll()
             crc = self.wire.received()[-1][1]["crc"]
             self.wire.sendControl(Msg.COMMIT, crc=crc)
@@ -523,7 +524,7 @@ class SenderSourceTests(TestCase):
     def test_readsLessAhead(self):
         """
         With C{readAhead=READ_BATCH} (what the server gives restores beyond
-        its C{wideSenders}), a paused sender holds one batch and reads no
+        its send buffer policy's limit), a paused sender holds one batch and reads no
         more.
         """
         sender, done, runner, source = self.sender(batches=4, readAhead=READ_BATCH)
@@ -594,7 +595,7 @@ class SendBufferTests(TestCase):
         factory = makeFactory(os.path.abspath("data"))
         server, socket = self.serverOverSocket(factory)
         self.assertEqual(socket.bufferSize, DEFAULT_SOCKET_BUFFER)
-        factory.widenSendBuffer(server)
+        factory.sendBuffers.widen(server, server.transport)
         self.assertEqual(socket.bufferSize, SEND_BUFFER)
         producer = _Producer()
         server._unregisterGate()  # as a restore does: its sender takes over
@@ -603,21 +604,21 @@ class SendBufferTests(TestCase):
         self.assertFalse(producer.paused)
         socket.write(b"x" * SEND_BUFFER)
         self.assertTrue(producer.paused)
-        factory.narrowSendBuffer(server)
+        factory.sendBuffers.narrow(server, server.transport)
         self.assertEqual(socket.bufferSize, DEFAULT_SOCKET_BUFFER)
 
     def test_fewAtATime(self):
         """
-        Only C{wideSenders} connections hold the wider buffer at once: the
+        Only the policy's limit of connections hold the wider buffer at once: the
         next restoring connection keeps 64 KiB, and gets the wider one once
         a holder's connection is gone.
         """
-        factory = makeFactory(os.path.abspath("data"), wideSenders=2)
+        factory = makeFactory(os.path.abspath("data"), sendBuffers=SendBuffers(limit=2))
         pairs = [self.serverOverSocket(factory, 50000 + i) for i in range(3)]
-        self.assertEqual([factory.widenSendBuffer(server) for server, _ in pairs],
-                         [True, True, False])
+        self.assertEqual([factory.sendBuffers.widen(server, server.transport) for server, _ in pairs],
+                         [READ_AHEAD, READ_AHEAD, READ_BATCH])
         self.assertEqual([socket.bufferSize for _, socket in pairs],
                          [SEND_BUFFER, SEND_BUFFER, DEFAULT_SOCKET_BUFFER])
         factory.connectionClosed(pairs[0][0])
-        self.assertTrue(factory.widenSendBuffer(pairs[2][0]))
+        self.assertEqual(factory.sendBuffers.widen(pairs[2][0], pairs[2][0].transport), READ_AHEAD)
         self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)

@@ -18,6 +18,7 @@ from backup_proto.archive import directio
 from backup_proto.archive import zipstream
 from backup_proto.archive.policy import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
 from backup_proto.archive.extract import ExtractSink, StreamingExtractor, _NameIndex, extractStream
+from backup_proto.archive.directio import readAheadThreads
 from backup_proto.archive.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_archive import D, F, craft
@@ -775,7 +776,9 @@ class DirectReadTests(TestCase):
         calls = []
         real = directio._readAt
         self.patch(directio, "_readAt", lambda *a: calls.append(1) or real(*a))
-        direct = readAll(ArchiveStream(plan, directReads=True))
+        threads = readAheadThreads()
+        self.addCleanup(threads.shutdown)
+        direct = readAll(ArchiveStream(plan, readAhead=threads))
         if not calls:
             fd = os.open("src/big", os.O_RDONLY)
             try:

@@ -23,7 +23,6 @@ import errno
 import fcntl
 import mmap
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 #: Files at least this large are written with C{O_DIRECT} (and, on the
@@ -178,17 +177,13 @@ def _readAt(fd, want, buffer, offset):
     return memoryview(buffer)[:min(got, want)]
 
 
-_readAheadPool = None
-_readAheadLock = threading.Lock()
-
-
-def _readAheadThreads():
-    global _readAheadPool
-    with _readAheadLock:
-        if _readAheadPool is None:
-            _readAheadPool = ThreadPoolExecutor(
-                READ_AHEAD_THREADS, thread_name_prefix="backup-read-ahead")
-        return _readAheadPool
+def readAheadThreads():
+    """
+    @return: a new executor for L{DirectReadAhead}'s reads, of
+        L{READ_AHEAD_THREADS} threads started as needed; its owner shuts it
+        down (the server's service, or the command that made it).
+    """
+    return ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="backup-read-ahead")
 
 
 class DirectReadAhead:
@@ -209,11 +204,13 @@ class DirectReadAhead:
     whole blocks from the start.
     """
 
-    def __init__(self, size):
+    def __init__(self, size, threads):
         """
         @param size: the largest block that will be asked for.
+        @param threads: the executor that reads ahead (L{readAheadThreads}).
         """
         self._buffers = (mmap.mmap(-1, size), mmap.mmap(-1, size))
+        self._threads = threads
 
     def blocks(self, fd, sizes):
         """
@@ -223,7 +220,7 @@ class DirectReadAhead:
         asked for.  Close the generator before closing C{fd}: it waits for
         a read under way.
         """
-        threads = _readAheadThreads()
+        threads = self._threads
         sizes = iter(sizes)
         want = next(sizes, 0)
         offset = 0

@@ -24,9 +24,9 @@ FLUSH_EVERY = 16 << 20
 
 class FlushAhead:
     """
-    One per server: flushes run one at a time in a daemon thread, started
-    when first needed; requests that arrive while one runs are merged into
-    the next.
+    One per server: flushes run one at a time in a thread of their own,
+    started when first needed and ended by L{stop} (the server's service
+    calls it); requests that arrive while one runs are merged into the next.
     """
 
     def __init__(self, every=FLUSH_EVERY, flush=syncTree):
@@ -35,26 +35,44 @@ class FlushAhead:
         self._cond = threading.Condition()
         self._wanted = None
         self._thread = None
+        self._stopping = False
         self.flushes = 0
 
     def request(self, path):
         """
         Ask for the file system holding C{path} to be flushed soon (does
-        not wait; callable from any thread).
+        not wait; callable from any thread).  Ignored once stopped.
         """
         with self._cond:
+            if self._stopping:
+                return
             self._wanted = path
             if self._thread is None:
+                # a daemon all the same: a forgotten stop must not hang exit
                 self._thread = threading.Thread(
                     target=self._run, name="backup-flush-ahead", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
+    def stop(self):
+        """
+        Run the flush still asked for, if any, then end the thread and wait
+        for it.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
     def _run(self):
         while True:
             with self._cond:
-                while self._wanted is None:
+                while self._wanted is None and not self._stopping:
                     self._cond.wait()
+                if self._wanted is None:
+                    return
                 path, self._wanted = self._wanted, None
             try:
                 self._flush(path)

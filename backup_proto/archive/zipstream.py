@@ -437,7 +437,8 @@ def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
     return entry
 
 
-def planArchive(source, name=None, compression="auto", spool=None, stop=None, workers=None):
+def planArchive(source, name=None, compression="auto", spool=None, stop=None, workers=None,
+                threads=None):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -456,6 +457,9 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
         (L{backup_client.planworkers.startPlanWorkers}) that plans a folder's
         files of at most L{SAMPLE_SIZE} bytes (and those stored unread)
         instead of the plan's threads; C{None} to plan them all in threads.
+    @param threads: the executor that reads and deflates a folder's files
+        (owned by the caller, who may share it between plans); C{None}: a
+        pool of L{PLAN_THREADS} for this plan alone.
     @return: an L{ArchivePlan}.
     """
     try:
@@ -467,9 +471,13 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
         st = os.stat(source)
         entries = []
         if stat.S_ISDIR(st.st_mode):
-            with ThreadPoolExecutor(PLAN_THREADS) as pool:
+            if threads is not None:
                 _planTree(entries, source, name, st, compression, spool, report,
-                          pool, stop, workers)
+                          threads, stop, workers)
+            else:
+                with ThreadPoolExecutor(PLAN_THREADS) as pool:
+                    _planTree(entries, source, name, st, compression, spool, report,
+                              pool, stop, workers)
         elif stat.S_ISREG(st.st_mode):
             entries.append(_planFile(source, name, st, compression, spool))
             report.files += 1
@@ -713,12 +721,12 @@ def _changedText(entry):
             "nothing was stored: run the backup again")
 
 
-def _generate(plan, changed, directReads):
+def _generate(plan, changed, readAhead):
     # the CRC-32 and length of each entry as sent, in arrays (a list of
     # pairs took about 100 bytes an entry); folders and links as planned
     sentCRCs = array("q")
     sentSizes = array("q")
-    direct = DirectReadAhead(COPY_BLOCK) if directReads else None
+    direct = DirectReadAhead(COPY_BLOCK, readAhead) if readAhead is not None else None
     for entry in plan.entries:
         yield entry.localHeader()
         if entry.content is not None:
@@ -751,14 +759,16 @@ class ArchiveStream:
     @ivar changed: one line per file that changed while it was read.
     """
 
-    def __init__(self, plan, directReads=False):
+    def __init__(self, plan, readAhead=None):
         """
-        @param directReads: read large stored files past the page cache
-            (L{backup_proto.archive.directio}): for files that are not likely to be
-            cached, such as a snapshot's on the server.
+        @param readAhead: if given, an executor
+            (L{backup_proto.archive.directio.readAheadThreads}) with which to
+            read large stored files past the page cache, the next block
+            always on its way: for files that are not likely to be cached,
+            such as a snapshot's on the server.
         """
         self.changed = []
-        self._blocks = _generate(plan, self.changed, directReads)
+        self._blocks = _generate(plan, self.changed, readAhead)
         self._block = b""
         self._offset = 0
 

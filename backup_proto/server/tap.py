@@ -19,7 +19,9 @@ from backup_proto.archive.policy import COMPRESSION_CHOICES, Limits
 from backup_proto.server.database import Database
 from backup_proto.wire.frames import MAX_FRAME
 from backup_proto.server.protocol import BackupServerFactory
+from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.storage import SnapshotStore
+from backup_proto.server.throttle import LoginThrottle
 from backup_proto.server.threads import WorkerPools
 
 DEFAULT_PORT = 40445
@@ -195,8 +197,14 @@ def makeService(options, reactor=None):
         maxUnpacked=options["max-unpacked-size"],
         maxRatio=options["max-ratio"],
     )
+    throttle = LoginThrottle(
+        reactor, freeFailures=options["login-free-failures"],
+        maxDelay=options["login-max-delay"],
+    )
     factory = BackupServerFactory(
         accounts, store, pools.runCPU, pools.runIO, reactor, limits,
+        throttle=throttle, flushAhead=pools.flushAhead,
+        restores=RestoreArchives(dataDir, pools.readAhead, pools.plan), sendBuffers=SendBuffers(),
         idleTimeout=options["idle-timeout"],
         loginTimeout=options["login-timeout"],
         maxConnections=options["max-connections"],
@@ -205,8 +213,6 @@ def makeService(options, reactor=None):
         restoreCompression=options["restore-compression"],
         maxFrame=options["max-frame"],
     )
-    factory.throttle.freeFailures = options["login-free-failures"]
-    factory.throttle.maxDelay = options["login-max-delay"]
     top = MultiService()
     pools.setServiceParent(top)
     for description in options["listen"]:

@@ -1,0 +1,553 @@
+# -*- test-case-name: tests.test_server,tests.test_session,tests.test_transfer -*-
+"""
+The server's session: the state machine of one client connection, without
+a transport.
+
+It is fed parsed messages (L{Session.receive}) by the connection adapter
+(L{backup_proto.server.protocol.BackupServerProtocol}) and answers through
+a L{SessionPeer}; where each message is allowed and the states it may lead
+to are one table, L{TRANSITIONS}, the same as C{docs/protocol.rst}'s
+"States" (a test compares them).  A handler that tries to move to a state
+its row does not name is a server bug.
+
+While thread work runs (hashing, unzipping, zipping, SQLite) the session is
+in C{BUSY} with its input paused.
+"""
+
+import base64
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from backup_proto.server.accounts import AUTH_FAILED_TEXT
+from backup_proto.server.jobs import RestoreJob, UploadJob
+from backup_proto.server.resources import clientError
+from backup_proto.wire import crypto
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import Msg, checkSourceName
+
+#: Snapshots per SNAPSHOTS frame.
+LIST_PAGE = 25
+
+
+class State(enum.Enum):
+    UNAUTH = "UNAUTH"
+    AUTHED = "AUTHED"
+    KEYED = "KEYED"
+    RECEIVING = "RECEIVING"
+    VERIFYING = "VERIFYING"
+    SENDING = "SENDING"
+    CONFIRMING = "CONFIRMING"
+    BUSY = "BUSY"
+    CLOSED = "CLOSED"
+
+
+class Event(enum.Enum):
+    """
+    Inputs of the state machine that are not messages from the client.
+    """
+
+    SENT = "SENT"  # a restore's last DATA was written
+
+
+@dataclass(frozen=True)
+class Transition:
+    """
+    A row of L{TRANSITIONS}: the method that handles the input, and the
+    states it may lead to (after C{BUSY}, if it runs thread work).
+    """
+
+    handler: str
+    targets: frozenset
+
+
+def _row(handler, *targets):
+    return Transition(handler, frozenset(targets))
+
+
+#: C{(state, input) -> Transition}: every input allowed, by state.  Any
+#: other message is C{bad-state}.  C{docs/protocol.rst} lists the same rows.
+TRANSITIONS = {
+    (State.UNAUTH, Msg.REGISTER): _row("_register", State.UNAUTH),
+    (State.UNAUTH, Msg.LOGIN): _row("_login", State.AUTHED, State.UNAUTH),
+    (State.AUTHED, Msg.PUBKEY): _row("_pubkey", State.KEYED),
+    (State.KEYED, Msg.LIST): _row("_list", State.KEYED),
+    (State.KEYED, Msg.BACKUP): _row("_backup", State.RECEIVING),
+    (State.KEYED, Msg.RESTORE): _row("_restore", State.SENDING, State.KEYED),
+    (State.RECEIVING, Msg.DATA): _row("_data", State.RECEIVING, State.VERIFYING),
+    (State.VERIFYING, Msg.RESEND): _row("_resendUpload", State.RECEIVING),
+    (State.VERIFYING, Msg.COMMIT): _row("_commitUpload", State.KEYED),
+    (State.SENDING, Event.SENT): _row("_sent", State.CONFIRMING),
+    (State.CONFIRMING, Msg.RESEND): _row("_resendRestore", State.SENDING),
+    (State.CONFIRMING, Msg.COMMIT): _row("_commitRestore", State.KEYED),
+}
+
+
+class SessionPeer(Protocol):
+    """
+    What a L{Session} needs of its connection (the adapter implements it).
+    """
+
+    peer: str
+
+    def send(self, kind, /, **fields):
+        """Send a control message."""
+
+    def sendFrame(self, frame):
+        """Send one frame body (a sealed DATA chunk)."""
+
+    def close(self, error):
+        """Send C{error} as fatal, and close the connection."""
+
+    def pauseInput(self):
+        """Handle no more frames until L{resumeInput}."""
+
+    def holdInput(self):
+        """Stop handling frames and reading the socket until L{resumeInput}."""
+
+    def resumeInput(self):
+        """Handle frames again, from the next reactor turn."""
+
+    def idle(self, seconds):
+        """Close the connection after C{seconds} without input (C{None}: never)."""
+
+    def touch(self):
+        """Restart the idle timer: the connection is in use."""
+
+    def loggedIn(self):
+        """The login and key exchange are done: no login deadline any more."""
+
+    def startSending(self, sender):
+        """Register C{sender} as the producer of the answers and start it."""
+
+    def doneSending(self):
+        """The sender is done: answers flow as before."""
+
+    def widenSendBuffer(self):
+        """@return: how many chunks a restore's sender reads ahead."""
+
+    def narrowSendBuffer(self):
+        """The restore ended: give the wider socket buffer back."""
+
+
+class Session:
+    """
+    One client's session.
+
+    @ivar state: the L{State}.
+    @ivar username: the logged-in user, else C{None}.
+    @ivar failures: failed logins and registrations in this session.
+    @ivar ciphers: the session's L{crypto.SessionCiphers} once KEYED.
+    @ivar upload: the L{UploadJob} under way, if any.
+    @ivar restore: the L{RestoreJob} under way, if any.
+    @ivar _services: what all sessions share (the factory): C{accounts},
+        C{store}, C{throttle}, C{flushAhead}, C{restores}, C{limits},
+        C{clock}, C{runCPU}, C{runIO} and the tunables.
+    @ivar _transfers: the last transfer number used in each direction.
+    @ivar _jobs: thread jobs under way; staging is cleaned after them.
+    @ivar _row: the L{Transition} under way.
+    """
+
+    log = Logger()
+
+    def __init__(self, services, peer):
+        self._services = services
+        self._peer = peer
+        self.state = State.UNAUTH
+        self.username = None
+        self.failures = 0
+        self.ciphers = None
+        self.upload = None
+        self.restore = None
+        self._connected = True
+        self._transfers = {"up": 0, "down": 0}
+        self._jobs = 0
+        self._row = None
+
+    # ------------------------------------------------------------ machine
+
+    @property
+    def gone(self):
+        """
+        Whether the connection is closed or closing: a job that ends now
+        has nobody to answer.
+        """
+        return not self._connected or self.state is State.CLOSED
+
+    def check(self, kind):
+        """
+        @raise ProtocolError: if message C{kind} is not allowed now.
+        """
+        if (self.state, kind) not in TRANSITIONS:
+            raise ProtocolError(
+                Code.BAD_STATE, f"{kind.name} not allowed in state {self.state.name}"
+            )
+
+    def receive(self, kind, fields):
+        """
+        Handle one message from the client: C{fields} is its parsed body
+        (the raw chunk for DATA).  A L{ProtocolError} it raises is fatal.
+        """
+        self.check(kind)
+        self._input(kind, fields)
+
+    def _input(self, kind, argument):
+        row = self._row = TRANSITIONS[self.state, kind]
+        getattr(self, row.handler)(argument)
+
+    def _enter(self, state):
+        """
+        Move to C{state}, which the transition under way must name.
+        """
+        if state not in self._row.targets:
+            raise RuntimeError(f"{self._row.handler} may not lead to {state.name}")
+        self.state = state
+
+    def fail(self, error):
+        """
+        Send a fatal error and close; cleanup follows in L{connectionLost}.
+        """
+        if self.state is State.CLOSED:
+            return
+        self.log.info(
+            "closing connection from {peer} user={user}: {code} {reason}",
+            peer=self._peer.peer, user=self.username, code=error.code, reason=error.message,
+        )
+        self.state = State.CLOSED
+        if self.upload is not None and self.upload.receiver is not None:
+            self.upload.receiver.abort()
+        if self.restore is not None:
+            self.restore.stop()
+        self._peer.close(error)
+
+    def internalError(self, why, failure=None):
+        """
+        Log a server bug and fail with L{Code.INTERNAL}.
+        """
+        self.log.failure(why, failure, peer=self._peer.peer)
+        self.fail(ProtocolError(Code.INTERNAL, "internal server error"))
+
+    def connectionLost(self):
+        self._connected = False
+        self.state = State.CLOSED
+        self._cleanupIfIdle()
+
+    def _send(self, kind, /, **fields):
+        if self._connected:
+            self._peer.send(kind, **fields)
+
+    def _error(self, error, fatal):
+        self._send(Msg.ERROR, code=error.code, message=error.message, fatal=fatal)
+
+    def _busy(self, d, then):
+        """
+        Run a job: pause input (state BUSY, no idle timeout) until C{d}
+        fires, then call C{then(result)} and resume input on the next
+        reactor turn (never inside the frame parser's loop).
+        """
+        self.state = State.BUSY
+        self._peer.pauseInput()
+        self._peer.idle(None)
+        self._jobs += 1
+
+        def done(result):
+            self._jobs -= 1
+            if self.gone:
+                self._cleanupIfIdle()
+                return None
+            self._peer.idle(self._services.idleTimeout)
+            try:
+                then(result)
+            except ProtocolError as e:
+                self.fail(e)
+            except Exception:
+                self.internalError("internal error for {peer}")
+            return None
+
+        def failed(failure):
+            self._jobs -= 1
+            if self.gone:
+                self._cleanupIfIdle()
+                return None
+            error = clientError(failure.value)
+            if error is None:
+                self.internalError("internal error for {peer}", failure)
+            else:
+                self.fail(error)
+            return None
+
+        d.addCallbacks(done, failed)
+
+    def _resume(self, state):
+        self._enter(state)
+        self._peer.resumeInput()
+
+    def _cleanupIfIdle(self):
+        """
+        Remove staging data of an unfinished transfer once no thread job
+        uses it (after the connection is gone).
+        """
+        if self._jobs or self._connected:
+            return
+        upload, self.upload = self.upload, None
+        restore, self.restore = self.restore, None
+        if restore is not None:
+            restore.close()
+        if upload is not None:
+            upload.abort().addCallback(lambda _: self._removeStaging(upload.staging))
+
+    def _removeStaging(self, staging):
+        services = self._services
+        return services.runIO(services.store.removeStaging, staging)
+
+    def _nextTransfer(self, direction):
+        self._transfers[direction] += 1
+        return self._transfers[direction]
+
+    # ------------------------------------------------------------ accounts
+
+    def _accountFailed(self, failure):
+        error = failure.value
+        if not isinstance(error, ProtocolError):
+            return failure
+        if error.code == Code.BUSY:
+            return failure
+        self.failures += 1
+        if self.failures >= self._services.maxLoginFailures:
+            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, f"{error.message}; too many failed attempts")
+        self._error(error, False)
+        return None
+
+    def _register(self, fields):
+        user, password = fields["user"], fields["password"]
+        d = self._services.accounts.register(user, password)
+
+        def registered(_):
+            self.log.info("registered user={user} peer={peer}", user=user, peer=self._peer.peer)
+            self._send(Msg.OK, user=user)
+            return True
+
+        d.addCallbacks(registered, self._accountFailed)
+        self._busy(d, lambda _: self._resume(State.UNAUTH))
+
+    def _login(self, fields):
+        user, password = fields["user"], fields["password"]
+        services = self._services
+        delay = services.throttle.delayFor(user)
+        d = deferLater(services.clock, delay, services.accounts.authenticate, user, password)
+
+        def checked(ok):
+            if not ok:
+                services.throttle.failed(user)
+                self.log.info("failed login user={user!r} peer={peer} delay={delay}",
+                              user=user, peer=self._peer.peer, delay=delay)
+                raise ProtocolError(Code.AUTH_FAILED, AUTH_FAILED_TEXT)
+            services.throttle.succeeded(user)
+            return True
+
+        d.addCallback(checked)
+        d.addErrback(self._accountFailed)
+
+        def then(ok):
+            if ok:
+                self.username = user
+                self.log.info("login user={user} peer={peer}", user=user, peer=self._peer.peer)
+                self._send(Msg.OK, user=user)
+                self._resume(State.AUTHED)
+            else:
+                self._resume(State.UNAUTH)
+
+        self._busy(d, then)
+
+    def _pubkey(self, fields):
+        publicKey = crypto.loadClientPublicKey(fields["key"].encode("ascii", "replace"))
+        secret = crypto.newSessionSecret()
+        wrapped = crypto.wrapSecret(publicKey, secret)
+        self.ciphers = crypto.SessionCiphers(secret)
+        self._peer.loggedIn()
+        self._enter(State.KEYED)
+        self._send(Msg.SESSION_KEY, wrapped=base64.b64encode(wrapped).decode("ascii"))
+
+    # ------------------------------------------------------------ listing
+
+    def _list(self, fields):
+        def send(rows):
+            for start in range(0, max(len(rows), 1), LIST_PAGE):
+                page = rows[start : start + LIST_PAGE]
+                self._send(Msg.SNAPSHOTS, snapshots=page, more=start + LIST_PAGE < len(rows))
+            self._resume(State.KEYED)
+
+        self._busy(self._services.store.list(self.username), send)
+
+    # ------------------------------------------------------------ backup
+
+    def _backup(self, fields):
+        name = checkSourceName(fields["name"])
+        size = fields["size"]
+        services = self._services
+        if fields["kind"] not in ("file", "dir"):
+            raise ProtocolError(Code.BAD_MESSAGE, "BACKUP kind must be 'file' or 'dir'")
+        if size < 0:
+            raise ProtocolError(Code.BAD_MESSAGE, "BACKUP size must not be negative")
+        if size > services.maxUploadSize:
+            raise ProtocolError(
+                Code.TOO_LARGE, f"upload of {size} bytes is over the server's limit"
+            )
+        d = services.runIO(services.store.newStaging, self.username)
+
+        def staged(staging):
+            self.upload = UploadJob(name, fields["kind"], size, staging)
+            self.log.info(
+                "backup of {size} bytes user={user} peer={peer}",
+                size=size, user=self.username, peer=self._peer.peer,
+            )
+            self._beginUpload()
+
+        self._busy(d, staged)
+
+    def _beginUpload(self):
+        services = self._services
+        transfer = self._nextTransfer("up")
+        self.upload.begin(transfer, self.ciphers.upload, services.limits, services.flushAhead,
+                          services.runIO, self._peer.holdInput, self._resumeForDisk)
+        self._send(Msg.READY, transfer=transfer, attempt=self.upload.attempt)
+        self._resume(State.RECEIVING)
+
+    def _resumeForDisk(self):
+        if not self.gone and self.state is State.RECEIVING:
+            self._peer.resumeInput()
+
+    def _data(self, body):
+        upload = self.upload
+        if not upload.chunkReceived(body):
+            return
+
+        def verified(result):
+            crc, length, rejected = result
+            self._send(Msg.CKSUM, crc=crc, size=length, rejected=rejected)
+            self._resume(State.VERIFYING)
+
+        self._busy(upload.verify(), verified)
+
+    def _commitUpload(self, fields):
+        upload = self.upload
+        upload.checkCommit(fields["crc"])
+        services = self._services
+        d = upload.unpack(services.runCPU)
+        d.addCallback(lambda index: services.store.commit(
+            self.username, upload.receiver.sink.dest, upload.snapshotMeta(index)))
+
+        def cleanup(result):
+            self._removeStaging(upload.staging)
+            if self.upload is upload:
+                self.upload = None
+            return result
+
+        d.addBoth(cleanup)
+
+        def done(row):
+            self.log.info(
+                "snapshot {id} stored user={user} files={files} bytes={size}",
+                id=row["id"], user=self.username, files=row["files"], size=row["size"],
+            )
+            self._send(Msg.DONE, snapshot=row)
+            self._resume(State.KEYED)
+
+        self._busy(d, done)
+
+    def _resendUpload(self, fields):
+        self.upload.resend()
+        self._beginUpload()
+
+    # ------------------------------------------------------------ restore
+
+    def _restore(self, fields):
+        services = self._services
+        d = services.store.lookup(self.username, fields["snapshot"])
+        found = {}
+
+        def plan(row):
+            if row is None:
+                raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
+            found["row"] = row
+            path = services.store.snapshotPath(self.username, row)
+            return services.runCPU(services.restores.plan, path, row["source"],
+                                   services.restoreCompression)
+
+        d.addCallback(plan)
+
+        def dropIfGone(plan):
+            # the connection went while planning: _busy drops the plan unsent
+            if self.gone:
+                plan.close()
+                return None
+            return plan
+
+        d.addCallback(dropIfGone)
+
+        def notFound(failure):
+            failure.trap(ProtocolError)
+            if failure.value.code != Code.NOT_FOUND:
+                return failure
+            self._error(failure.value, False)
+            return None
+
+        d.addErrback(notFound)
+
+        def ready(plan):
+            if plan is None:
+                self._resume(State.KEYED)
+                return
+            self.restore = RestoreJob(found["row"], plan)
+            self._beginRestore()
+
+        self._busy(d, ready)
+
+    def _beginRestore(self):
+        services = self._services
+        restore = self.restore
+        transfer = self._nextTransfer("down")
+        begin = restore.begin(
+            transfer, self.ciphers.download, services.restores.open, self._peer.sendFrame,
+            services.runIO, lambda n: self._peer.touch(), self._peer.widenSendBuffer(),
+        )
+        self._send(Msg.RESTORE_BEGIN, **begin)
+        self._enter(State.SENDING)
+        d = self._peer.startSending(restore.sender)
+
+        def sent(crc):
+            if not self.gone and self.state is State.SENDING:
+                try:
+                    self._input(Event.SENT, crc)
+                except Exception:
+                    self.internalError("internal error for {peer}")
+
+        def failed(failure):
+            if not self.gone:
+                self.fail(ProtocolError(Code.INTERNAL, "could not send the snapshot"))
+
+        d.addCallbacks(sent, failed)
+
+    def _sent(self, crc):
+        self.restore.sent(crc)
+        self._peer.doneSending()
+        self._send(Msg.CKSUM, crc=crc, size=self.restore.plan.size, rejected=0)
+        self._resume(State.CONFIRMING)
+
+    def _commitRestore(self, fields):
+        self.restore.checkCommit(fields["crc"])
+        restore, self.restore = self.restore, None
+        restore.close()
+        self._peer.narrowSendBuffer()
+        self.log.info(
+            "restore of {id} done user={user}", id=restore.row["id"], user=self.username
+        )
+        self._send(Msg.DONE, snapshot=restore.row)
+        self._enter(State.KEYED)
+
+    def _resendRestore(self, fields):
+        self.restore.checkResend()
+        self._beginRestore()
