@@ -34,11 +34,13 @@ from twisted.internet.threads import deferToThread
 
 from backup_proto.wire import crypto
 from backup_proto.allocator import tuneAllocator
-from backup_proto.archive.policy import COMPRESSION_CHOICES, ArchiveError, Limits
+from backup_proto.archive.compression import COMPRESSION_CHOICES
+from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.extract import ExtractSink
 from backup_proto.archive.spool import Spool
 from backup_client.planworkers import startPlanWorkers
-from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.transfer import SinkFailed, diskFull
 from backup_client.progress import progressBar

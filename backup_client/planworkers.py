@@ -3,7 +3,7 @@
 Worker processes in which the client plans a backup's files.
 
 A plan opens, reads and deflates each file that it may deflate
-(L{backup_proto.archive.zipstream.planArchive}).  Deflating releases the
+(L{backup_proto.archive.plan.planArchive}).  Deflating releases the
 interpreter's lock, but everything around it holds the lock, so the plan's
 threads hand it to each other thousands of times; on this kind of two-core
 machine that cost far more at some times than at others.  Measured on the
@@ -25,7 +25,7 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
-from backup_proto.archive.zipstream import PLAN_THREADS
+from backup_proto.archive.plan import PLAN_THREADS
 
 
 def _watchParent(reader):

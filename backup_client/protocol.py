@@ -248,7 +248,7 @@ class BackupClientProtocol(Int32StringReceiver):
 
         @param openSource: called in a thread for each attempt; returns the
             zip to send, an object with C{read(n)} and C{close()}: an open
-            file, or a L{backup_proto.archive.zipstream.ArchiveStream}.
+            file, or a L{backup_proto.archive.stream.ArchiveStream}.
         @param size: the zip's size in bytes.
         @param kind: C{"dir"} or C{"file"}: what the zip holds.
         @param progress: called with byte counts as chunks are sent.

@@ -15,7 +15,9 @@ import shutil
 import stat
 import tempfile
 
-from backup_proto.archive.policy import ArchiveError, applyDirAttributes
+from backup_proto.archive.policy import ArchiveError
+
+from backup_proto.archive.tree import applyDirAttributes
 from backup_proto.archive.extract import ExtractSink, feedFile
 
 
@@ -90,7 +92,7 @@ def placeUnpacked(sink, dest, name, kind, overwrite=False):
     @param kind: C{"dir"} or C{"file"}, as announced.
     @raise ArchiveError: the zip is unsafe or not what was announced.
     @raise RestoreConflict: see L{findConflicts}.
-    @return: the L{backup_proto.archive.policy.ArchiveIndex}.
+    @return: the L{backup_proto.archive.index.ArchiveIndex}.
     """
     index = sink.finish(applyDirs=False)
     if index.root != name or index.kind != kind:

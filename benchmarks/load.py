@@ -35,7 +35,8 @@ from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 
 from backup_proto.wire import crypto
-from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from backup_client.protocol import BackupClientProtocol
 
 BIN = os.path.dirname(sys.executable)

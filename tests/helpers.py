@@ -27,7 +27,7 @@ from backup_proto.server.database import Database
 from backup_proto.server.protocol import BackupServerFactory
 from backup_proto.server.resources import RestoreArchives
 from backup_proto.server.storage import SnapshotStore
-from backup_proto.archive.zipstream import _wholeSeconds
+from backup_proto.archive.plan import wholeSeconds
 from backup_client.protocol import BackupClientProtocol
 
 TEST_ITERATIONS = 1000
@@ -225,7 +225,7 @@ def treeSignature(root):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             st = os.lstat(path)
-            mtime = _wholeSeconds(st.st_mtime_ns)
+            mtime = wholeSeconds(st.st_mtime_ns)
             if stat.S_ISLNK(st.st_mode):
                 result[rel] = ("link", os.readlink(path), mtime)
             elif stat.S_ISDIR(st.st_mode):

@@ -1,5 +1,5 @@
 """
-Tests for L{backup_proto.archive.policy}: fidelity, and refusal of unsafe zips.
+Tests for L{backup_proto.archive} as a whole: fidelity, and refusal of unsafe zips.
 """
 
 import os
@@ -10,7 +10,7 @@ import zipfile
 
 from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.extract import extractStream
-from backup_proto.archive.zipstream import writeArchive
+from backup_proto.archive.stream import writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
 
@@ -92,7 +92,7 @@ class RoundTripTests(TestCase):
         A file or folder that cannot be read is reported, the rest archived.
         (Permission errors are simulated: the suite may run as root.)
         """
-        from backup_proto.archive import policy as archive
+        from backup_proto.archive import plan as archive
 
         os.makedirs("src/locked")
         for name in ("secret", "fine"):
@@ -151,7 +151,7 @@ class FastDeflateTests(TestCase):
         from isal import isal_zlib
         from zlib_ng import zlib_ng
 
-        from backup_proto.archive import policy as archive
+        from backup_proto.archive import compression as archive
 
         calls = []
         real = zlib_ng.compressobj, isal_zlib.decompressobj

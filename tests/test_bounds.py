@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame
 from backup_proto.server.session import State
-from backup_proto.archive.zipstream import writeArchive
+from backup_proto.archive.stream import writeArchive
 from tests.helpers import ManualRunner, TestCase, makeFactory
 from tests.test_e2e import ServerProcess
 from tests.wire import Wire, control, frame

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from backup_client.cli import PLAN_SWITCH_INTERVAL, _planDone, _planInThread
-from backup_proto.archive.zipstream import planArchive
+from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase
 
 

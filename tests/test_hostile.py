@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from backup_proto.archive.policy import Limits
-from backup_proto.archive.zipstream import writeArchive
+from backup_proto.archive.stream import writeArchive
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg
 from backup_client.restoring import placeRestore

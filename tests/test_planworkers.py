@@ -1,6 +1,6 @@
 """
 Tests for L{backup_client.planworkers}, and for plans whose small files are
-planned in worker processes (L{backup_proto.archive.zipstream.planArchive}'s
+planned in worker processes (L{backup_proto.archive.plan.planArchive}'s
 C{workers}).
 
 The workers fork only from a process without other threads, and this test
@@ -23,10 +23,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 from backup_client import planworkers
 
-from backup_proto.archive import zipstream
-from backup_proto.archive.policy import SAMPLE_SIZE
+from backup_proto.archive import plan as planModule
+from backup_proto.archive.compression import SAMPLE_SIZE
 from backup_proto.archive.spool import Spool
-from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase, makeTrickyTree
 from tests.test_zipstream import readAll
 
@@ -35,7 +36,7 @@ from tests.test_zipstream import readAll
 _CHILD_PLAN = """
 import json, os, signal, sys, threading
 from backup_client.planworkers import startPlanWorkers
-from backup_proto.archive.zipstream import planArchive
+from backup_proto.archive.plan import planArchive
 # as the client's reactor does before a backup starts
 signal.signal(signal.SIGTERM, lambda *args: None)
 wakeup = os.pipe()[1]
@@ -147,13 +148,13 @@ class WorkerPlanTests(TestCase):
         blocks to the plan's threads, unread.
         """
         calls = []
-        planFile = zipstream._planFile
+        planFile = planModule._planFile
 
         def spy(path, arcname, st, compression, spool, leaveLarge=False):
             calls.append((os.path.basename(path), leaveLarge))
             return planFile(path, arcname, st, compression, spool, leaveLarge)
 
-        self.patch(zipstream, "_planFile", spy)
+        self.patch(planModule, "_planFile", spy)
         planArchive(self.src, workers=self.pool)
         # the workers' calls happen in their processes, not through the spy
         self.assertEqual(sorted(calls), [("large.txt", False), ("random.bin", False),
@@ -161,16 +162,16 @@ class WorkerPlanTests(TestCase):
 
     def test_leaveLarge(self):
         """
-        Asked to leave large files, L{zipstream._planFile} gives a file over
-        L{SAMPLE_SIZE} back as a L{zipstream._Later}, unless it is stored
+        Asked to leave large files, L{planModule._planFile} gives a file over
+        L{SAMPLE_SIZE} back as a L{planModule._Later}, unless it is stored
         unread; it plans a smaller file as usual.
         """
         large = os.path.join(self.src, "large.txt")
-        self.assertEqual(zipstream._planFile(large, "src/large.txt", None, "auto", None, True),
-                         zipstream._Later(large, "src/large.txt"))
-        stored = zipstream._planFile(large, "src/large.txt", None, "store", None, True)
+        self.assertEqual(planModule._planFile(large, "src/large.txt", None, "auto", None, True),
+                         planModule._Later(large, "src/large.txt"))
+        stored = planModule._planFile(large, "src/large.txt", None, "store", None, True)
         self.assertEqual((stored.method, stored.csize), (0, os.path.getsize(large)))
-        small = zipstream._planFile(os.path.join(self.src, "notes.txt"), "src/notes.txt", None,
+        small = planModule._planFile(os.path.join(self.src, "notes.txt"), "src/notes.txt", None,
                                     "auto", None, True)
         self.assertEqual(small.method, 8)
 

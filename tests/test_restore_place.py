@@ -10,7 +10,7 @@ import stat
 
 from backup_proto.server.resources import RestoreArchives
 from backup_proto.archive.policy import ArchiveError, Limits
-from backup_proto.archive.zipstream import writeArchive
+from backup_proto.archive.stream import writeArchive
 from backup_client.restoring import RestoreConflict, placeRestore
 from tests.helpers import (
     TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory, zipSinks,

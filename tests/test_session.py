@@ -15,7 +15,8 @@ from backup_proto.wire.transfer import DEFAULT_SOCKET_BUFFER, SEND_BUFFER
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.flushahead import FlushAhead
 from backup_proto.archive.spool import Spool
-from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg
 from backup_client import protocol as clientModule

@@ -1,6 +1,6 @@
 """
 Tests for L{backup_proto.archive.spool} (deflate streams kept between a zip's plan
-and its stream) and its use by L{backup_proto.archive.zipstream}.
+and its stream) and its use by L{backup_proto.archive.plan}.
 """
 
 import errno
@@ -10,9 +10,13 @@ import threading
 
 from backup_proto.archive import spool as spoolModule
 
-from backup_proto.archive import zipstream
+from backup_proto.archive import plan as planModule
+from backup_proto.archive.compression import SAMPLE_SIZE
+from backup_proto.archive.policy import COPY_BLOCK
 from backup_proto.archive.spool import Spool
-from backup_proto.archive.zipstream import DEFLATED, ArchiveStream, planArchive
+from backup_proto.archive.format import DEFLATED
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_zipstream import feed, readAll
 
@@ -49,11 +53,11 @@ class SpoolTests(TestCase):
         spool = Spool(directory=".")
         self.addCleanup(spool.close)
         first = keep(spool, b"abc", b"", b"def")
-        big = os.urandom(zipstream.COPY_BLOCK + 5)
+        big = os.urandom(COPY_BLOCK + 5)
         second = keep(spool, big[:100], big[100:])
         self.assertEqual(b"".join(spool.read(first, 6)), b"abcdef")
         blocks = list(spool.read(second, len(big)))
-        self.assertEqual([len(b) for b in blocks], [zipstream.COPY_BLOCK, 5])
+        self.assertEqual([len(b) for b in blocks], [COPY_BLOCK, 5])
         self.assertEqual(b"".join(blocks), big)
 
     def test_threadsKeepApart(self):
@@ -131,7 +135,7 @@ class PlanSpoolTests(TestCase):
     def test_sameZip(self):
         """
         With a spool the plan keeps the stream of every deflated file over
-        L{zipstream.SAMPLE_SIZE} (not of smaller ones), and the zip is byte
+        L{SAMPLE_SIZE} (not of smaller ones), and the zip is byte
         for byte the one made by deflating again.
         """
         src = makeTrickyTree(os.path.abspath("src"))
@@ -141,8 +145,8 @@ class PlanSpoolTests(TestCase):
             plan = planArchive(src, compression=compression, spool=Spool(directory="."))
             self.addCleanup(plan.close)
             deflated = [e for e in plan.entries if e.method == DEFLATED]
-            big = [e.spooled is not None for e in deflated if e.usize > zipstream.SAMPLE_SIZE]
-            small = [e.spooled is None for e in deflated if e.usize <= zipstream.SAMPLE_SIZE]
+            big = [e.spooled is not None for e in deflated if e.usize > SAMPLE_SIZE]
+            small = [e.spooled is None for e in deflated if e.usize <= SAMPLE_SIZE]
             self.assertGreater(len(big), 20)
             self.assertGreater(len(small), 5)
             self.assertTrue(all(big + small))
@@ -175,7 +179,7 @@ class PlanSpoolTests(TestCase):
         plan = planArchive(src, spool=Spool(limit=200_000, directory="."))
         self.addCleanup(plan.close)
         spooled = [e.spooled is not None for e in plan.entries
-                   if e.method == DEFLATED and e.usize > zipstream.SAMPLE_SIZE]
+                   if e.method == DEFLATED and e.usize > SAMPLE_SIZE]
         self.assertIn(True, spooled)
         self.assertIn(False, spooled)
         self.assertEqual(readAll(ArchiveStream(plan)), plain)
@@ -191,10 +195,10 @@ class PlanSpoolTests(TestCase):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
         spool = Spool(directory=".")
         self.addCleanup(spool.close)
-        entry = zipstream._planFile(path, "f000.txt", st, "auto", spool)
+        entry = planModule._planFile(path, "f000.txt", st, "auto", spool)
         self.assertEqual(entry.method, DEFLATED)
         self.assertIsNone(entry.spooled)
-        unchanged = zipstream._planFile(path, "f000.txt", os.stat(path), "auto", spool)
+        unchanged = planModule._planFile(path, "f000.txt", os.stat(path), "auto", spool)
         self.assertIsNotNone(unchanged.spooled)
 
     def test_failedPlanClosesSpool(self):

@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from backup_proto.wire import crypto
-from backup_proto.archive.zipstream import writeArchive
+from backup_proto.archive.stream import writeArchive
 from backup_proto.wire.cksum import cksumFile
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg

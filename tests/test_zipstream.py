@@ -1,5 +1,5 @@
 """
-Tests for L{backup_proto.archive.zipstream} (a zip made as it is read) and
+Tests for L{backup_proto.archive.plan} and L{backup_proto.archive.stream} (a zip made as it is read) and
 L{backup_proto.archive.extract} (a zip unpacked as it arrives).
 """
 
@@ -15,11 +15,15 @@ from datetime import datetime
 
 from backup_proto.archive import directio
 
-from backup_proto.archive import zipstream
-from backup_proto.archive.policy import SAMPLE_SIZE, ArchiveError, Limits, deflateWhole, rawDeflate
+from backup_proto.archive import format as formatModule
+from backup_proto.archive import plan as planModule
+from backup_proto.archive.format import CENTRAL_SIG, EOCD64_SIG
+from backup_proto.archive.compression import SAMPLE_SIZE, deflateWhole, rawDeflate
+from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.extract import ExtractSink, StreamingExtractor, _NameIndex, extractStream
 from backup_proto.archive.directio import readAheadThreads
-from backup_proto.archive.zipstream import ArchiveChanged, ArchiveStream, planArchive, writeArchive
+from backup_proto.archive.stream import ArchiveChanged, ArchiveStream, writeArchive
+from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_archive import D, F, craft
 
@@ -81,7 +85,7 @@ class StreamRoundTripTests(TestCase):
         """
         src = makeTrickyTree(os.path.abspath("src"))
         data = readAll(ArchiveStream(planArchive(src)))
-        central = data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        central = data.index(struct.pack("<I", CENTRAL_SIG))
         bad = bytearray(data)
         bad[central + 16] ^= 1  # the first central record's CRC
         indexes = set()
@@ -119,14 +123,15 @@ class StreamRoundTripTests(TestCase):
         records take their zip64 forms; zipfile and the streaming reader
         both read them.
         """
-        self.patch(zipstream, "ZIP64_LIMIT", 1000)
-        self.patch(zipstream, "ZIP64_COUNT", 3)
+        self.patch(planModule, "ZIP64_LIMIT", 1000)
+        self.patch(formatModule, "ZIP64_LIMIT", 1000)
+        self.patch(formatModule, "ZIP64_COUNT", 3)
         src = makeTrickyTree(os.path.abspath("src"))
         plan = planArchive(src)
         self.assertTrue(any(e.zip64 for e in plan.entries))
         data = readAll(ArchiveStream(plan))
         self.assertEqual(len(data), plan.size)
-        self.assertIn(struct.pack("<I", zipstream.EOCD64_SIG), data)
+        self.assertIn(struct.pack("<I", EOCD64_SIG), data)
         with open("z.zip", "wb") as f:
             f.write(data)
         with zipfile.ZipFile("z.zip") as zf:
@@ -435,7 +440,7 @@ class FIFOInPlaceTests(TestCase):
         """
         os.unlink("src/data")
         os.mkfifo("src/data")
-        error = callWithin(10, zipstream._planFile, "src/data", "src/data", None, "auto", None)
+        error = callWithin(10, planModule._planFile, "src/data", "src/data", None, "auto", None)
         self.assertIsInstance(error, OSError)
         self.assertEqual(error.strerror, "no longer a regular file")
 
@@ -584,7 +589,7 @@ class StreamRefusalTests(TestCase):
         A central directory that disagrees with the local headers (here,
         one CRC) is refused.
         """
-        central = self.data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        central = self.data.index(struct.pack("<I", CENTRAL_SIG))
         self.data[central + 16] ^= 1
         self.assertRefused(self.data, "differs between the central directory")
 
@@ -594,7 +599,7 @@ class StreamRefusalTests(TestCase):
         header (same length, one letter changed) is refused: the reader
         keeps only a digest of each local record, and the name is in it.
         """
-        central = self.data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        central = self.data.index(struct.pack("<I", CENTRAL_SIG))
         self.data[central + 46 + 2] ^= 1  # the third byte of the first name
         self.assertRefused(self.data, "differs between the central directory")
 
@@ -706,7 +711,7 @@ class FolderDescriptorTests(TestCase):
         callers do.
         """
         data = bytearray(self.data)
-        central = data.index(struct.pack("<I", zipstream.CENTRAL_SIG))
+        central = data.index(struct.pack("<I", CENTRAL_SIG))
         data[central + 16] ^= 1  # the first central record's CRC
         before = openDescriptors()
         e = self.assertRaises(ArchiveError, feed, bytes(data), "out")
@@ -722,7 +727,8 @@ class PlannedLengthTests(TestCase):
         with and without zip64 fields, a timestamp field, a descriptor and
         a UTF-8 name.
         """
-        from backup_proto.archive.zipstream import ZIP64_LIMIT, PlannedEntry
+        from backup_proto.archive.format import ZIP64_LIMIT
+        from backup_proto.archive.plan import PlannedEntry
 
         sizes = (0, 10, ZIP64_LIMIT - 1, ZIP64_LIMIT, ZIP64_LIMIT + 5)
         checked = 0
@@ -748,7 +754,7 @@ class PlanStopTests(TestCase):
         """
         import threading
 
-        from backup_proto.archive.zipstream import PlanStopped
+        from backup_proto.archive.plan import PlanStopped
 
         makeTrickyTree(os.path.abspath("src"))
         stop = threading.Event()
@@ -782,7 +788,7 @@ class DirectReadTests(TestCase):
         if not calls:
             fd = os.open("src/big", os.O_RDONLY)
             try:
-                if not zipstream.enableDirect(fd):
+                if not directio.enableDirect(fd):
                     self.skipTest("this file system refuses O_DIRECT")
             finally:
                 os.close(fd)

@@ -200,7 +200,7 @@ class DirectReadAhead:
     restore (0.4-0.5 s with this).  With this, the restore took 2.75-2.98 s
     against 2.95-3.53 s (same client, 4 alternated pairs, all faster).
     Only blocks of one file are read ahead, so a file's first block is
-    always waited for: L{backup_proto.archive.zipstream} reads these files in
+    always waited for: L{backup_proto.archive.stream} reads these files in
     whole blocks from the start.
     """
 

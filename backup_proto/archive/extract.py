@@ -20,7 +20,7 @@ link, a link at the top, types other than file, folder and link, encrypted
 entries and methods other than stored and deflated, too many entries, too
 many bytes or too high a compression ratio (L{backup_proto.archive.policy.Limits}),
 and what the stream form adds: sizes missing from a local header (every zip
-made by L{backup_proto.archive.zipstream}, or by C{zipfile} into a file, has them),
+made by L{backup_proto.archive.stream}, or by C{zipfile} into a file, has them),
 a CRC-32 that does not match the data, and a central directory that does
 not match the entries.
 
@@ -36,40 +36,12 @@ import zlib
 
 from isal import isal_zlib
 
-from backup_proto.archive.policy import (
-    COPY_BLOCK,
-    ArchiveError,
-    ArchiveIndex,
-    FolderAttributes,
-    Limits,
-    applyDirAttributes,
-    checkName,
-    entryKind,
-    entryMtime,
-    makeDirs,
-)
 from backup_proto.archive.directio import DirectWriter
-from backup_proto.archive.zipstream import (
-    CENTRAL,
-    CENTRAL_SIG,
-    DEFLATED,
-    DESCRIPTOR32,
-    DESCRIPTOR64,
-    DESCRIPTOR_SIG,
-    EOCD,
-    EOCD64,
-    EOCD64_SIG,
-    EOCD_SIG,
-    FLAG_DESCRIPTOR,
-    FLAG_UTF8,
-    LOCAL,
-    LOCAL_SIG,
-    LOCATOR64,
-    LOCATOR64_SIG,
-    MARKER,
-    STORED,
-    ZIP64_TAG,
-)
+from backup_proto.archive.policy import COPY_BLOCK, ArchiveError, Limits, checkName
+from backup_proto.archive.index import ArchiveIndex, FolderAttributes
+from backup_proto.archive.tree import applyDirAttributes, makeDirs
+from backup_proto.archive.format import entryKind, entryMtime
+from backup_proto.archive.format import CENTRAL, CENTRAL_SIG, DEFLATED, DESCRIPTOR32, DESCRIPTOR64, DESCRIPTOR_SIG, EOCD, EOCD64, EOCD64_SIG, EOCD_SIG, FLAG_DESCRIPTOR, FLAG_UTF8, LOCAL, LOCAL_SIG, LOCATOR64, LOCATOR64_SIG, MARKER, STORED, ZIP64_TAG
 
 _MAX_LINK_TARGET = 4096
 #: Folders whose paths L{StreamingExtractor} keeps for L{makeDirs}.
@@ -185,7 +157,7 @@ class StreamingExtractor:
     (Python's, keyed per process: two different paths collide with odds
     under 1 in 10^7 at 10^6 entries, and a collision only refuses the
     archive), in 8 bytes of a L{_NameIndex}; for a folder, its path, mode
-    and time packed (L{backup_proto.archive.policy.FolderAttributes}).
+    and time packed (L{backup_proto.archive.index.FolderAttributes}).
 
     @ivar position: bytes of the zip consumed so far.
     @ivar _records: the digests of the entries whose data has ended, in
@@ -650,7 +622,7 @@ class StreamingExtractor:
         """
         Check that the whole zip arrived, and give folders their modes and
         times, deepest first (or leave that to the caller, with
-        L{backup_proto.archive.policy.applyDirAttributes}, if C{applyDirs} is
+        L{backup_proto.archive.tree.applyDirAttributes}, if C{applyDirs} is
         false).  Files and links got theirs as the central directory
         arrived.
 

@@ -3,7 +3,7 @@
 Writing an upload's unpacked files to disk while the upload still arrives.
 
 A snapshot is committed only once its tree is on disk (one C{syncfs} in
-L{backup_proto.archive.policy.syncTree}).  Left alone, the kernel holds the
+L{backup_proto.archive.tree.syncTree}).  Left alone, the kernel holds the
 unpacked files in memory and writes them all out in that final flush: for
 a tree of 20,000 small files that took half a second here, after the last
 byte had arrived, while the disk had sat idle during the transfer.  A
@@ -16,7 +16,7 @@ nothing about durability: the commit still flushes, and waits for it.
 
 import threading
 
-from backup_proto.archive.policy import syncTree
+from backup_proto.archive.tree import syncTree
 
 #: Bytes of zip an upload receives between two requests for a flush.
 FLUSH_EVERY = 16 << 20

@@ -4,14 +4,14 @@ Where a zip's plan keeps the deflate streams it makes, so that sending the
 zip does not deflate every file a second time.
 
 The protocol declares a zip's size before its first byte, so
-L{backup_proto.archive.zipstream.planArchive} deflates each compressible file once
+L{backup_proto.archive.plan.planArchive} deflates each compressible file once
 just to count its bytes.  Deflating (about 330 MB/s on one core here) is
 the slowest step of sending a large compressible file, and the counted
 stream is the very one the zip will carry: it is written here and read back
 when the zip is sent, which costs a copy through the page cache instead of
 a second deflate.  Memory stays flat: nothing is kept in the process,
 whatever the tree holds.  (Small files are not kept: see
-L{backup_proto.archive.zipstream._planFile}.)
+L{backup_proto.archive.plan._planFile}.)
 
 The files are unnamed temporary files (C{O_TMPFILE} where the system has
 it): nothing is left behind, however the process ends.  There is one per

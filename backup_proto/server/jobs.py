@@ -10,7 +10,8 @@ import os
 from twisted.internet.defer import succeed
 
 from backup_proto.archive.extract import ExtractSink
-from backup_proto.archive.policy import ArchiveError, syncTree
+from backup_proto.archive.policy import ArchiveError
+from backup_proto.archive.tree import syncTree
 from backup_proto.server.resources import storageError
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import MAX_RESENDS
@@ -21,7 +22,7 @@ def finishUpload(sink, name, kind):
     """
     Finish unpacking an upload and flush it to disk (runs in a thread).
 
-    @return: the L{backup_proto.archive.policy.ArchiveIndex}.
+    @return: the L{backup_proto.archive.index.ArchiveIndex}.
     """
     index = sink.finish()
     if index.root != name or index.kind != kind:
@@ -110,7 +111,7 @@ class UploadJob:
         Finish unpacking the verified attempt (in a CPU thread).
 
         @return: a L{Deferred} firing with its
-            L{backup_proto.archive.policy.ArchiveIndex}.
+            L{backup_proto.archive.index.ArchiveIndex}.
         """
         return runCPU(finishUpload, self.receiver.sink, self.name, self.kind)
 

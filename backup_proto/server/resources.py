@@ -9,7 +9,8 @@ read further ahead.
 
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.spool import Spool
-from backup_proto.archive.zipstream import ArchiveStream, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.archive.plan import planArchive
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER, READ_AHEAD, READ_BATCH, SEND_BUFFER, SinkFailed, diskFull,

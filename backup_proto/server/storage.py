@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 
-from backup_proto.archive.policy import fsyncDir
+from backup_proto.archive.tree import fsyncDir
 
 STAGING = ".staging"
 
@@ -89,7 +89,7 @@ class SnapshotStore:
     def commit(self, username, tree, meta):
         """
         Make an unpacked tree, already flushed to disk with
-        L{backup_proto.archive.policy.syncTree}, a snapshot.  Runs on the database
+        L{backup_proto.archive.tree.syncTree}, a snapshot.  Runs on the database
         thread, which serialises id allocation.
 
         @param tree: a folder in this user's staging area holding the one

@@ -15,7 +15,8 @@ from twisted.python import usage
 
 from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.allocator import tuneAllocator
-from backup_proto.archive.policy import COMPRESSION_CHOICES, Limits
+from backup_proto.archive.compression import COMPRESSION_CHOICES
+from backup_proto.archive.policy import Limits
 from backup_proto.server.database import Database
 from backup_proto.wire.frames import MAX_FRAME
 from backup_proto.server.protocol import BackupServerFactory

@@ -17,7 +17,7 @@ from twisted.python.threadpool import ThreadPool
 
 from backup_proto.archive.directio import readAheadThreads
 from backup_proto.archive.flushahead import FlushAhead
-from backup_proto.archive.zipstream import PLAN_THREADS
+from backup_proto.archive.plan import PLAN_THREADS
 
 
 class WorkerPools(Service):

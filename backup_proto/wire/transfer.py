@@ -6,7 +6,7 @@ Both directions use these two classes: the client sends backups and the
 server sends restores with L{ChunkSender}; the server receives backups and
 the client receives restores with L{ChunkReceiver}.  What is sent is read
 from a I{source} (a file, or a zip made as it is read:
-L{backup_proto.archive.zipstream.ArchiveStream}); what is received goes to a
+L{backup_proto.archive.stream.ArchiveStream}); what is received goes to a
 I{sink} (a zip unpacked as it arrives:
 L{backup_proto.archive.extract.ExtractSink}).  Sources
 and sinks run in threads (C{runIO}); only sealing, opening and the CRC (all

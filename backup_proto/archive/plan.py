@@ -1,107 +1,68 @@
-# -*- test-case-name: tests.test_zipstream -*-
+# -*- test-case-name: tests.test_zipstream,tests.test_planworkers -*-
 """
-Making a zip as a stream of bytes, without a temporary file.
+Planning a zip to be made as a stream of bytes, without a temporary file.
 
 The protocol declares a transfer's size before its first byte, so a zip is
 made in two passes.  L{planArchive} walks the tree, picks each file's
 method and works out every entry's size and so the zip's exact length (a
 file to be deflated is deflated once to count, and a file over
-L{SAMPLE_SIZE} keeps that stream in a L{backup_proto.archive.spool.Spool} for the
-second pass when one is given).  L{ArchiveStream} then produces the zip's
-bytes, file by file, as the sender asks for them: zipping overlaps with
-sending, and the zip is never written to a disk (on this kind of machine
-each byte written costs as much as sending it); only kept deflate streams
-pass through the spool's unnamed files.
-
-The layout is the one L{backup_proto.archive.policy} documents and checks.  File
-entries set general-purpose bit 3: their CRC-32 (and the sizes again) are
-in a data descriptor after the data, since a file is read only once while
-it is sent; their sizes are in the local header too, as the planned sizes,
-so that a reader can unpack the stream as it arrives
-(L{backup_proto.archive.extract}).  Any zip reader reads the result.
-
-A file whose deflate stream the plan kept is sent as it was when planned,
-and not read again.  Any other file that changes between the passes is
-handled the way GNU tar handles one that changes while it is read: what is
-sent keeps the planned length (a stored file that shrank is padded with
-zeros, one that grew is cut), the archive stays valid, and the file is
-reported in L{ArchiveReport.changed}.  The one case that cannot be kept to
-its planned length, a deflated file whose new content compresses worse,
-stops the stream with L{ArchiveChanged}.
+L{SAMPLE_SIZE} keeps that stream in a L{backup_proto.archive.spool.Spool}
+for the second pass when one is given).  L{backup_proto.archive.stream}
+then produces the zip's bytes from the plan, as the sender asks for them.
 """
 
 import errno
-import functools
 import itertools
 import os
 import stat
 import struct
-import time
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from isal import isal_zlib
 
-from backup_proto.archive.policy import (
-    COPY_BLOCK,
-    ArchiveError,
-    ArchiveReport,
-    chooseMethod,
-    deflateWhole,
-    storedWithoutLooking,
-    extraTimestamp,
-    newDeflater,
+from backup_proto.archive.compression import (
     SAMPLE_SIZE,
+    chooseMethod,
+    newDeflater,
+    storedWithoutLooking,
 )
-from backup_proto.archive.directio import DIRECT_MIN, DirectReadAhead, enableDirect
-from backup_proto.archive.spool import Spool
-
-STORED = 0
-DEFLATED = 8
-
-LOCAL_SIG = 0x04034B50
-CENTRAL_SIG = 0x02014B50
-DESCRIPTOR_SIG = 0x08074B50
-EOCD_SIG = 0x06054B50
-EOCD64_SIG = 0x06064B50
-LOCATOR64_SIG = 0x07064B50
-
-LOCAL = struct.Struct("<IHHHHHIIIHH")
-CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
-DESCRIPTOR32 = struct.Struct("<IIII")
-DESCRIPTOR64 = struct.Struct("<IIQQ")
-EOCD = struct.Struct("<IHHHHIIH")
-EOCD64 = struct.Struct("<IQHHIIQQQQ")
-LOCATOR64 = struct.Struct("<IIQI")
-
-FLAG_DESCRIPTOR = 0x08
-FLAG_UTF8 = 0x800
-ZIP64_TAG = 0x0001
-#: A 32-bit size or offset field holding this value is in the zip64 extra.
-MARKER = 0xFFFFFFFF
-#: Sizes and offsets from this value on are written in a zip64 extra field
-#: (tests lower it, and L{ZIP64_COUNT}, to check zip64 on small zips).
-ZIP64_LIMIT = MARKER
-#: From this many entries on the end records are zip64 ones.
-ZIP64_COUNT = 0xFFFF
+from backup_proto.archive.format import (
+    CENTRAL,
+    CENTRAL_SIG,
+    DESCRIPTOR32,
+    DESCRIPTOR64,
+    DESCRIPTOR_SIG,
+    FLAG_DESCRIPTOR,
+    FLAG_UTF8,
+    LOCAL,
+    LOCAL_SIG,
+    MADE_BY,
+    MARKER,
+    STORED,
+    VERSION,
+    VERSION64,
+    ZIP64_LIMIT,
+    ZIP64_LOCAL,
+    ZIP64_TAG,
+    dosTimeDate,
+    endRecords,
+    externalAttributes,
+    extraTimestamp,
+)
+from backup_proto.archive.index import ArchiveReport
+from backup_proto.archive.policy import COPY_BLOCK, ArchiveError
 
 #: Threads that read and deflate files while a plan is made (the client is
 #: otherwise idle then; zlib-ng and file reads release the GIL).
 PLAN_THREADS = min(4, os.cpu_count() or 2)
 #: Files per task given to a plan thread.
 PLAN_BATCH = 32
-
 #: How files are opened to be read: never through a link, and without
 #: waiting on a FIFO that took a planned file's place (reading one then
 #: ends at once, and the file is reported as changed).
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-
-_VERSION = 20
-_VERSION64 = 45
-_MADE_BY = (3 << 8) | _VERSION64  # Unix, so that readers honour the mode bits
-#: A local header's zip64 field: tag, size, and both sizes.
-_ZIP64_LOCAL = struct.Struct("<HHQQ")
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class PlanStopped(Exception):
@@ -110,33 +71,7 @@ class PlanStopped(Exception):
     """
 
 
-class ArchiveChanged(ArchiveError):
-    """
-    A file changed while it was being sent in a way the planned zip cannot
-    hold: nothing was stored, and the backup can simply be run again.
-    """
-
-
-def _dosTime(seconds):
-    t = time.localtime(max(seconds, 315532800))  # DOS times start in 1980
-    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), (
-        ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _external(mode):
-    """
-    @return: a zip entry's external attributes for C{mode} (cached: a tree
-        has few distinct modes, and each entry then shares one int).
-    """
-    external = (stat.S_IFMT(mode) | stat.S_IMODE(mode)) << 16
-    if stat.S_ISDIR(mode):
-        external |= 0x10  # MS-DOS directory flag
-    return external
-
-
-def _wholeSeconds(ns):
+def wholeSeconds(ns):
     """
     @return: C{ns} nanoseconds in whole seconds, cut toward zero: the
         second both an entry's DOS time and its extra field hold, worked
@@ -177,7 +112,7 @@ class PlannedEntry:
 
     @property
     def extra(self):
-        return extraTimestamp(_wholeSeconds(self.mtimeNs))
+        return extraTimestamp(wholeSeconds(self.mtimeNs))
 
     @property
     def flags(self):
@@ -192,10 +127,10 @@ class PlannedEntry:
         extra = self.extra
         usize, csize = self.usize, self.csize
         if self.zip64:
-            extra = _ZIP64_LOCAL.pack(ZIP64_TAG, 16, usize, csize) + extra
+            extra = ZIP64_LOCAL.pack(ZIP64_TAG, 16, usize, csize) + extra
             usize = csize = MARKER
         crc = self.crc if self.content is not None else 0
-        version = _VERSION64 if self.zip64 else _VERSION
+        version = VERSION64 if self.zip64 else VERSION
         return LOCAL.pack(LOCAL_SIG, version, self.flags, self.method, self.dosTime,
                           self.dosDate, crc, csize, usize, len(self.name),
                           len(extra)) + self.name + extra
@@ -236,8 +171,8 @@ class PlannedEntry:
         if fields:
             extra = struct.pack(f"<HH{len(fields)}Q", ZIP64_TAG, 8 * len(fields),
                                 *fields) + extra
-        version = _VERSION64 if fields or self.zip64 else _VERSION
-        return CENTRAL.pack(CENTRAL_SIG, _MADE_BY, version, self.flags, self.method,
+        version = VERSION64 if fields or self.zip64 else VERSION
+        return CENTRAL.pack(CENTRAL_SIG, MADE_BY, version, self.flags, self.method,
                             self.dosTime, self.dosDate, crc, csize, usize,
                             len(self.name), len(extra), 0, 0, 0, self.external,
                             offset) + self.name + extra
@@ -252,7 +187,7 @@ class PlannedEntry:
         zip64 = self.zip64
         length = LOCAL.size + len(self.name) + len(self.extra) + self.csize
         if zip64:
-            length += _ZIP64_LOCAL.size
+            length += ZIP64_LOCAL.size
         if self.content is None:
             length += DESCRIPTOR64.size if zip64 else DESCRIPTOR32.size
         return length
@@ -305,14 +240,14 @@ class ArchivePlan:
 
 
 def _entryFor(arcname, st, **fields):
-    dosTime, dosDate = _dosTime(_wholeSeconds(st.st_mtime_ns))
+    dosTime, dosDate = dosTimeDate(wholeSeconds(st.st_mtime_ns))
     return PlannedEntry(
-        name=arcname.encode("utf-8"), external=_external(st.st_mode), dosTime=dosTime,
+        name=arcname.encode("utf-8"), external=externalAttributes(st.st_mode), dosTime=dosTime,
         dosDate=dosDate, mtimeNs=st.st_mtime_ns, **fields,
     )
 
 
-def _blockSizes(size, first=SAMPLE_SIZE):
+def blockSizes(size, first=SAMPLE_SIZE):
     """
     The sizes of the blocks in which a file of C{size} bytes is read: the
     first of C{first} bytes, then blocks of L{COPY_BLOCK}.  The plan and
@@ -326,9 +261,9 @@ def _blockSizes(size, first=SAMPLE_SIZE):
         want = min(COPY_BLOCK, size)
 
 
-def _readBlocks(fd, size, direct=None):
+def readBlocks(fd, size, direct=None):
     """
-    Yield at most C{size} bytes of a file, in the blocks of L{_blockSizes},
+    Yield at most C{size} bytes of a file, in the blocks of L{blockSizes},
     each read in full unless the file ends.
 
     @param direct: a L{backup_proto.archive.directio.DirectReadAhead} if C{fd} has
@@ -339,9 +274,9 @@ def _readBlocks(fd, size, direct=None):
     if direct is not None:
         # a stored file, whose blocks need not be the plan's: whole blocks
         # from the start mean one wait on the disk fewer for each file
-        yield from direct.blocks(fd, _blockSizes(size, COPY_BLOCK))
+        yield from direct.blocks(fd, blockSizes(size, COPY_BLOCK))
         return
-    for want in _blockSizes(size):
+    for want in blockSizes(size):
         block = os.read(fd, want)
         while 0 < len(block) < want:
             more = os.read(fd, want - len(block))
@@ -383,7 +318,7 @@ def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
     @param leaveLarge: return a L{_Later}, unread, for a file that is read
         in blocks (in a worker process, which passes no spool).
     """
-    fd = os.open(path, _READ_FLAGS)  # an unreadable file is left out
+    fd = os.open(path, READ_FLAGS)  # an unreadable file is left out
     if st is None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -397,7 +332,7 @@ def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
         os.close(fd)
         return _Later(path, arcname)
     try:
-        blocks = _readBlocks(fd, size)
+        blocks = readBlocks(fd, size)
         head = next(blocks, b"")
         method, packed = chooseMethod(path, head, size, compression)
         entry = _entryFor(arcname, st, method=method, usize=size, csize=size)
@@ -495,7 +430,7 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
         offset += entry.spanLength()
     centralOffset = offset
     centralSize = sum(entry.centralLength(at) for entry, at in zip(entries, offsets))
-    size = centralOffset + centralSize + len(_endRecords(len(entries), centralOffset,
+    size = centralOffset + centralSize + len(endRecords(len(entries), centralOffset,
                                                          centralSize))
     return ArchivePlan(entries, offsets, size, centralOffset, centralSize, report, source,
                        name, spool)
@@ -624,197 +559,3 @@ def _planFiles(path, arcname, names, compression, spool, leaveLarge=False):
     """
     return [_planOne(f"{path}/{name}", f"{arcname}/{name}", compression, spool, leaveLarge)
             for name in names]
-
-
-def _endRecords(count, centralOffset, centralSize):
-    """
-    The end of central directory record, after a zip64 one (and its
-    locator) when the counts or offsets need it.
-    """
-    end = centralOffset + centralSize
-    if count >= ZIP64_COUNT or centralOffset >= ZIP64_LIMIT or centralSize >= ZIP64_LIMIT:
-        return (
-            EOCD64.pack(EOCD64_SIG, 44, _MADE_BY, _VERSION64, 0, 0, count, count,
-                        centralSize, centralOffset)
-            + LOCATOR64.pack(LOCATOR64_SIG, 0, end, 1)
-            + EOCD.pack(EOCD_SIG, 0, 0, 0xFFFF, 0xFFFF, MARKER, MARKER, 0)
-        )
-    return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)
-
-
-def _fileData(plan, entry, changed, direct):
-    """
-    Yield a file entry's data, exactly C{entry.csize} bytes (the file is
-    read once); return the CRC-32 and length of what was sent.
-
-    @param direct: an aligned buffer with which to read large stored files
-        past the page cache, or C{None}.
-    """
-    if entry.spooled is not None:
-        yield from plan.spool.read(entry.spooled, entry.csize)
-        return entry.crc, entry.usize
-    want = entry.usize
-    crc = 0
-    sent = 0
-    # a file of at most SAMPLE_SIZE bytes is deflated whole, as it was planned
-    # (chooseMethod); a larger one as a stream
-    whole = [] if entry.method == DEFLATED and want <= SAMPLE_SIZE else None
-    deflater = newDeflater() if entry.method == DEFLATED and whole is None else None
-    why = None
-    try:
-        fd = os.open(plan.pathOf(entry), _READ_FLAGS)
-    except OSError as e:
-        fd, why = None, e.strerror
-    if fd is not None and not (
-        direct is not None and entry.method == STORED and want >= DIRECT_MIN
-        and enableDirect(fd)
-    ):
-        direct = None
-    blocks = _readBlocks(fd, want, direct) if fd is not None else None
-    try:
-        for block in blocks or ():
-            want -= len(block)
-            crc = isal_zlib.crc32(block, crc)
-            if whole is not None:
-                whole.append(block)
-                continue
-            if deflater is not None:
-                block = deflater.compress(block)
-                if sent + len(block) > entry.csize:
-                    raise ArchiveChanged(_changedText(entry))
-            sent += len(block)
-            yield block
-        if fd is not None:
-            after = os.fstat(fd)
-            if want or after.st_size != entry.usize or after.st_mtime_ns != entry.mtimeNs:
-                why = "changed while it was read"
-    finally:
-        if blocks is not None:
-            blocks.close()  # a read ahead under way ends before its file is closed
-        if fd is not None:
-            os.close(fd)
-    usize = entry.usize
-    if entry.method == DEFLATED:
-        tail = deflateWhole(b"".join(whole)) if whole is not None else deflater.flush()
-        if sent + len(tail) > entry.csize:
-            raise ArchiveChanged(_changedText(entry))
-        sent += len(tail)
-        yield tail
-        usize -= want  # what was read
-    if sent < entry.csize:
-        # a stored file that shrank gets zeros, as tar does; a deflate
-        # stream is complete already, and readers ignore what follows it
-        zeros = bytes(min(COPY_BLOCK, entry.csize - sent))
-        while sent < entry.csize:
-            pad = zeros[: entry.csize - sent]
-            if entry.method == STORED:
-                crc = isal_zlib.crc32(pad, crc)
-            sent += len(pad)
-            yield pad
-    if why is not None:
-        changed.append(f"{entry.name.decode('utf-8', 'replace')}: {why}")
-    return crc, usize
-
-
-def _changedText(entry):
-    return (f"{entry.name.decode('utf-8', 'replace')} changed while it was being sent; "
-            "nothing was stored: run the backup again")
-
-
-def _generate(plan, changed, readAhead):
-    # the CRC-32 and length of each entry as sent, in arrays (a list of
-    # pairs took about 100 bytes an entry); folders and links as planned
-    sentCRCs = array("q")
-    sentSizes = array("q")
-    direct = DirectReadAhead(COPY_BLOCK, readAhead) if readAhead is not None else None
-    for entry in plan.entries:
-        yield entry.localHeader()
-        if entry.content is not None:
-            yield entry.content
-            crc, usize = entry.crc, entry.usize
-        else:
-            crc, usize = yield from _fileData(plan, entry, changed, direct)
-            yield entry.descriptor(crc, usize)
-        sentCRCs.append(crc)
-        sentSizes.append(usize)
-    records = []
-    pending = 0
-    for entry, offset, crc, usize in zip(plan.entries, plan.offsets, sentCRCs, sentSizes):
-        record = entry.centralRecord(offset, crc, usize)
-        records.append(record)
-        pending += len(record)
-        if pending >= COPY_BLOCK:
-            yield b"".join(records)
-            records, pending = [], 0
-    records.append(_endRecords(len(plan.entries), plan.centralOffset, plan.centralSize))
-    yield b"".join(records)
-
-
-class ArchiveStream:
-    """
-    The bytes of a planned zip, read like a file (C{read} and C{close}; the
-    sender reads it in a thread).  Each stream reads the files anew, so a
-    resend makes a new one from the same plan.
-
-    @ivar changed: one line per file that changed while it was read.
-    """
-
-    def __init__(self, plan, readAhead=None):
-        """
-        @param readAhead: if given, an executor
-            (L{backup_proto.archive.directio.readAheadThreads}) with which to
-            read large stored files past the page cache, the next block
-            always on its way: for files that are not likely to be cached,
-            such as a snapshot's on the server.
-        """
-        self.changed = []
-        self._blocks = _generate(plan, self.changed, readAhead)
-        self._block = b""
-        self._offset = 0
-
-    def read(self, n):
-        """
-        @return: the next C{n} bytes, fewer only at the end of the zip.
-        @raise ArchiveChanged: see the module docstring.
-        """
-        parts = []
-        while n > 0:
-            if self._offset >= len(self._block):
-                self._block = next(self._blocks, None)
-                self._offset = 0
-                if self._block is None:
-                    self._block = b""
-                    break
-                continue
-            # a copy: a block may be a view of a buffer that the next block reuses
-            piece = bytes(self._block[self._offset:self._offset + n])
-            self._offset += len(piece)
-            n -= len(piece)
-            parts.append(piece)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self):
-        self._blocks.close()
-
-
-def writeArchive(source, zipPath, name=None, compression="auto"):
-    """
-    Plan a zip and write it to a new file (blocking), for tools and tests.
-
-    @return: the L{ArchiveReport}, with C{changed} filled in.
-    """
-    plan = planArchive(source, name, compression, Spool())
-    stream = ArchiveStream(plan)
-    fd = os.open(zipPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            while True:
-                block = stream.read(COPY_BLOCK)
-                if not block:
-                    break
-                f.write(block)
-    finally:
-        stream.close()
-        plan.close()
-    plan.report.changed = stream.changed
-    return plan.report

@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_zipstream,tests.test_archive -*-
+"""
+The zip records both sides share: signatures, record layouts, flags and
+the encoding of times and modes; the maker (L{backup_proto.archive.plan},
+L{backup_proto.archive.stream}) writes them and the reader
+(L{backup_proto.archive.records}) reads them.
+
+Archive layout: a folder C{name} is stored as C{name/} and entries below it;
+a single file as one entry C{name}.  Unix modes are in the high 16 bits of
+C{external_attr}; a symbolic link is an entry with C{S_IFLNK} whose content
+is the link's target; modification times are in the "extended timestamp"
+extra field (0x5455), to the second.
+"""
+
+import functools
+import stat
+import struct
+import time
+
+STORED = 0
+DEFLATED = 8
+LOCAL_SIG = 0x04034B50
+CENTRAL_SIG = 0x02014B50
+DESCRIPTOR_SIG = 0x08074B50
+EOCD_SIG = 0x06054B50
+EOCD64_SIG = 0x06064B50
+LOCATOR64_SIG = 0x07064B50
+LOCAL = struct.Struct("<IHHHHHIIIHH")
+CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+DESCRIPTOR32 = struct.Struct("<IIII")
+DESCRIPTOR64 = struct.Struct("<IIQQ")
+EOCD = struct.Struct("<IHHHHIIH")
+EOCD64 = struct.Struct("<IQHHIIQQQQ")
+LOCATOR64 = struct.Struct("<IIQI")
+FLAG_DESCRIPTOR = 0x08
+FLAG_UTF8 = 0x800
+ZIP64_TAG = 0x0001
+#: A 32-bit size or offset field holding this value is in the zip64 extra.
+MARKER = 0xFFFFFFFF
+#: Sizes and offsets from this value on are written in a zip64 extra field
+#: (tests lower it, and L{ZIP64_COUNT}, to check zip64 on small zips).
+ZIP64_LIMIT = MARKER
+#: From this many entries on the end records are zip64 ones.
+ZIP64_COUNT = 0xFFFF
+VERSION = 20
+VERSION64 = 45
+MADE_BY = (3 << 8) | VERSION64  # Unix, so that readers honour the mode bits
+#: A local header's zip64 field: tag, size, and both sizes.
+ZIP64_LOCAL = struct.Struct("<HHQQ")
+EXT_TIMESTAMP = 0x5455
+PERM_BITS = 0o777
+
+
+def dosTimeDate(seconds):
+    t = time.localtime(max(seconds, 315532800))  # DOS times start in 1980
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), (
+        ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def externalAttributes(mode):
+    """
+    @return: a zip entry's external attributes for C{mode} (cached: a tree
+        has few distinct modes, and each entry then shares one int).
+    """
+    external = (stat.S_IFMT(mode) | stat.S_IMODE(mode)) << 16
+    if stat.S_ISDIR(mode):
+        external |= 0x10  # MS-DOS directory flag
+    return external
+
+
+def extraTimestamp(mtime):
+    mtime = int(mtime)
+    if not -(2**31) <= mtime < 2**31:
+        return b""
+    return struct.pack("<HHBl", EXT_TIMESTAMP, 5, 1, mtime)
+
+
+def entryMtime(extra, dosTime, dosDate):
+    """
+    @return: an entry's modification time: the extended timestamp field's,
+        else its DOS time (local time, to two seconds).
+    """
+    i = 0
+    while i + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4 : i + 4 + size]
+        if tag == EXT_TIMESTAMP and len(body) >= 5 and body[0] & 1:
+            return struct.unpack_from("<l", body, 1)[0]
+        i += 4 + size
+    return int(time.mktime((
+        (dosDate >> 9) + 1980, max((dosDate >> 5) & 0xF, 1), max(dosDate & 0x1F, 1),
+        dosTime >> 11, (dosTime >> 5) & 0x3F, (dosTime & 0x1F) * 2, 0, 0, -1,
+    )))
+
+
+def entryKind(externalAttr, isDir):
+    """
+    @return: C{(kind, mode)} of an entry from its C{external_attr}:
+        C{("dir" | "file" | "link", permission bits)}, or C{(None, 0)} for
+        any other type, or one that disagrees with the name's trailing
+        slash.
+    """
+    mode = externalAttr >> 16
+    fmt = stat.S_IFMT(mode)
+    if fmt == 0:
+        return ("dir" if isDir else "file"), (0o755 if isDir else 0o644)
+    perm = stat.S_IMODE(mode) & PERM_BITS
+    if stat.S_ISDIR(mode) and isDir:
+        return "dir", perm
+    if stat.S_ISREG(mode) and not isDir:
+        return "file", perm
+    if stat.S_ISLNK(mode) and not isDir:
+        return "link", 0o777
+    return None, 0
+
+
+def endRecords(count, centralOffset, centralSize):
+    """
+    The end of central directory record, after a zip64 one (and its
+    locator) when the counts or offsets need it.
+    """
+    end = centralOffset + centralSize
+    if count >= ZIP64_COUNT or centralOffset >= ZIP64_LIMIT or centralSize >= ZIP64_LIMIT:
+        return (
+            EOCD64.pack(EOCD64_SIG, 44, MADE_BY, VERSION64, 0, 0, count, count,
+                        centralSize, centralOffset)
+            + LOCATOR64.pack(LOCATOR64_SIG, 0, end, 1)
+            + EOCD.pack(EOCD_SIG, 0, 0, 0xFFFF, 0xFFFF, MARKER, MARKER, 0)
+        )
+    return EOCD.pack(EOCD_SIG, 0, 0, count, count, centralSize, centralOffset, 0)

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_archive -*-
+"""
+What an archive held or left out: the results of making one
+(L{ArchiveReport}) and of unpacking one (L{ArchiveIndex}).
+"""
+
+import struct
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Entry:
+    """
+    One checked archive entry.
+
+    @ivar parts: the path components, the first being the archive's root.
+    @ivar kind: C{"file"}, C{"dir"} or C{"link"}.
+    @ivar mode: permission bits to apply (C{0o777} at most).
+    @ivar mtime: seconds since the epoch.
+    """
+
+    parts: tuple
+    kind: str
+    mode: int
+    mtime: int
+
+
+class FolderAttributes:
+    """
+    The modes and times of an archive's folders, kept until everything is
+    in them (see L{applyDirAttributes}), packed: a folder costs its path
+    and 14 bytes, not objects (a hostile archive may hold a million
+    folders).  Iterating gives L{Entry}s, deepest first.
+    """
+
+    _RECORD = struct.Struct("<IqH")  # mode, mtime, length of the path
+
+    def __init__(self):
+        self._byDepth = {}  # depth -> packed records
+
+    def add(self, parts, mode, mtime):
+        path = "/".join(parts).encode("utf-8")
+        records = self._byDepth.setdefault(len(parts), bytearray())
+        records += self._RECORD.pack(mode, mtime, len(path))
+        records += path
+
+    def __iter__(self):
+        size = self._RECORD.size
+        for depth in sorted(self._byDepth, reverse=True):
+            records = self._byDepth[depth]
+            at = 0
+            while at < len(records):
+                mode, mtime, length = self._RECORD.unpack_from(records, at)
+                at += size
+                path = records[at:at + length].decode("utf-8")
+                at += length
+                yield Entry(tuple(path.split("/")), "dir", mode, mtime)
+
+
+@dataclass
+class ArchiveIndex:
+    """
+    What an unpacked archive held: the root name, whether it is a C{"dir"}
+    or a C{"file"}, its folders (L{FolderAttributes}, for
+    L{applyDirAttributes}), file count and unpacked size.
+    """
+
+    root: str
+    kind: str
+    dirs: FolderAttributes
+    files: int
+    size: int
+
+
+@dataclass
+class ArchiveReport:
+    """
+    What L{backup_proto.archive.plan.planArchive} put into an archive, and what it had to leave out.
+
+    @ivar skipped: one line per special file (socket, FIFO, device) skipped.
+    @ivar unreadable: one line per file or folder that could not be read.
+    @ivar changed: one line per file that changed while it was read.
+    """
+
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    size: int = 0
+    skipped: list = field(default_factory=list)
+    unreadable: list = field(default_factory=list)
+    changed: list = field(default_factory=list)
