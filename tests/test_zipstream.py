@@ -20,7 +20,8 @@ from backup_proto.archive import plan as planModule
 from backup_proto.archive.format import CENTRAL_SIG, EOCD64_SIG
 from backup_proto.archive.compression import SAMPLE_SIZE, deflateWhole, rawDeflate
 from backup_proto.archive.policy import ArchiveError, Limits
-from backup_proto.archive.extract import ExtractSink, StreamingExtractor, _NameIndex, extractStream
+from backup_proto.archive.extract import ExtractSink, StreamingExtractor, extractStream
+from backup_proto.archive.policy import NameIndex
 from backup_proto.archive.directio import readAheadThreads
 from backup_proto.archive.stream import ArchiveChanged, ArchiveStream, writeArchive
 from backup_proto.archive.plan import planArchive
@@ -535,7 +536,7 @@ class NameIndexTests(TestCase):
         Thousands of hashes share the buckets, negative ones included; each
         is found, and others are not.
         """
-        index = _NameIndex()
+        index = NameIndex()
         values = [hash(f"root/folder/file-{i}") for i in range(20_000)]
         for value in values[::2]:
             index.add(value)
@@ -547,7 +548,7 @@ class NameIndexTests(TestCase):
         """
         A key's bytes that appear across two stored keys are no match.
         """
-        index = _NameIndex()
+        index = NameIndex()
         value = 0x1122334455667788
         lower = index._KEY.unpack(b"\x00" * 4 + index._KEY.pack(value)[:4])[0]
         upper = index._KEY.unpack(index._KEY.pack(value)[4:] + b"\x00" * 4)[0]

@@ -7,6 +7,8 @@ entries, bytes and compression ratio (L{Limits}).
 """
 
 import re
+import struct
+import unicodedata
 from dataclasses import dataclass
 
 #: Bytes per read and write when copying file data.
@@ -81,3 +83,141 @@ def checkName(name):
     if len(parts) > _MAX_DEPTH:
         raise refuse("is nested too deeply")
     return parts, isDir
+
+
+def nfc(text):
+    """
+    C{text} in Unicode normal form C (names are compared so): ASCII, which
+    most names are, is left as it is without a look at the tables.
+    """
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+class NameIndex:
+    """
+    A set of 64-bit name hashes in 8 bytes each and no object of its own:
+    byte strings of packed keys, one per bucket of the hash's low bits (a
+    set of ints holds an int object and a slot per name, about 90 bytes).
+    """
+
+    _BUCKETS = 4096
+    _KEY = struct.Struct("<Q")
+
+    def __init__(self):
+        self._buckets = [None] * self._BUCKETS
+
+    def add(self, value):
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        which = value % self._BUCKETS
+        if self._buckets[which] is None:
+            self._buckets[which] = bytearray()
+        self._buckets[which] += self._KEY.pack(value)
+
+    def __contains__(self, value):
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        bucket = self._buckets[value % self._BUCKETS]
+        if bucket is None:
+            return False
+        key = self._KEY.pack(value)
+        at = bucket.find(key)
+        while at % 8 and at != -1:  # a match must start on a key
+            at = bucket.find(key, at + 1)
+        return at != -1
+
+
+class TreeRules:
+    """
+    The tree an archive may describe, checked entry by entry without I/O:
+    one top-level entry (a file alone, or a folder holding the rest), no
+    two entries with one name after NFC, nothing below a file or link, and
+    the L{Limits} of entries, bytes and compression ratio.
+
+    What it keeps per entry is small, so that an archive of many entries
+    costs little memory (L{close} releases it): the 64-bit hash of each NFC
+    path (Python's, keyed per process: two different paths collide with
+    odds under 1 in 10^7 at 10^6 entries, and a collision only refuses the
+    archive), in 8 bytes of a L{NameIndex}.
+
+    @ivar root: the top-level name, once the first entry came.
+    @ivar total: bytes unpacked so far.
+    @ivar _folders: the L{NameIndex} of the folder entries' NFC paths.
+    @ivar _others: the L{NameIndex} of the other entries' NFC paths.
+    """
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.root = None
+        self.total = 0
+        self._rootIsFile = False
+        self._entries = 0
+        self._folders = NameIndex()
+        self._others = NameIndex()
+        self._checkedParent = None  # the last folder whose ancestors were checked
+
+    def entry(self):
+        """
+        Count one more entry.
+
+        @raise ArchiveError: over L{Limits.maxEntries}.
+        """
+        if self._entries >= self.limits.maxEntries:
+            raise ArchiveError(f"archive has more than {self.limits.maxEntries} entries")
+        self._entries += 1
+
+    def place(self, parts, path, isDir, hasData):
+        """
+        Check an entry's place against the entries before it, and remember
+        it.
+
+        @param path: C{parts} joined with slashes.
+        @param hasData: whether it declares any bytes (a folder may not).
+        """
+        key = hash(nfc(path))
+        if key in self._folders or key in self._others:
+            raise ArchiveError(f"archive has two entries named '{path[:200]}'")
+        if self.root is None:
+            self.root = parts[0]
+            self._rootIsFile = not isDir and len(parts) == 1
+        elif parts[0] != self.root:
+            raise ArchiveError("archive has more than one top-level entry")
+        elif self._rootIsFile:
+            raise ArchiveError("archive's top-level file has other entries")
+        if parts[:-1] != self._checkedParent:
+            # entries come folder by folder: their ancestors are checked
+            # once per folder (an entry added meanwhile in the same folder
+            # is none of them: it has more components)
+            parent = parts[0]
+            for depth in range(1, len(parts)):
+                if hash(nfc(parent)) in self._others:
+                    raise ArchiveError(f"entry '{path[:200]}' is below a file or link")
+                parent = f"{parent}/{parts[depth]}"
+            self._checkedParent = parts[:-1]
+        if isDir:
+            if hasData:
+                raise ArchiveError(f"folder entry '{path[:200]}' has data")
+            self._folders.add(key)
+        else:
+            self._others.add(key)
+
+    def unpacked(self, what, written, csize, length):
+        """
+        Count C{length} more bytes unpacked, C{written} of them so far for
+        the entry C{what} (its name, for errors) of C{csize} bytes in the
+        zip.
+
+        @raise ArchiveError: over L{Limits.maxUnpacked} or L{Limits.maxRatio}.
+        """
+        self.total += length
+        limits = self.limits
+        if self.total > limits.maxUnpacked:
+            raise ArchiveError(f"archive unpacks to more than {limits.maxUnpacked} bytes")
+        if written > limits.ratioFloor and written > limits.maxRatio * max(csize, 1):
+            raise ArchiveError(f"entry '{what}' expands more than {limits.maxRatio} times")
+
+    def close(self):
+        """
+        Drop what was kept per entry.
+        """
+        self._folders = NameIndex()
+        self._others = NameIndex()
+        self._checkedParent = None

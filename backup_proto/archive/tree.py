@@ -1,14 +1,21 @@
 # -*- test-case-name: tests.test_archive,tests.test_zipstream -*-
 """
-The file system steps of unpacking: folders made private until their
-attributes are applied, and the flushes that make a tree durable.
+The file system steps of unpacking: the L{TreeWriter} that makes an
+archive's entries (the only part of unpacking that makes system calls),
+folders made private until their attributes are applied, and the flushes
+that make a tree durable.
 """
 
 import ctypes
 import os
 import stat
 
+from backup_proto.archive.directio import DirectWriter
 from backup_proto.archive.policy import ArchiveError
+
+#: Folders whose paths a L{TreeWriter} keeps for L{makeDirs}.
+_MADE_CACHE = 1024
+_MAX_LINK_TARGET = 4096
 
 
 def makeDirs(dest, parts, made):
@@ -82,3 +89,124 @@ def fsyncDir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class TreeWriter:
+    """
+    Makes the entries of an archive below C{dest}, which the caller has
+    checked (L{backup_proto.archive.policy}): folders (private until
+    L{applyDirAttributes}), files created private with C{O_EXCL} and
+    C{O_NOFOLLOW} and filled, then given their modes and times, and links,
+    which arrive as files holding their target.  Blocking: one thread.
+    """
+
+    def __init__(self, dest):
+        self.dest = dest
+        self._made = {}  # folder parts -> path, see makeDirs
+        self._fd = None
+        self._folder = None  # (parts, descriptor) of the last folder used, see _folderFd
+        self._writer = DirectWriter()
+
+    def makeFolder(self, parts):
+        """
+        L{makeDirs} with a bounded memory of the folders made: past
+        L{_MADE_CACHE} it starts afresh (a folder made before is then
+        found again with C{mkdir} and C{lstat}), so that an archive of a
+        million folders does not keep a million paths.
+
+        @return: the folder's path.
+        """
+        if len(self._made) > _MADE_CACHE:
+            self._made.clear()
+        return makeDirs(self.dest, parts, self._made)
+
+    def _folderFd(self, parts):
+        """
+        A descriptor of the unpacked folder C{parts} (made if need be), for
+        calls that name an entry within it: entries arrive folder by folder,
+        so one descriptor is kept, and the kernel looks up a name rather
+        than the whole path each time (C{docs/performance.rst}).
+        """
+        if self._folder is not None:
+            if self._folder[0] == parts:
+                return self._folder[1]
+            self._closeFolder()
+        path = self.makeFolder(parts)
+        self._folder = (parts, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+        return self._folder[1]
+
+    def _closeFolder(self):
+        if self._folder is not None:
+            fd, self._folder = self._folder[1], None
+            os.close(fd)
+
+    def createFile(self, parts, size):
+        """
+        Create the file C{parts}, private and empty, to be filled with
+        C{size} bytes by L{write}.
+        """
+        try:
+            self._fd = os.open(
+                parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                dir_fd=self._folderFd(parts[:-1]),
+            )
+        except FileExistsError:
+            raise ArchiveError("archive has two entries for one path") from None
+        self._writer.start(self._fd, size)
+
+    def write(self, data):
+        self._writer.write(data)
+
+    def finishFile(self):
+        """
+        The file being filled is complete (a folder's entry has none).
+        """
+        if self._fd is not None:
+            self._writer.finish()
+            os.close(self._fd)
+            self._fd = None
+
+    def setFile(self, parts, mode, mtime):
+        folder = self._folderFd(parts[:-1])
+        os.chmod(parts[-1], mode, dir_fd=folder)
+        os.utime(parts[-1], (mtime, mtime), dir_fd=folder)
+
+    def makeLink(self, parts, mtime):
+        """
+        Turn the file C{parts}, which holds a link's target, into the link.
+        """
+        # the entry's folder was made when the entry was placed: a lookup
+        path = os.path.join(self.makeFolder(parts[:-1]), parts[-1])
+        target = self._linkTarget(path, parts)
+        os.unlink(path)
+        os.symlink(target, path)
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+    @staticmethod
+    def _linkTarget(path, parts):
+        shown = "/".join(parts)[:200]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            raw = os.read(fd, _MAX_LINK_TARGET + 1)
+        finally:
+            os.close(fd)
+        if not 0 < len(raw) <= _MAX_LINK_TARGET:
+            raise ArchiveError(f"link '{shown}' has an empty or over-long target")
+        try:
+            target = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"link '{shown}' has an unreadable target") from None
+        if "\x00" in target:
+            raise ArchiveError(f"link '{shown}' has a NUL in its target")
+        return target
+
+    def close(self):
+        """
+        Close the file being written, if any (after an error, say), and
+        the folder kept open.
+        """
+        self._closeFolder()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._writer.close()
