@@ -24,28 +24,32 @@ import threading
 from concurrent.futures.process import BrokenProcessPool
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, TimeoutError as NoAnswer, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as NoAnswer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.internet.ssl import (
-    Certificate, TLSVersion, optionsForClientTLS, trustRootFromCertificates,
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
 )
 from twisted.internet.threads import deferToThread
 
-from backup_proto.wire import crypto
-from backup_proto.allocator import tuneAllocator
-from backup_proto.archive.compression import COMPRESSION_CHOICES
-from backup_proto.archive.policy import ArchiveError, Limits
-from backup_proto.archive.extract import ExtractSink
-from backup_proto.archive.spool import Spool
 from backup_client.planworkers import startPlanWorkers
-from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
-from backup_proto.wire.errors import Code, ProtocolError
-from backup_proto.wire.transfer import SinkFailed, diskFull
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
 from backup_client.restoring import RestoreConflict, RestoreStaging, placeUnpacked
+from backup_proto.allocator import tuneAllocator
+from backup_proto.archive.compression import COMPRESSION_CHOICES
+from backup_proto.archive.extract import ExtractSink
+from backup_proto.archive.plan import planArchive
+from backup_proto.archive.policy import ArchiveError, Limits
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.wire import crypto
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.transfer import SinkFailed, diskFull
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -63,8 +67,13 @@ CONNECT_TIMEOUT = 15
 #: server may delay a throttled login by up to a minute).
 ANSWER_TIMEOUT = 90
 
-_AUTH_CODES = {Code.AUTH_FAILED, Code.TOO_MANY_ATTEMPTS, Code.NAME_TAKEN,
-               Code.BAD_USERNAME, Code.BAD_PASSWORD}
+_AUTH_CODES = {
+    Code.AUTH_FAILED,
+    Code.TOO_MANY_ATTEMPTS,
+    Code.NAME_TAKEN,
+    Code.BAD_USERNAME,
+    Code.BAD_PASSWORD,
+}
 
 #: What a restore may unpack on this machine.
 RESTORE_LIMITS = Limits(maxEntries=10_000_000, maxUnpacked=1 << 44, maxRatio=200)
@@ -90,7 +99,7 @@ def parseServer(text):
         end = text.find("]")
         if end < 0:
             raise ValueError("unclosed [ in server address")
-        host, rest = text[1:end], text[end + 1:]
+        host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise ValueError("bad server address")
@@ -113,38 +122,54 @@ def buildParser():
         "after all resends, 6 finished with warnings, 7 server storage full.",
     )
     env = os.environ.get
-    parser.add_argument("--server", default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
-                        help="HOST[:PORT] (env BACKUP_SERVER; default localhost:40445)")
-    parser.add_argument("--ca", default=env("BACKUP_CA"),
-                        help="CA certificate(s) (PEM) to trust (env BACKUP_CA;"
-                        " default certs/ca.pem if present)")
+    parser.add_argument(
+        "--server",
+        default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
+        help="HOST[:PORT] (env BACKUP_SERVER; default localhost:40445)",
+    )
+    parser.add_argument(
+        "--ca",
+        default=env("BACKUP_CA"),
+        help="CA certificate(s) (PEM) to trust (env BACKUP_CA; default certs/ca.pem if present)",
+    )
     parser.add_argument("--user", default=env("BACKUP_USER"), help="username (env BACKUP_USER)")
-    parser.add_argument("--password-file", help="read the password from the first line of FILE"
-                        " (or env BACKUP_PASSWORD)")
-    parser.add_argument("--config-dir", default=env("BACKUP_CONFIG_DIR"),
-                        help="where the client keeps its RSA key (env BACKUP_CONFIG_DIR;"
-                        " default ~/.config/backup-client)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print only results and errors (no progress bars)")
+    parser.add_argument(
+        "--password-file",
+        help="read the password from the first line of FILE (or env BACKUP_PASSWORD)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        default=env("BACKUP_CONFIG_DIR"),
+        help="where the client keeps its RSA key (env BACKUP_CONFIG_DIR;"
+        " default ~/.config/backup-client)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only results and errors (no progress bars)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("register", help="create an account")
     ls = sub.add_parser("list", help="list your snapshots, oldest first")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     backup = sub.add_parser("backup", help="back up a file or folder as a new snapshot")
     backup.add_argument("path", metavar="PATH")
-    backup.add_argument("--compression", choices=COMPRESSION_CHOICES, default="auto",
-                        help="auto (default: deflate what compresses, store the rest),"
-                        " store, or deflate")
-    backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2",
-                        help=argparse.SUPPRESS)
+    backup.add_argument(
+        "--compression",
+        choices=COMPRESSION_CHOICES,
+        default="auto",
+        help="auto (default: deflate what compresses, store the rest), store, or deflate",
+    )
+    backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS)
     restore = sub.add_parser("restore", help="restore a snapshot into DEST")
     restore.add_argument("dest", metavar="DEST")
     restore.add_argument("--snapshot", metavar="ID", help="snapshot id (default: the newest)")
-    restore.add_argument("--overwrite", action="store_true",
-                         help="replace existing files in DEST")
+    restore.add_argument("--overwrite", action="store_true", help="replace existing files in DEST")
     restore.add_argument("--json", action="store_true", help="print a JSON result object")
-    restore.add_argument("-q", "--quiet", action="store_true", dest="quiet2",
-                         help=argparse.SUPPRESS)
+    restore.add_argument(
+        "-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -154,12 +179,15 @@ def _readPassword(args, confirm):
             with open(args.password_file, encoding="utf-8") as f:
                 return f.readline().rstrip("\r\n")
         except OSError as e:
-            raise Fatal(EXIT_USAGE, f"cannot read password file: {e.strerror}")
+            raise Fatal(EXIT_USAGE, f"cannot read password file: {e.strerror}") from None
     if os.environ.get("BACKUP_PASSWORD") is not None:
         return os.environ["BACKUP_PASSWORD"]
     if not sys.stdin.isatty():
-        raise Fatal(EXIT_USAGE, "no password: use --password-file or BACKUP_PASSWORD"
-                    " (or run on a terminal to be asked)")
+        raise Fatal(
+            EXIT_USAGE,
+            "no password: use --password-file or BACKUP_PASSWORD"
+            " (or run on a terminal to be asked)",
+        )
     password = getpass.getpass("Password: ")
     if confirm and getpass.getpass("Password (again): ") != password:
         raise Fatal(EXIT_USAGE, "passwords do not match")
@@ -187,7 +215,8 @@ def loadOrCreateKey(directory):
             # (about 90 ms for RSA-3072) would only re-prove what
             # generateClientKey made
             key = serialization.load_pem_private_key(
-                f.read(), None, unsafe_skip_rsa_key_validation=True)
+                f.read(), None, unsafe_skip_rsa_key_validation=True
+            )
         if key.key_size >= crypto.CLIENT_RSA_BITS:
             return key
     except (FileNotFoundError, ValueError, TypeError):
@@ -197,9 +226,13 @@ def loadOrCreateKey(directory):
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     os.replace(tmp, path)
     return key
 
@@ -212,9 +245,8 @@ def _trustRoot(args):
         with open(path, "rb") as f:
             pem = f.read()
     except OSError as e:
-        raise Fatal(EXIT_USAGE, f"cannot read CA certificate {path}: {e.strerror}")
-    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem,
-                        re.DOTALL)
+        raise Fatal(EXIT_USAGE, f"cannot read CA certificate {path}: {e.strerror}") from None
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.DOTALL)
     try:
         certificates = [Certificate.loadPEM(block) for block in blocks]
     except Exception:
@@ -241,18 +273,21 @@ async def _connect(reactor, args):
     try:
         host, port = parseServer(args.server)
     except ValueError as e:
-        raise Fatal(EXIT_USAGE, f"--server {args.server!r}: {e}")
+        raise Fatal(EXIT_USAGE, f"--server {args.server!r}: {e}") from None
     options = optionsForClientTLS(
-        host, trustRoot=_trustRoot(args),
+        host,
+        trustRoot=_trustRoot(args),
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
     )
-    endpoint = wrapClientTLS(options, HostnameEndpoint(reactor, host, port,
-                                                       timeout=CONNECT_TIMEOUT))
+    endpoint = wrapClientTLS(
+        options, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    )
     proto = BackupClientProtocol(deferToThread, reactor)
     try:
         await connectProtocol(endpoint, proto)
     except (ConnectError, ConnectingCancelledError, TimeoutError, OSError) as e:
-        raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {e.__class__.__name__}")
+        why = e.__class__.__name__
+        raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {why}") from None
     return proto
 
 
@@ -267,7 +302,7 @@ async def _answered(reactor, proto, d):
         return await d
     except NoAnswer:
         proto.transport.abortConnection()
-        raise Fatal(EXIT_UNREACHABLE, f"no answer from the server in {ANSWER_TIMEOUT} s")
+        raise Fatal(EXIT_UNREACHABLE, f"no answer from the server in {ANSWER_TIMEOUT} s") from None
 
 
 async def _session(reactor, args, user, password):
@@ -310,7 +345,9 @@ async def cmdList(reactor, args):
     else:
         print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>14}  SOURCE")
         for s in snapshots:
-            print(f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}  {s['source']}")
+            print(
+                f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}  {s['source']}"
+            )
     return EXIT_OK
 
 
@@ -398,8 +435,15 @@ async def cmdBackup(reactor, args):
     # plan the zip while connecting and logging in
     stop = threading.Event()
     spool = Spool()
-    planning = _planInThread(deferToThread, path, name, args.compression, spool, stop=stop,
-                             workers=None if workers is None else workers.pool)
+    planning = _planInThread(
+        deferToThread,
+        path,
+        name,
+        args.compression,
+        spool,
+        stop=stop,
+        workers=None if workers is None else workers.pool,
+    )
     if workers is not None:
         planning.addBoth(_stopWorkers, workers)
     try:
@@ -469,26 +513,35 @@ async def cmdRestore(reactor, args):
         proto = await _session(reactor, args, user, password)
         try:
             begin, sink = await proto.restore(
-                args.snapshot, openSink, progress=lambda n: bars[0](n), beginHook=began)
+                args.snapshot, openSink, progress=lambda n: bars[0](n), beginHook=began
+            )
         finally:
             for bar in bars:
                 bar.close()
         proto.transport.loseConnection()
         index = await deferToThread(
-            placeUnpacked, sink, dest, begin["name"], begin["kind"], args.overwrite)
+            placeUnpacked, sink, dest, begin["name"], begin["kind"], args.overwrite
+        )
     finally:
         await deferToThread(staging.remove)
     target = os.path.join(dest, begin["name"])
     if args.json:
-        print(json.dumps({"snapshot": begin["snapshot"], "path": target,
-                          "bytes": index.size, "files": index.files}))
+        print(
+            json.dumps(
+                {
+                    "snapshot": begin["snapshot"],
+                    "path": target,
+                    "bytes": index.size,
+                    "files": index.files,
+                }
+            )
+        )
     else:
         print(f"restored {begin['snapshot']} to {target}")
     return EXIT_OK
 
 
-COMMANDS = {"register": cmdRegister, "list": cmdList, "backup": cmdBackup,
-            "restore": cmdRestore}
+COMMANDS = {"register": cmdRegister, "list": cmdList, "backup": cmdBackup, "restore": cmdRestore}
 
 
 def _errorResult(error):
@@ -523,8 +576,9 @@ def _errorResult(error):
     if isinstance(error, ArchiveError):
         return EXIT_ERROR, f"archive refused: {error}"
     if isinstance(error, BrokenProcessPool):
-        return EXIT_ERROR, ("a process planning the backup ended unexpectedly (out of memory?);"
-                            " nothing was sent")
+        return EXIT_ERROR, (
+            "a process planning the backup ended unexpectedly (out of memory?); nothing was sent"
+        )
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         return EXIT_ERROR, f"{error.strerror or error}{where}"

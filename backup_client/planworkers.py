@@ -63,8 +63,12 @@ class PlanWorkers:
         @raise OSError: if the workers could not be started (none is left).
         """
         reader, self._writer = os.pipe()
-        self.pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
-                                        initializer=_startWorker, initargs=(reader, self._writer))
+        self.pool = ProcessPoolExecutor(
+            count,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_startWorker,
+            initargs=(reader, self._writer),
+        )
         try:
             # a pool that forks starts all its workers at its first task
             self.pool.submit(os.getpid)

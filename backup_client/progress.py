@@ -16,8 +16,15 @@ class _Bar:
         self._tqdm = None
         if not quiet:
             self._tqdm = tqdm(
-                total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.2,
+                total=total,
+                desc=label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.2,
             )
 
     def __call__(self, n):

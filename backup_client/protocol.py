@@ -28,12 +28,24 @@ from backup_proto.wire.frames import (
     parseControl,
 )
 from backup_proto.wire.transfer import (
-    DEFAULT_SOCKET_BUFFER, RECEIVE_BUFFER, ChunkReceiver, ChunkSender, SinkFailed,
-    TransferAborted, setSocketBuffer,
+    DEFAULT_SOCKET_BUFFER,
+    RECEIVE_BUFFER,
+    ChunkReceiver,
+    ChunkSender,
+    SinkFailed,
+    TransferAborted,
+    setSocketBuffer,
 )
 
-_SNAPSHOT_FIELDS = {"id": str, "source": str, "kind": str, "created": str,
-                    "zip_size": int, "size": int, "files": int}
+_SNAPSHOT_FIELDS = {
+    "id": str,
+    "source": str,
+    "kind": str,
+    "created": str,
+    "zip_size": int,
+    "size": int,
+    "files": int,
+}
 
 
 class ConnectionGone(Exception):
@@ -173,15 +185,15 @@ class BackupClientProtocol(Int32StringReceiver):
         """
         @return: a L{Deferred} firing when the account exists.
         """
-        return ensureDeferred(self._call(
-            Msg.REGISTER, {"user": user, "password": password}, Msg.OK))
+        return ensureDeferred(
+            self._call(Msg.REGISTER, {"user": user, "password": password}, Msg.OK)
+        )
 
     def login(self, user, password):
         """
         @return: a L{Deferred} firing when the server accepted the login.
         """
-        return ensureDeferred(self._call(
-            Msg.LOGIN, {"user": user, "password": password}, Msg.OK))
+        return ensureDeferred(self._call(Msg.LOGIN, {"user": user, "password": password}, Msg.OK))
 
     async def _exchangeKeys(self, privateKey):
         pem = crypto.publicKeyPEM(privateKey).decode("ascii")
@@ -222,10 +234,17 @@ class BackupClientProtocol(Int32StringReceiver):
 
     async def _backup(self, openSource, size, name, kind, progress):
         request = (Msg.BACKUP, {"name": name, "size": size, "kind": kind})
-        for attempt in range(1 + MAX_RESENDS):
+        for _attempt in range(1 + MAX_RESENDS):
             _, ready = await self._call(*request, Msg.READY)
-            sender = ChunkSender(openSource, size, self._ciphers.upload, ready["transfer"],
-                                 self.sendString, self._runIO, progress)
+            sender = ChunkSender(
+                openSource,
+                size,
+                self._ciphers.upload,
+                ready["transfer"],
+                self.sendString,
+                self._runIO,
+                progress,
+            )
             try:
                 ours = await sender.start(self.transport)
             except TransferAborted:
@@ -237,9 +256,7 @@ class BackupClientProtocol(Int32StringReceiver):
                 _, done = await self._call(Msg.COMMIT, {"crc": ours}, Msg.DONE)
                 return _checkSnapshot(done["snapshot"])
             request = (Msg.RESEND, {})
-        raise VerificationFailed(
-            f"upload failed verification after {MAX_RESENDS} resends"
-        )
+        raise VerificationFailed(f"upload failed verification after {MAX_RESENDS} resends")
 
     def backup(self, openSource, size, name, kind, progress=None):
         """
@@ -279,8 +296,7 @@ class BackupClientProtocol(Int32StringReceiver):
         # the socket reads RECEIVE_BUFFER at a time while the restore runs
         setSocketBuffer(self.transport, RECEIVE_BUFFER)
         try:
-            return await self._restoreAttempts(snapshotId, openSink, maxSize, progress,
-                                               beginHook)
+            return await self._restoreAttempts(snapshotId, openSink, maxSize, progress, beginHook)
         finally:
             setSocketBuffer(self.transport, DEFAULT_SOCKET_BUFFER)
 
@@ -301,8 +317,14 @@ class BackupClientProtocol(Int32StringReceiver):
             sink = openSink(begin, attempt)
             self._finished = None
             self._receiver = ChunkReceiver(
-                sink, begin["size"], self._ciphers.download, begin["transfer"],
-                self._runIO, self._pauseInput, self._resumeInput, progress,
+                sink,
+                begin["size"],
+                self._ciphers.download,
+                begin["transfer"],
+                self._runIO,
+                self._pauseInput,
+                self._resumeInput,
+                progress,
             )
             _, theirs = await self._expect(Msg.CKSUM)
             if self._receiver is not None:

@@ -15,10 +15,9 @@ import shutil
 import stat
 import tempfile
 
-from backup_proto.archive.policy import ArchiveError
-
-from backup_proto.archive.tree import applyDirAttributes
 from backup_proto.archive.extract import ExtractSink, feedFile
+from backup_proto.archive.policy import ArchiveError
+from backup_proto.archive.tree import applyDirAttributes
 
 
 class RestoreConflict(Exception):

@@ -50,8 +50,12 @@ TRIM_THRESHOLD = 32 << 20
 ARENA_MAX = 2
 #: Environment variables with which a user tunes glibc's allocator: if any
 #: is set, the user's choice stands.
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
-                 "GLIBC_TUNABLES")
+USER_SETTINGS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+)
 
 
 def _libc():
@@ -77,6 +81,10 @@ def tuneAllocator(libc=None, environ=os.environ):
     mallopt = getattr(_libc() if libc is None else libc, "mallopt", None)
     if mallopt is None:
         return False
-    return all([mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                mallopt(M_ARENA_MAX, ARENA_MAX)])
+    return all(
+        [
+            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            mallopt(M_ARENA_MAX, ARENA_MAX),
+        ]
+    )

@@ -23,10 +23,12 @@ FILES = ("ca.pem", "ca.key", "server.pem", "server.key")
 
 
 def _name(common):
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "backup_proto development"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "backup_proto development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
 
 
 def _subjectAltNames(hosts):
@@ -49,7 +51,8 @@ def makeCertificates(hosts=DEFAULT_HOSTS, days=825):
     caName = _name("backup_proto development CA")
     caCert = (
         x509.CertificateBuilder()
-        .subject_name(caName).issuer_name(caName)
+        .subject_name(caName)
+        .issuer_name(caName)
         .public_key(caKey.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -59,14 +62,16 @@ def makeCertificates(hosts=DEFAULT_HOSTS, days=825):
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False
+        )
         .sign(caKey, hashes.SHA256())
     )
     serverKey = ec.generate_private_key(ec.SECP256R1())
     serverCert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).issuer_name(caName)
+        .subject_name(_name(hosts[0]))
+        .issuer_name(caName)
         .public_key(serverKey.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -77,8 +82,7 @@ def makeCertificates(hosts=DEFAULT_HOSTS, days=825):
             x509.KeyUsage(True, False, True, False, False, False, False, False, False),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()),
             critical=False,
@@ -88,7 +92,8 @@ def makeCertificates(hosts=DEFAULT_HOSTS, days=825):
 
     def keyPEM(key):
         return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
 
@@ -131,7 +136,10 @@ def main(argv=None):
     )
     parser.add_argument("--dir", default="certs", help="output folder (default: certs)")
     parser.add_argument(
-        "--host", action="append", dest="hosts", metavar="NAME",
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="NAME",
         help="a DNS name or IP address for the server certificate (repeatable;"
         " default: localhost, 127.0.0.1, ::1)",
     )

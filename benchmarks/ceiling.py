@@ -20,11 +20,17 @@ import time
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import (
-    HostnameEndpoint, SSL4ServerEndpoint, connectProtocol, wrapClientTLS,
+    HostnameEndpoint,
+    SSL4ServerEndpoint,
+    connectProtocol,
+    wrapClientTLS,
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import (
-    Certificate, PrivateCertificate, TLSVersion, optionsForClientTLS,
+    Certificate,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
 )
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import Int32StringReceiver
@@ -67,8 +73,9 @@ class Source(Int32StringReceiver):
         count = chunkCount(self.size)
         while not self.paused and self.index < count:
             self.crc.update(self.block)
-            self.sendString(encodeData(self.ciphers.upload.seal(1, self.size, self.index,
-                                                                self.block)))
+            self.sendString(
+                encodeData(self.ciphers.upload.seal(1, self.size, self.index, self.block))
+            )
             self.index += 1
         if self.index == count:
             self.transport.unregisterProducer()
@@ -100,7 +107,8 @@ async def sink(reactor, size, certDir):
     options.getContext().set_min_proto_version(0x0304)
     done = defer.Deferred()
     port = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
-        Factory.forProtocol(lambda: Sink(CIPHERS, size, done)))
+        Factory.forProtocol(lambda: Sink(CIPHERS, size, done))
+    )
     print(port.getHost().port, flush=True)
     crc = await done
     print(crc, flush=True)
@@ -112,23 +120,36 @@ async def measure(reactor, size):
     for name, data in files.items():
         with open(os.path.join(certDir, name), "wb") as f:
             f.write(data)
-    child = subprocess.Popen([sys.executable, __file__, "--mib", str(size >> 20),
-                              "--sink", certDir], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--mib", str(size >> 20), "--sink", certDir],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     port = int(child.stdout.readline())
     clientOptions = optionsForClientTLS(
-        "localhost", trustRoot=Certificate.loadPEM(files["ca.pem"]),
-        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3})
+        "localhost",
+        trustRoot=Certificate.loadPEM(files["ca.pem"]),
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
+    )
     start = time.perf_counter()
     source = Source(CIPHERS, size)
-    await connectProtocol(wrapClientTLS(clientOptions, HostnameEndpoint(
-        reactor, "localhost", port)), source)
+    await connectProtocol(
+        wrapClientTLS(clientOptions, HostnameEndpoint(reactor, "localhost", port)), source
+    )
     crc = int(await deferToThread(child.stdout.readline))
     seconds = time.perf_counter() - start
     assert crc == source.crc.value()
     source.transport.loseConnection()
     child.wait()
-    print(json.dumps({"bytes": size, "seconds": round(seconds, 3),
-                      "mb_per_s": round(size / seconds / 1e6, 1)}))
+    print(
+        json.dumps(
+            {
+                "bytes": size,
+                "seconds": round(seconds, 3),
+                "mb_per_s": round(size / seconds / 1e6, 1),
+            }
+        )
+    )
 
 
 def main():

@@ -34,10 +34,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 from twisted.internet.threads import deferToThread
 
-from backup_proto.wire import crypto
-from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
 from backup_client.protocol import BackupClientProtocol
+from backup_proto.archive.plan import planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.wire import crypto
 
 BIN = os.path.dirname(sys.executable)
 
@@ -66,13 +66,15 @@ class Idle(Protocol):
 async def run(reactor, args, work, port, serverPid):
     with open(os.path.join(work, "certs", "ca.pem"), "rb") as f:
         ca = Certificate.loadPEM(f.read())
-    options = optionsForClientTLS("localhost", trustRoot=ca,
-                                  extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3})
+    options = optionsForClientTLS(
+        "localhost", trustRoot=ca, extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3}
+    )
     key = crypto.generateClientKey()
 
     def endpoint(bind=None):
-        return wrapClientTLS(options, HostnameEndpoint(reactor, "localhost", port, timeout=30,
-                                                       bindAddress=bind))
+        return wrapClientTLS(
+            options, HostnameEndpoint(reactor, "localhost", port, timeout=30, bindAddress=bind)
+        )
 
     async def session(user):
         proto = BackupClientProtocol(deferToThread, reactor)
@@ -122,7 +124,8 @@ async def run(reactor, args, work, port, serverPid):
     start = time.monotonic()
     probing = defer.ensureDeferred(prober())
     results = await defer.DeferredList(
-        [defer.ensureDeferred(backup(i)) for i in range(args.clients)], consumeErrors=True)
+        [defer.ensureDeferred(backup(i)) for i in range(args.clients)], consumeErrors=True
+    )
     elapsed = time.monotonic() - start
     done["flag"] = True
     await probing
@@ -163,19 +166,34 @@ def main():
     parser.add_argument("--payload-mib", type=float, default=2.0)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="backup-load-")
-    subprocess.run([os.path.join(BIN, "backup-certs"), "--dir", os.path.join(work, "certs")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [os.path.join(BIN, "backup-certs"), "--dir", os.path.join(work, "certs")],
+        check=True,
+        capture_output=True,
+    )
     os.makedirs(os.path.join(work, "payload"))
     with open(os.path.join(work, "payload", "data"), "wb") as f:
         f.write(os.urandom(int(args.payload_mib * 2**20)))
     port = freePort()
     log = open(os.path.join(work, "server.log"), "wb")
     server = subprocess.Popen(
-        [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "backup-server",
-         "--data-dir", os.path.join(work, "data"), "--login-timeout", "600",
-         "--idle-timeout", "600",
-         "--listen", f"ssl:{port}:privateKey={work}/certs/server.key:certKey={work}/certs/server.pem"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            os.path.join(BIN, "twistd"),
+            "-n",
+            "--pidfile=",
+            "backup-server",
+            "--data-dir",
+            os.path.join(work, "data"),
+            "--login-timeout",
+            "600",
+            "--idle-timeout",
+            "600",
+            "--listen",
+            f"ssl:{port}:privateKey={work}/certs/server.key:certKey={work}/certs/server.pem",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         for _ in range(100):
             try:
@@ -183,8 +201,7 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor, args, work, port,
-                                                            server.pid)))
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor, args, work, port, server.pid)))
     finally:
         server.terminate()
         server.wait(30)

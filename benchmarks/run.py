@@ -60,7 +60,7 @@ def freePort():
 
 def treeBytes(path):
     total = 0
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             total += os.lstat(os.path.join(root, name)).st_size
     return total
@@ -81,15 +81,18 @@ def timed(argv, env=None, cwd=None):
     @raise RunStopped: the command failed.
     """
     start = time.perf_counter()
-    result = subprocess.run([TIME, "-f", "%M", *argv], env=env, cwd=cwd,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [TIME, "-f", "%M", *argv], env=env, cwd=cwd, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         # GNU time adds its own two lines; the command's are before them
         said = "\n".join(result.stderr.strip().splitlines()[:-2][-20:])
         step = next((arg for arg in argv[1:] if not arg.startswith("-")), "")
-        raise RunStopped(f"{os.path.basename(argv[0])} {step} failed with exit status "
-                         f"{result.returncode}:\n{said}")
+        raise RunStopped(
+            f"{os.path.basename(argv[0])} {step} failed with exit status "
+            f"{result.returncode}:\n{said}"
+        )
     rss = int(result.stderr.strip().splitlines()[-1]) * 1024
     return seconds, rss, result.stdout
 
@@ -121,7 +124,7 @@ def settle(tree=None):
     (the first tool would otherwise pay for cold reads alone).
     """
     if tree is not None:
-        for root, dirs, files in os.walk(tree):
+        for root, _dirs, files in os.walk(tree):
             for name in files:
                 path = os.path.join(root, name)
                 if not os.path.islink(path):
@@ -138,12 +141,22 @@ class Server:
         certs = os.path.join(work, "certs")
         self.dataDir = os.path.join(work, f"server-{name}")
         self.process = subprocess.Popen(
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "backup-server",
-             "--data-dir", self.dataDir, "--pbkdf2-iterations", "100000",
-             "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
-             f":certKey={certs}/server.pem"],
+            [
+                os.path.join(BIN, "twistd"),
+                "-n",
+                "--pidfile=",
+                "backup-server",
+                "--data-dir",
+                self.dataDir,
+                "--pbkdf2-iterations",
+                "100000",
+                "--listen",
+                f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
+                f":certKey={certs}/server.pem",
+            ],
             stdout=open(os.path.join(work, f"server-{name}.log"), "wb"),
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(200):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -168,9 +181,14 @@ class Ours:
         self.work = work
         self.server = server
         self.compression = compression
-        self.env = dict(os.environ, BACKUP_SERVER=f"localhost:{server.port}",
-                        BACKUP_CA=os.path.join(work, "certs", "ca.pem"), BACKUP_USER="bench",
-                        BACKUP_PASSWORD="bench", BACKUP_CONFIG_DIR=os.path.join(work, "client"))
+        self.env = dict(
+            os.environ,
+            BACKUP_SERVER=f"localhost:{server.port}",
+            BACKUP_CA=os.path.join(work, "certs", "ca.pem"),
+            BACKUP_USER="bench",
+            BACKUP_PASSWORD="bench",
+            BACKUP_CONFIG_DIR=os.path.join(work, "client"),
+        )
         self.client("register")
 
     def client(self, *args):
@@ -181,8 +199,13 @@ class Ours:
         snapshot = out.strip().splitlines()[-1]
         listed = json.loads(self.client("list", "--json")[2])
         zipSize = next(s["zip_size"] for s in listed if s["id"] == snapshot)
-        return {"seconds": seconds, "client_rss": rss, "server_rss": self.server.peakRSS(),
-                "bytes_sent": zipSize, "snapshot": snapshot}
+        return {
+            "seconds": seconds,
+            "client_rss": rss,
+            "server_rss": self.server.peakRSS(),
+            "bytes_sent": zipSize,
+            "snapshot": snapshot,
+        }
 
     def restore(self, snapshot, dest):
         seconds, rss, out = self.client("restore", dest, "--snapshot", snapshot)
@@ -201,21 +224,28 @@ class SSHD:
         for key in ("host", "client"):
             path = os.path.join(self.dir, key)
             if not os.path.exists(path):
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path],
-                               check=True)
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True
+                )
         shutil.copy(os.path.join(self.dir, "client.pub"), os.path.join(self.dir, "authorized"))
         self.port = freePort()
         config = os.path.join(self.dir, "sshd_config")
         with open(config, "w") as f:
-            f.write(f"Port {self.port}\nListenAddress 127.0.0.1\n"
-                    f"HostKey {self.dir}/host\nAuthorizedKeysFile {self.dir}/authorized\n"
-                    f"PidFile {self.dir}/sshd.pid\nStrictModes no\nUsePAM no\n"
-                    "PermitRootLogin prohibit-password\nPasswordAuthentication no\n")
-        self.process = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
-                                         "-f", config], stderr=subprocess.DEVNULL)
+            f.write(
+                f"Port {self.port}\nListenAddress 127.0.0.1\n"
+                f"HostKey {self.dir}/host\nAuthorizedKeysFile {self.dir}/authorized\n"
+                f"PidFile {self.dir}/sshd.pid\nStrictModes no\nUsePAM no\n"
+                "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            )
+        self.process = subprocess.Popen(
+            [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", config],
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
-        self.ssh = (f"ssh -p {self.port} -i {self.dir}/client -o StrictHostKeyChecking=no"
-                    " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        self.ssh = (
+            f"ssh -p {self.port} -i {self.dir}/client -o StrictHostKeyChecking=no"
+            " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        )
 
     def stop(self):
         self.process.terminate()
@@ -230,35 +260,43 @@ def baselines(work, tree, name, sshd):
     @return: seconds by measurement name.
     """
     out = {}
-    env = dict(os.environ, RESTIC_PASSWORD="bench", BORG_PASSPHRASE="",
-               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+    env = dict(
+        os.environ,
+        RESTIC_PASSWORD="bench",
+        BORG_PASSPHRASE="",
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+    )
     stamp = f"{name}-{time.time_ns()}"
     if sshd is not None and shutil.which("rsync"):
         dest = os.path.join(work, "rsync", stamp)
         os.makedirs(dest)
         settle(tree)
-        seconds, _, _ = timed(["rsync", "-a", "-e", sshd.ssh, tree + "/",
-                               f"root@127.0.0.1:{dest}/"])
+        seconds, _, _ = timed(
+            ["rsync", "-a", "-e", sshd.ssh, tree + "/", f"root@127.0.0.1:{dest}/"]
+        )
         out["rsync_backup"] = seconds
     if shutil.which("restic"):
         repo = os.path.join(work, "restic", stamp)
-        subprocess.run(["restic", "init", "-q", "--repo", repo], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["restic", "init", "-q", "--repo", repo], env=env, check=True, capture_output=True
+        )
         settle(tree)
-        out["restic_backup"] = timed(["restic", "backup", "-q", "--repo", repo, tree],
-                                     env=env)[0]
+        out["restic_backup"] = timed(["restic", "backup", "-q", "--repo", repo, tree], env=env)[0]
         dest = os.path.join(work, "restic-restore", stamp)
         settle()
-        out["restic_restore"] = timed(["restic", "restore", "-q", "--repo", repo, "latest",
-                                       "--target", dest], env=env)[0]
+        out["restic_restore"] = timed(
+            ["restic", "restore", "-q", "--repo", repo, "latest", "--target", dest], env=env
+        )[0]
     if shutil.which("borg"):
         repo = os.path.join(work, "borg", stamp)
         os.makedirs(os.path.dirname(repo), exist_ok=True)
-        subprocess.run(["borg", "init", "-e", "none", repo], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["borg", "init", "-e", "none", repo], env=env, check=True, capture_output=True
+        )
         settle(tree)
-        out["borg_backup"] = timed(["borg", "create", "--compression", "lz4",
-                                    f"{repo}::full", tree], env=env, cwd=tree)[0]
+        out["borg_backup"] = timed(
+            ["borg", "create", "--compression", "lz4", f"{repo}::full", tree], env=env, cwd=tree
+        )[0]
     return out
 
 
@@ -268,8 +306,11 @@ def summary(runs, size):
     time, and the largest of each other number (peak RSS, bytes sent).
     """
     seconds = statistics.median(r["seconds"] for r in runs)
-    out = {"seconds": round(seconds, 3), "mb_per_s": round(size / seconds / 1e6, 1),
-           "samples": [round(r["seconds"], 3) for r in runs]}
+    out = {
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(size / seconds / 1e6, 1),
+        "samples": [round(r["seconds"], 3) for r in runs],
+    }
     for key in runs[0]:
         if key not in out and key != "snapshot":
             out[key] = max(r[key] for r in runs)
@@ -292,16 +333,19 @@ def checkSpace(work, data, trees, scale, repeat):
 
     @raise RunStopped: naming what is needed and what is free.
     """
-    built = sum(TREE_BYTES[name] * scale for name in trees
-                if not os.path.isdir(os.path.join(data, name)))
+    built = sum(
+        TREE_BYTES[name] * scale for name in trees if not os.path.isdir(os.path.join(data, name))
+    )
     # every tree's copies stay until the run ends (deleting them earlier
     # would slow the next tree's measurements: QUIET_AFTER_DELETES)
     need = built + sum(TREE_BYTES[name] * scale for name in trees) * COPIES_PER_TREE * repeat
     st = os.statvfs(work)
     free = st.f_bavail * st.f_frsize
     if free < need:
-        raise RunStopped(f"{work} has {free / 2**30:.1f} GiB free; this run needs about "
-                         f"{need / 2**30:.1f} GiB (fewer --trees or a smaller --scale need less)")
+        raise RunStopped(
+            f"{work} has {free / 2**30:.1f} GiB free; this run needs about "
+            f"{need / 2**30:.1f} GiB (fewer --trees or a smaller --scale need less)"
+        )
 
 
 def freshTrees(data, trees, scale):
@@ -324,8 +368,19 @@ def freshTrees(data, trees, scale):
         if not os.path.isdir(tree):
             missing.append(name)
     if missing:
-        subprocess.run([sys.executable, MAKE_DATASET, "build", data, "--trees", ",".join(missing),
-                        "--scale", str(scale)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                MAKE_DATASET,
+                "build",
+                data,
+                "--trees",
+                ",".join(missing),
+                "--scale",
+                str(scale),
+            ],
+            check=True,
+        )
 
 
 def main():
@@ -335,13 +390,23 @@ def main():
     parser.add_argument("--work", default="/tmp/backup-proto-bench")
     parser.add_argument("--compression", default="auto", choices=("auto", "store", "deflate"))
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="measure each step this many times and report the median")
-    parser.add_argument("--quiet-seconds", type=int, default=QUIET_AFTER_DELETES,
-                        help="wait this long before the first measurement"
-                             " (see QUIET_AFTER_DELETES)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep this run's server data, restores and baseline repositories")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="measure each step this many times and report the median",
+    )
+    parser.add_argument(
+        "--quiet-seconds",
+        type=int,
+        default=QUIET_AFTER_DELETES,
+        help="wait this long before the first measurement (see QUIET_AFTER_DELETES)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep this run's server data, restores and baseline repositories",
+    )
     args = parser.parse_args()
     trees = args.trees.split(",")
     if args.repeat < 1:
@@ -355,16 +420,30 @@ def main():
     checkSpace(work, data, trees, args.scale, args.repeat)
     freshTrees(data, trees, args.scale)
     if not os.path.exists(os.path.join(work, "certs", "ca.pem")):
-        subprocess.run([os.path.join(BIN, "backup-certs"), "--dir",
-                        os.path.join(work, "certs")], check=True, capture_output=True)
-    ceiling = json.loads(subprocess.run([sys.executable, os.path.join(HERE, "ceiling.py")],
-                                        capture_output=True, text=True, check=True).stdout)
+        subprocess.run(
+            [os.path.join(BIN, "backup-certs"), "--dir", os.path.join(work, "certs")],
+            check=True,
+            capture_output=True,
+        )
+    ceiling = json.loads(
+        subprocess.run(
+            [sys.executable, os.path.join(HERE, "ceiling.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     sshd = None
     if not args.no_baselines and shutil.which("rsync") and shutil.which("sshd"):
         sshd = SSHD(work)
     run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results = {"run": run, "ceiling_mb_per_s": ceiling["mb_per_s"],
-               "compression": args.compression, "repeat": args.repeat, "trees": {}}
+    results = {
+        "run": run,
+        "ceiling_mb_per_s": ceiling["mb_per_s"],
+        "compression": args.compression,
+        "repeat": args.repeat,
+        "trees": {},
+    }
     quietAfterDeletes(args.quiet_seconds)
     stopped = None
     try:
@@ -383,25 +462,42 @@ def main():
                     settle(tree)
                     full.append(ours.backup(tree))
                     settle()
-                    restore.append(ours.restore(full[-1]["snapshot"], os.path.join(
-                        work, "restore", f"{run}-{name}-{i}")))
+                    restore.append(
+                        ours.restore(
+                            full[-1]["snapshot"], os.path.join(work, "restore", f"{run}-{name}-{i}")
+                        )
+                    )
                     if not args.no_baselines:
                         for tool, seconds in baselines(work, tree, name, sshd).items():
                             times.setdefault(tool, []).append({"seconds": seconds})
                 generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
-                subprocess.run([sys.executable, MAKE_DATASET, "change", tree, "--generation",
-                                str(generation + 1)], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        MAKE_DATASET,
+                        "change",
+                        tree,
+                        "--generation",
+                        str(generation + 1),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
                 second = []
-                for i in range(args.repeat):
+                for _ in range(args.repeat):
                     settle(tree)
                     second.append(ours.backup(tree))
             finally:
                 server.stop()
-            entry = {"bytes": size, "full": summary(full, size),
-                     "restore": summary(restore, size), "second": summary(second, size2),
-                     "second_bytes": size2}
+            entry = {
+                "bytes": size,
+                "full": summary(full, size),
+                "restore": summary(restore, size),
+                "second": summary(second, size2),
+                "second_bytes": size2,
+            }
             if times:
                 entry["baselines"] = {tool: summary(runs, size) for tool, runs in times.items()}
             results["trees"][name] = entry
@@ -416,7 +512,12 @@ def main():
             # each run leaves several GB (snapshots, restores, repositories)
             for name in os.listdir(work):
                 if name.startswith("server-") or name in (
-                        "restore", "rsync", "restic", "restic-restore", "borg"):
+                    "restore",
+                    "rsync",
+                    "restic",
+                    "restic-restore",
+                    "borg",
+                ):
                     path = os.path.join(work, name)
                     if os.path.isdir(path):
                         shutil.rmtree(path, ignore_errors=True)
@@ -432,28 +533,38 @@ def main():
 
 def report(results):
     mib = 2**20
-    print(f"\ntransport ceiling: {results['ceiling_mb_per_s']} MB/s;"
-          f" compression: {results['compression']}")
-    header = (f"{'tree':<7} {'step':<8} {'seconds':>8} {'MB/s':>7} {'client RSS':>11}"
-              f" {'server RSS':>11} {'sent MiB':>9} {'/ceiling':>9}  times")
+    print(
+        f"\ntransport ceiling: {results['ceiling_mb_per_s']} MB/s;"
+        f" compression: {results['compression']}"
+    )
+    header = (
+        f"{'tree':<7} {'step':<8} {'seconds':>8} {'MB/s':>7} {'client RSS':>11}"
+        f" {'server RSS':>11} {'sent MiB':>9} {'/ceiling':>9}  times"
+    )
     print(header)
     print("-" * len(header))
     for name, entry in results["trees"].items():
         for step in ("full", "restore", "second"):
             m = entry[step]
             sent = f"{m['bytes_sent'] / mib:9.1f}" if "bytes_sent" in m else " " * 9
-            print(f"{name:<7} {step:<8} {m['seconds']:8.2f} {m['mb_per_s']:7.1f}"
-                  f" {m['client_rss'] / mib:10.1f}M {m['server_rss'] / mib:10.1f}M {sent}"
-                  f" {m['mb_per_s'] / results['ceiling_mb_per_s']:9.2f}  {spread(m)}")
+            print(
+                f"{name:<7} {step:<8} {m['seconds']:8.2f} {m['mb_per_s']:7.1f}"
+                f" {m['client_rss'] / mib:10.1f}M {m['server_rss'] / mib:10.1f}M {sent}"
+                f" {m['mb_per_s'] / results['ceiling_mb_per_s']:9.2f}  {spread(m)}"
+            )
     print()
     for name, entry in results["trees"].items():
         for tool, m in entry.get("baselines", {}).items():
             ours = entry["restore" if tool.endswith("restore") else "full"]
-            print(f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
-                  f" {ours['mb_per_s'] / m['mb_per_s']:.2f}   per round {perRound(ours, m)}"
-                  f"   times {spread(m)}")
-    print(f"\nmedians of {results['repeat']} runs of each step; 'per round' is the ratio"
-          " of each repetition's two runs, made back to back")
+            print(
+                f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
+                f" {ours['mb_per_s'] / m['mb_per_s']:.2f}   per round {perRound(ours, m)}"
+                f"   times {spread(m)}"
+            )
+    print(
+        f"\nmedians of {results['repeat']} runs of each step; 'per round' is the ratio"
+        " of each repetition's two runs, made back to back"
+    )
 
 
 def perRound(ours, theirs):

@@ -11,24 +11,27 @@ import stat
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import (
-    Certificate, PrivateCertificate, TLSVersion, optionsForClientTLS,
+    Certificate,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
 )
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from backup_proto.wire import crypto
-from backup_proto.server.accounts import AccountStore
+from backup_client.protocol import BackupClientProtocol
 from backup_proto.archive.directio import readAheadThreads
+from backup_proto.archive.plan import wholeSeconds
 from backup_proto.archive.policy import Limits
 from backup_proto.certs import makeCertificates
+from backup_proto.server.accounts import AccountStore
 from backup_proto.server.database import Database
 from backup_proto.server.protocol import BackupServerFactory
 from backup_proto.server.resources import RestoreArchives
 from backup_proto.server.storage import SnapshotStore
-from backup_proto.archive.plan import wholeSeconds
-from backup_client.protocol import BackupClientProtocol
+from backup_proto.wire import crypto
 
 TEST_ITERATIONS = 1000
 #: The direct reads of the in-memory servers' restores, as the real one
@@ -86,7 +89,7 @@ def runNow(f, *args, **kwargs):
     return maybeDeferred(f, *args, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def certificates(host="backup.test"):
     """
     A CA and a server certificate for C{host} (cached per host).
@@ -94,7 +97,7 @@ def certificates(host="backup.test"):
     return makeCertificates((host, "127.0.0.1"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clientKey():
     """
     One RSA key for all tests (3072-bit keys take a while to make).
@@ -129,7 +132,8 @@ def serverTLSOptions(host="backup.test"):
 def clientTLSOptions(host="backup.test", ca=None):
     ca = ca or certificates("backup.test")["ca.pem"]
     return optionsForClientTLS(
-        host, trustRoot=Certificate.loadPEM(ca),
+        host,
+        trustRoot=Certificate.loadPEM(ca),
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_3},
     )
 
@@ -145,7 +149,9 @@ def connectInMemory(factory, clientOptions=None, clock=None):
     client = BackupClientProtocol(runNow, clock)
     serverTLS = TLSMemoryBIOFactory(serverTLSOptions(), False, factory, clock=clock)
     clientTLS = TLSMemoryBIOFactory(
-        clientOptions or clientTLSOptions(), True, Factory.forProtocol(lambda: client),
+        clientOptions or clientTLSOptions(),
+        True,
+        Factory.forProtocol(lambda: client),
         clock=clock,
     )
     from twisted.internet.address import IPv4Address
@@ -153,7 +159,8 @@ def connectInMemory(factory, clientOptions=None, clock=None):
     c, s, pump = connectedServerAndClient(
         lambda: serverTLS.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40445)),
         lambda: clientTLS.buildProtocol(None),
-        greet=False, clock=clock,
+        greet=False,
+        clock=clock,
     )
     pump.flush()
     return client, s.wrappedProtocol, pump
@@ -199,8 +206,12 @@ def makeTrickyTree(root):
 
     rng = random.Random(7)
     with open(os.path.join(root, "notes.txt"), "w") as f:  # small, deflated in one go
-        f.write(" ".join(rng.choice(["backup", "restore", "zip", "twisted", "tls", "snapshot"])
-                         for _ in range(1500)))
+        f.write(
+            " ".join(
+                rng.choice(["backup", "restore", "zip", "twisted", "tls", "snapshot"])
+                for _ in range(1500)
+            )
+        )
     os.symlink("héllo wörld ✓.txt", os.path.join(root, "link to hello"))
     os.symlink("../outside/target", os.path.join(root, "dangling"))
     os.utime(os.path.join(root, "empty"), (1_600_000_000, 1_600_000_000))
@@ -233,8 +244,13 @@ def treeSignature(root):
             else:
                 with open(path, "rb") as f:
                     data = f.read()
-                result[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, len(data),
-                               hashlib.sha256(data).hexdigest())
+                result[rel] = (
+                    "file",
+                    stat.S_IMODE(st.st_mode),
+                    mtime,
+                    len(data),
+                    hashlib.sha256(data).hexdigest(),
+                )
     return result
 
 
@@ -249,8 +265,8 @@ def fileSource(path):
 
 class FileSink:
     """
-    A L{backup_proto.wire.transfer.ChunkReceiver} sink writing into a new file (C{O_EXCL}, mode 0600), created at the
-    first write.
+    A L{backup_proto.wire.transfer.ChunkReceiver} sink writing into a new
+    file (C{O_EXCL}, mode 0600), created at the first write.
     """
 
     def __init__(self, path):
@@ -260,8 +276,9 @@ class FileSink:
     def _open(self):
         if self._file is None:
             self._file = os.fdopen(
-                os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                        0o600), "wb")
+                os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600),
+                "wb",
+            )
         return self._file
 
     def write(self, data):

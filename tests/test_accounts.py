@@ -5,13 +5,17 @@ Tests for L{backup_proto.server.accounts} and its SQLite storage.
 import os
 import sqlite3
 
-
 from backup_proto.server.accounts import (
-    AUTH_FAILED_TEXT, AccountStore, SALT_SIZE, checkPassword, checkUsername, deriveKey,
+    AUTH_FAILED_TEXT,
+    SALT_SIZE,
+    AccountStore,
+    checkPassword,
+    checkUsername,
+    deriveKey,
 )
 from backup_proto.server.database import Database
 from backup_proto.wire.errors import Code, ProtocolError
-from tests.helpers import TestCase, ManualRunner, runNow
+from tests.helpers import ManualRunner, TestCase, runNow
 
 
 class NameTests(TestCase):
@@ -27,8 +31,25 @@ class NameTests(TestCase):
         Anything else is refused with a clear error, including names that
         try to escape or look alike.
         """
-        for name in ("", ".", "..", "../x", "/etc", "-x", ".x", "A", "x" * 33, "a b",
-                     "a\x00", "a/b", "ａlice", "alıce", "a\\b", None, 3):
+        for name in (
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc",
+            "-x",
+            ".x",
+            "A",
+            "x" * 33,
+            "a b",
+            "a\x00",
+            "a/b",
+            "ａlice",
+            "alıce",
+            "a\\b",
+            None,
+            3,
+        ):
             e = self.assertRaises(ProtocolError, checkUsername, name)
             self.assertEqual(e.code, Code.BAD_USERNAME)
             self.assertIn("1 to 32 characters", e.message)
@@ -62,7 +83,8 @@ class StoreTests(TestCase):
         self.successResultOf(self.store.register("alice", "correct horse"))
         conn = sqlite3.connect(self.path)
         salt, key, iterations = conn.execute(
-            "SELECT salt, key, iterations FROM users WHERE username='alice'").fetchone()
+            "SELECT salt, key, iterations FROM users WHERE username='alice'"
+        ).fetchone()
         conn.close()
         self.assertEqual(len(salt), SALT_SIZE)
         self.assertEqual(iterations, 1234)

@@ -62,9 +62,14 @@ class TuneAllocatorTests(TestCase):
         """
         libc = FakeLibc()
         self.assertTrue(tuneAllocator(libc, environ={}))
-        self.assertEqual(libc.calls, [(M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                                      (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                                      (M_ARENA_MAX, ARENA_MAX)])
+        self.assertEqual(
+            libc.calls,
+            [
+                (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+                (M_ARENA_MAX, ARENA_MAX),
+            ],
+        )
 
     def test_userSettingsStand(self):
         """
@@ -89,8 +94,13 @@ class TuneAllocatorTests(TestCase):
 
     def faults(self, mode):
         env = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS}
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", FAULTS, mode],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return int(out)
 
     def test_fewerFaults(self):
@@ -113,6 +123,7 @@ class EntryPointTests(TestCase):
         The client's console script tunes the allocator before it runs.
         """
         from backup_client import cli
+
         order = []
         self.patch(cli, "tuneAllocator", lambda: order.append("tune"))
         self.patch(cli, "run", lambda argv: order.append("run"))

@@ -7,9 +7,8 @@ import shutil
 import stat
 import zipfile
 
-
-from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.extract import extractStream
+from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.stream import writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 
@@ -113,8 +112,10 @@ class RoundTripTests(TestCase):
         self.patch(archive.os, "open", deniedOpen)
         self.patch(archive.os, "scandir", deniedScandir)
         report = writeArchive("src", os.path.abspath("u.zip"))
-        self.assertEqual(sorted(report.unreadable),
-                         ["src/locked: Permission denied", "src/secret: Permission denied"])
+        self.assertEqual(
+            sorted(report.unreadable),
+            ["src/locked: Permission denied", "src/secret: Permission denied"],
+        )
         with zipfile.ZipFile("u.zip") as zf:
             self.assertEqual(sorted(zf.namelist()), ["src/", "src/fine", "src/locked/"])
 
@@ -155,10 +156,8 @@ class FastDeflateTests(TestCase):
 
         calls = []
         real = zlib_ng.compressobj, isal_zlib.decompressobj
-        self.patch(archive.zlib_ng, "compressobj",
-                   lambda *a: calls.append("c") or real[0](*a))
-        self.patch(isal_zlib, "decompressobj",
-                   lambda *a: calls.append("d") or real[1](*a))
+        self.patch(archive.zlib_ng, "compressobj", lambda *a: calls.append("c") or real[0](*a))
+        self.patch(isal_zlib, "decompressobj", lambda *a: calls.append("d") or real[1](*a))
         os.makedirs("src")
         import random
 
@@ -252,18 +251,24 @@ class RefusalTests(TestCase):
         Two names that are one name in Unicode normal form C (here an
         C{e} with its accent composed, and one with it apart) are refused.
         """
-        self.refuse([("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301", b"2", F)],
-                    match="two entries")
+        self.refuse(
+            [("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301", b"2", F)],
+            match="two entries",
+        )
 
     def test_belowFileAfterNFC(self):
         """
         An entry below a file named the same in normal form C is refused,
         at any depth.
         """
-        self.refuse([("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301/x", b"2", F)],
-                    match="below a file or link")
-        self.refuse([("r/", b"", D), ("r/a/", b"", D), ("r/a/b", b"1", F),
-                     ("r/a/b/c/d", b"2", F)], match="below a file or link")
+        self.refuse(
+            [("r/", b"", D), ("r/caf\u00e9", b"1", F), ("r/cafe\u0301/x", b"2", F)],
+            match="below a file or link",
+        )
+        self.refuse(
+            [("r/", b"", D), ("r/a/", b"", D), ("r/a/b", b"1", F), ("r/a/b/c/d", b"2", F)],
+            match="below a file or link",
+        )
 
     def test_fileWhereFolderWasImplied(self):
         """
@@ -271,15 +276,24 @@ class RefusalTests(TestCase):
         implied, then another entry in that folder: refused, although the
         reader checks a folder's ancestors once for all its entries.
         """
-        self.refuse([("r/", b"", D), ("r/cafe\u0301/x", b"1", F), ("r/caf\u00e9", b"2", F),
-                     ("r/cafe\u0301/y", b"3", F)], match="below a file or link")
+        self.refuse(
+            [
+                ("r/", b"", D),
+                ("r/cafe\u0301/x", b"1", F),
+                ("r/caf\u00e9", b"2", F),
+                ("r/cafe\u0301/y", b"3", F),
+            ],
+            match="below a file or link",
+        )
 
     def test_writeThroughLink(self):
         """
         An entry below a link (link then file through it) is refused.
         """
-        self.refuse([("r/", b"", D), ("r/evil", b"/etc", L), ("r/evil/passwd", b"x", F)],
-                    match="below a file or link")
+        self.refuse(
+            [("r/", b"", D), ("r/evil", b"/etc", L), ("r/evil/passwd", b"x", F)],
+            match="below a file or link",
+        )
 
     def test_escapingLinkThenFile(self):
         """
@@ -324,8 +338,11 @@ class RefusalTests(TestCase):
         """
         An entry that expands too much is refused.
         """
-        self.refuse([("r", b"\0" * (3 << 20), F, zipfile.ZIP_DEFLATED)],
-                    Limits(maxRatio=100), match="expands")
+        self.refuse(
+            [("r", b"\0" * (3 << 20), F, zipfile.ZIP_DEFLATED)],
+            Limits(maxRatio=100),
+            match="expands",
+        )
 
     def test_encrypted(self):
         """

@@ -14,14 +14,13 @@ import time
 import zipfile
 
 import pytest
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from backup_proto.archive.stream import writeArchive
+from backup_proto.server.session import State
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame
-from backup_proto.server.session import State
-from backup_proto.archive.stream import writeArchive
 from tests.helpers import ManualRunner, TestCase, makeFactory
 from tests.test_e2e import ServerProcess
 from tests.wire import Wire, control, frame
@@ -236,8 +235,8 @@ class SocketWire(Wire):
             if len(self._buffer) >= 4:
                 (n,) = struct.unpack("!I", self._buffer[:4])
                 if len(self._buffer) >= 4 + n:
-                    kind, body = decodeFrame(self._buffer[4:4 + n])
-                    self._buffer = self._buffer[4 + n:]
+                    kind, body = decodeFrame(self._buffer[4 : 4 + n])
+                    self._buffer = self._buffer[4 + n :]
                     return kind, body if kind is Msg.DATA else json.loads(body)
             more = self.sock.recv(1 << 16)
             if not more:

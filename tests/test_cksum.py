@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import zlib
 
-
 from backup_proto.wire.cksum import Cksum, cksumBytes, cksumFile
 from tests.helpers import TestCase
 

@@ -34,8 +34,7 @@ class PlanInThreadTests(TestCase):
 
         planning = _planInThread(runInThread, "path", "name", "auto", None, stop="stop")
         during = sys.getswitchinterval()
-        self.assertEqual(calls, [(planArchive, ("path", "name", "auto", None),
-                                  {"stop": "stop"})])
+        self.assertEqual(calls, [(planArchive, ("path", "name", "auto", None), {"stop": "stop"})])
         if isinstance(outcome, Exception):
             pending.errback(outcome)
         else:

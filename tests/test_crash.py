@@ -34,13 +34,22 @@ class CrashTests(EndToEndCase):
         self.staging = os.path.join(self.server.dataDir, "users", "alice", ".staging")
 
     def startClient(self, *args):
-        env = dict(os.environ, BACKUP_SERVER=f"localhost:{self.server.port}",
-                   BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"), BACKUP_USER="alice",
-                   BACKUP_PASSWORD="pw", BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
-                   TMPDIR=self.tmp)
-        return subprocess.Popen([command("backup-client"), *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
+        env = dict(
+            os.environ,
+            BACKUP_SERVER=f"localhost:{self.server.port}",
+            BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+            BACKUP_USER="alice",
+            BACKUP_PASSWORD="pw",
+            BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
+            TMPDIR=self.tmp,
+        )
+        return subprocess.Popen(
+            [command("backup-client"), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
 
     def stagingHas(self, predicate):
         try:
@@ -128,7 +137,7 @@ class CrashTests(EndToEndCase):
 
         def receiving():
             # the client unpacks what arrives into a hidden folder in DEST
-            for root, dirs, files in os.walk("out"):
+            for root, _dirs, files in os.walk("out"):
                 for n in files:
                     try:
                         if os.path.getsize(os.path.join(root, n)) > 1 << 20:

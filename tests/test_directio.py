@@ -33,7 +33,7 @@ class DirectWriterTests(TestCase):
             try:
                 direct.append(writer.start(fd, size))
                 for i in range(0, size, piece):
-                    writer.write(data[i:i + piece])
+                    writer.write(data[i : i + piece])
                 writer.finish()
             finally:
                 os.close(fd)
@@ -141,8 +141,9 @@ class DirectReadAheadTests(TestCase):
         offsets = self.recordReads()
         reader = DirectReadAhead(self.block, self.threads())
         blocks = [bytes(b) for b in reader.blocks(fd, [ALIGN] + [self.block] * 3)]
-        self.assertEqual([len(b) for b in blocks], [ALIGN, self.block, self.block,
-                                                    self.block - ALIGN + 100])
+        self.assertEqual(
+            [len(b) for b in blocks], [ALIGN, self.block, self.block, self.block - ALIGN + 100]
+        )
         self.assertEqual(b"".join(blocks), data)
         self.assertEqual(offsets, [0, ALIGN, ALIGN + self.block, ALIGN + 2 * self.block])
 
@@ -153,7 +154,10 @@ class DirectReadAheadTests(TestCase):
         """
         data, fd = self.openDirect(self.block + 5000)
         offsets = self.recordReads()
-        blocks = [bytes(b) for b in DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 4)]
+        blocks = [
+            bytes(b)
+            for b in DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 4)
+        ]
         self.assertEqual(b"".join(blocks), data)
         self.assertEqual(offsets, [0, self.block])
 
@@ -180,7 +184,7 @@ class DirectReadAheadTests(TestCase):
         gate = threading.Event()
         self.recordReads(lambda offset: offset and gate.wait(30))
         blocks = DirectReadAhead(self.block, self.threads()).blocks(fd, [self.block] * 2)
-        self.assertEqual(bytes(next(blocks)), data[:self.block])
+        self.assertEqual(bytes(next(blocks)), data[: self.block])
         closer = threading.Thread(target=blocks.close)
         closer.start()
         closer.join(0.2)

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 
-
 from tests.helpers import TestCase
 from tests.test_crash import waitFor
 from tests.test_e2e import EndToEndCase, ServerProcess
@@ -27,8 +26,9 @@ class SmallDiskCase(EndToEndCase):
         self.base = os.path.abspath("e2e")
         self.disk = os.path.join(self.base, "data")
         os.makedirs(self.disk)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", self.disk],
-                                capture_output=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", self.disk], capture_output=True
+        )
         if result.returncode != 0:
             self.skipTest("cannot mount a tmpfs here: " + result.stderr.decode().strip())
         self.addCleanup(subprocess.run, ["umount", "-l", self.disk])
@@ -97,8 +97,8 @@ class UnpackFullTests(TestCase):
         ENOSPC while unpacking the arriving zip (simulated) is reported as
         storage-full and the staging data is removed.
         """
-        from backup_proto.wire.errors import Code
         from backup_proto.archive.extract import StreamingExtractor
+        from backup_proto.wire.errors import Code
         from tests.helpers import makeFactory
         from tests.test_transfer import makeZip
         from tests.wire import Wire
@@ -125,8 +125,9 @@ class LocalDiskFullTests(EndToEndCase):
         """
         small = os.path.abspath("small-disk")
         os.makedirs(small)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small],
-                                capture_output=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small], capture_output=True
+        )
         if result.returncode != 0:
             self.skipTest("cannot mount a tmpfs here: " + result.stderr.decode().strip())
         self.addCleanup(subprocess.run, ["umount", "-l", small])
@@ -136,8 +137,10 @@ class LocalDiskFullTests(EndToEndCase):
         self.ok("backup", "big")
         result = self.client("restore", small)
         self.assertEqual(result.returncode, 9, result.stderr)
-        self.assertTrue(result.stderr.strip().splitlines()[-1].startswith(
-            "backup-client: local disk full"), result.stderr)
+        self.assertTrue(
+            result.stderr.strip().splitlines()[-1].startswith("backup-client: local disk full"),
+            result.stderr,
+        )
         self.assertNotIn("server", result.stderr)
         self.assertEqual(os.listdir(small), [])
         self.ok("list")

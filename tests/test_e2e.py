@@ -40,21 +40,33 @@ class ServerProcess:
         self.base = base
         self.port = freePort()
         self.dataDir = os.path.join(base, "data")
-        subprocess.run([command("backup-certs"), "--dir", os.path.join(base, "certs")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [command("backup-certs"), "--dir", os.path.join(base, "certs")],
+            check=True,
+            capture_output=True,
+        )
         certs = os.path.join(base, "certs")
         self.argv = [
-            command("twistd"), "-n", "--pidfile=", "backup-server",
-            "--data-dir", self.dataDir, "--pbkdf2-iterations", "1000",
-            "--listen", f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
-            f":certKey={certs}/server.pem", *extra,
+            command("twistd"),
+            "-n",
+            "--pidfile=",
+            "backup-server",
+            "--data-dir",
+            self.dataDir,
+            "--pbkdf2-iterations",
+            "1000",
+            "--listen",
+            f"ssl:{self.port}:interface=127.0.0.1:privateKey={certs}/server.key"
+            f":certKey={certs}/server.pem",
+            *extra,
         ]
         self.start()
 
     def start(self):
         with open(os.path.join(self.base, "server.log"), "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.base)
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.base
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -94,17 +106,24 @@ class EndToEndCase(TestCase):
 
     def client(self, *args, user="alice", password="pw", ca=None, server=None, stdin=None):
         env = dict(os.environ)
-        env.update({
-            "BACKUP_SERVER": server or f"localhost:{self.server.port}",
-            "BACKUP_CA": ca or os.path.join(self.base, "certs", "ca.pem"),
-            "BACKUP_USER": user,
-            "BACKUP_PASSWORD": password,
-            "BACKUP_CONFIG_DIR": os.path.join(self.base, "config"),
-            "TMPDIR": self.tmp,
-        })
-        result = subprocess.run([command("backup-client"), *args], env=env,
-                                capture_output=True, text=True, timeout=300,
-                                stdin=subprocess.DEVNULL)
+        env.update(
+            {
+                "BACKUP_SERVER": server or f"localhost:{self.server.port}",
+                "BACKUP_CA": ca or os.path.join(self.base, "certs", "ca.pem"),
+                "BACKUP_USER": user,
+                "BACKUP_PASSWORD": password,
+                "BACKUP_CONFIG_DIR": os.path.join(self.base, "config"),
+                "TMPDIR": self.tmp,
+            }
+        )
+        result = subprocess.run(
+            [command("backup-client"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         self.assertNotIn("Traceback", result.stderr)
         return result
 
@@ -137,13 +156,14 @@ class AccountTests(EndToEndCase):
         An untrusted CA and a closed port exit 4; a bundle holding the right
         CA among others is trusted.
         """
-        subprocess.run([command("backup-certs"), "--dir", "other"], check=True,
-                       capture_output=True)
+        subprocess.run([command("backup-certs"), "--dir", "other"], check=True, capture_output=True)
         bad = self.client("list", ca=os.path.abspath("other/ca.pem"))
         self.assertEqual(bad.returncode, 4, bad.stderr)
         self.assertIn("not trusted", bad.stderr)
-        with open("other/ca.pem", "rb") as f, open(os.path.join(self.base, "certs", "ca.pem"),
-                                                   "rb") as g:
+        with (
+            open("other/ca.pem", "rb") as f,
+            open(os.path.join(self.base, "certs", "ca.pem"), "rb") as g,
+        ):
             bundle = f.read() + g.read()
         with open("bundle.pem", "wb") as f:
             f.write(bundle)
@@ -162,13 +182,18 @@ class AccountTests(EndToEndCase):
             silent.bind(("127.0.0.1", 0))
             silent.listen(5)
             port = silent.getsockname()[1]
-            env = dict(os.environ, BACKUP_SERVER=f"localhost:{port}",
-                       BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
-                       BACKUP_USER="alice", BACKUP_PASSWORD="pw",
-                       BACKUP_CONFIG_DIR=os.path.join(self.base, "config"))
+            env = dict(
+                os.environ,
+                BACKUP_SERVER=f"localhost:{port}",
+                BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+                BACKUP_USER="alice",
+                BACKUP_PASSWORD="pw",
+                BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
+            )
             code = "import backup_client.cli as c; c.ANSWER_TIMEOUT = 2; c.run(['list'])"
-            result = subprocess.run([sys.executable, "-c", code], env=env,
-                                    capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+            )
         self.assertEqual(result.returncode, 4, result.stderr)
         self.assertIn("no answer", result.stderr)
         self.assertEqual(cli.ANSWER_TIMEOUT, 90)
@@ -182,7 +207,11 @@ class AccountTests(EndToEndCase):
         env = {k: v for k, v in os.environ.items() if k != "BACKUP_PASSWORD"}
         result = subprocess.run(
             [command("backup-client"), "--user", "alice", "--ca", "x", "list"],
-            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         self.assertEqual(result.returncode, 2)
         self.assertIn("password", result.stderr)
 
@@ -225,8 +254,9 @@ class BackupRestoreTests(EndToEndCase):
         self.assertEqual(restored["path"], os.path.abspath("out/photos"))
         self.assertEqual(treeSignature(src), treeSignature("out/photos"))
         self.assertEqual(os.listdir(self.tmp), [])
-        self.assertEqual(os.listdir(os.path.join(self.server.dataDir, "users", "alice",
-                                                 ".staging")), [])
+        self.assertEqual(
+            os.listdir(os.path.join(self.server.dataDir, "users", "alice", ".staging")), []
+        )
 
     def test_overwrite(self):
         """
@@ -319,13 +349,26 @@ class BackupRestoreTests(EndToEndCase):
         os.makedirs("docs")
         with open("docs/data", "wb") as f:
             f.write(os.urandom(3 << 20))
-        env = dict(os.environ, BACKUP_SERVER=f"localhost:{self.server.port}",
-                   BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"), BACKUP_USER="alice",
-                   BACKUP_PASSWORD="pw", BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
-                   TMPDIR=self.tmp)
-        procs = [subprocess.Popen([command("backup-client"), "backup", "docs"], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  stdin=subprocess.DEVNULL) for _ in range(3)]
+        env = dict(
+            os.environ,
+            BACKUP_SERVER=f"localhost:{self.server.port}",
+            BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+            BACKUP_USER="alice",
+            BACKUP_PASSWORD="pw",
+            BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
+            TMPDIR=self.tmp,
+        )
+        procs = [
+            subprocess.Popen(
+                [command("backup-client"), "backup", "docs"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
+            for _ in range(3)
+        ]
         ids = []
         for proc in procs:
             out, err = proc.communicate(timeout=120)
@@ -355,13 +398,22 @@ class BackupRestoreTests(EndToEndCase):
         def stderrOnTerminal(*args):
             master, slave = pty.openpty()
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-            env = dict(os.environ, BACKUP_SERVER=f"localhost:{self.server.port}",
-                       BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
-                       BACKUP_USER="alice", BACKUP_PASSWORD="pw",
-                       BACKUP_CONFIG_DIR=os.path.join(self.base, "config"), COLUMNS="100")
-            proc = subprocess.Popen([command("backup-client"), *args], env=env,
-                                    stdout=subprocess.PIPE, stderr=slave,
-                                    stdin=subprocess.DEVNULL)
+            env = dict(
+                os.environ,
+                BACKUP_SERVER=f"localhost:{self.server.port}",
+                BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
+                BACKUP_USER="alice",
+                BACKUP_PASSWORD="pw",
+                BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
+                COLUMNS="100",
+            )
+            proc = subprocess.Popen(
+                [command("backup-client"), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=slave,
+                stdin=subprocess.DEVNULL,
+            )
             os.close(slave)
             chunks = []
             while True:

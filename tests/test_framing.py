@@ -8,7 +8,14 @@ import re
 
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import (
-    MAX_CONTROL, NULL, SCHEMAS, Msg, checkSourceName, decodeFrame, encodeControl, encodeData,
+    MAX_CONTROL,
+    NULL,
+    SCHEMAS,
+    Msg,
+    checkSourceName,
+    decodeFrame,
+    encodeControl,
+    encodeData,
     parseControl,
 )
 from tests.helpers import TestCase
@@ -139,8 +146,22 @@ class SourceNameTests(TestCase):
         """
         for good in ("docs", "a" * 255, "é" * 127, "my photos", ".hidden"):
             self.assertEqual(checkSourceName(good), good)
-        for bad in ("", ".", "..", "a/b", "a\\b", "a\x00", "a\x1f", "a\x7f", "a" * 256,
-                    "é" * 128, "\ud800", "x\udc80", None, 3):
+        for bad in (
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a\x00",
+            "a\x1f",
+            "a\x7f",
+            "a" * 256,
+            "é" * 128,
+            "\ud800",
+            "x\udc80",
+            None,
+            3,
+        ):
             e = self.assertRaises(ProtocolError, checkSourceName, bad)
             self.assertEqual(e.code, Code.BAD_MESSAGE)
 
@@ -157,7 +178,7 @@ class SpecTests(TestCase):
             text = f.read()
         rows = {}
         current = None
-        for line in text[text.index("\nMessages\n"):text.index("\nStates\n")].splitlines():
+        for line in text[text.index("\nMessages\n") : text.index("\nStates\n")].splitlines():
             start = re.match(r"([A-Z_]+)\s+0x([0-9A-F]{2})\s(.*)", line)
             if start:
                 current = start.group(1)

@@ -10,17 +10,22 @@ import stat
 import tempfile
 import zipfile
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.extract import StreamingExtractor, extractStream
+from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.wire.errors import ProtocolError
 from backup_proto.wire.frames import MAX_FRAME, Msg, decodeFrame, parseControl
 from tests.helpers import TestCase, makeFactory
 from tests.wire import Wire
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
 
 class FrameFuzzTests(TestCase):
     def setUp(self):
@@ -39,7 +44,7 @@ class FrameFuzzTests(TestCase):
         for piece in pieces:
             wire.send(piece)
             self.assertLessEqual(len(wire.proto._unprocessed), MAX_FRAME + 4 + 3000)
-        for kind, body in wire.received():
+        for kind, _body in wire.received():
             self.assertIn(kind, (Msg.ERROR, Msg.OK))
         wire.proto.connectionLost(None)
 
@@ -58,16 +63,20 @@ class FrameFuzzTests(TestCase):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
 
 class MessageFuzzTests(TestCase):
     @FUZZ
-    @given(st.one_of(st.binary(max_size=500),
-                     json_values.map(lambda v: __import__("json").dumps(v).encode())))
+    @given(
+        st.one_of(
+            st.binary(max_size=500), json_values.map(lambda v: __import__("json").dumps(v).encode())
+        )
+    )
     def test_parseControl(self, body):
         """
         Any body parses to a dict of the declared types or raises
@@ -85,10 +94,20 @@ class MessageFuzzTests(TestCase):
 
 names = st.lists(
     st.sampled_from(["x", "..", ".", "", "a", "b\\c", "/", "C:", "\x00", "é", "x" * 300]),
-    min_size=1, max_size=5,
+    min_size=1,
+    max_size=5,
 ).map("/".join) | st.text(max_size=30)
-modes = st.sampled_from([0, stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777,
-                         stat.S_IFIFO | 0o644, stat.S_IFCHR | 0o600, 0o4755 | stat.S_IFREG])
+modes = st.sampled_from(
+    [
+        0,
+        stat.S_IFREG | 0o644,
+        stat.S_IFDIR | 0o755,
+        stat.S_IFLNK | 0o777,
+        stat.S_IFIFO | 0o644,
+        stat.S_IFCHR | 0o600,
+        0o4755 | stat.S_IFREG,
+    ]
+)
 entries = st.lists(st.tuples(names, st.binary(max_size=64), modes), min_size=1, max_size=8)
 
 
@@ -129,8 +148,11 @@ class ArchiveFuzzTests(TestCase):
         self.assertEqual(sorted(os.listdir(base)), ["a.zip", "target"])
         for root, dirs, files in os.walk(target):
             for name in dirs + files:
-                full = os.path.realpath(os.path.join(root, name)) if not os.path.islink(
-                    os.path.join(root, name)) else os.path.join(root, name)
+                full = (
+                    os.path.realpath(os.path.join(root, name))
+                    if not os.path.islink(os.path.join(root, name))
+                    else os.path.join(root, name)
+                )
                 self.assertTrue(full.startswith(target + os.sep))
                 self.assertFalse(stat.S_IMODE(os.lstat(full).st_mode) & 0o7000)
 
@@ -151,7 +173,7 @@ class ArchiveFuzzTests(TestCase):
         extractor = StreamingExtractor(target, Limits(maxEntries=100, maxUnpacked=1 << 20))
         try:
             for i in range(0, len(data), 97):
-                extractor.write(data[i:i + 97])
+                extractor.write(data[i : i + 97])
             extractor.finish()
         except ArchiveError:
             pass

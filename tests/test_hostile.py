@@ -17,16 +17,21 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from backup_client.restoring import placeRestore
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.stream import writeArchive
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg
-from backup_client.restoring import placeRestore
 from tests.helpers import (
-    fileSource,
-    zipSinks,
     TestCase,
-    clientKey, connectInMemory, flush, makeFactory, serverTLSOptions, treeSignature,
+    clientKey,
+    connectInMemory,
+    fileSource,
+    flush,
+    makeFactory,
+    serverTLSOptions,
+    treeSignature,
+    zipSinks,
 )
 from tests.test_archive import D, F, L, craft
 from tests.test_crypto import _fakeRSA, _pem
@@ -37,9 +42,9 @@ class HostileCase(TestCase):
     def setUp(self):
         super().setUp()
         self.data = os.path.abspath("data")
-        self.factory = makeFactory(self.data, limits=Limits(maxEntries=1000,
-                                                            maxUnpacked=50 << 20,
-                                                            maxRatio=100))
+        self.factory = makeFactory(
+            self.data, limits=Limits(maxEntries=1000, maxUnpacked=50 << 20, maxRatio=100)
+        )
         self.clock = self.factory.clock
         os.makedirs("sentinel/inner")
         with open("sentinel/inner/precious", "wb") as f:
@@ -69,8 +74,7 @@ class HostileCase(TestCase):
 
     def honestRoundTrip(self):
         client, server, pump = connectInMemory(self.factory)
-        for step in (lambda: client.login("alice", "pw"),
-                     lambda: client.exchangeKeys(clientKey())):
+        for step in (lambda: client.login("alice", "pw"), lambda: client.exchangeKeys(clientKey())):
             d = step()
             flush(pump, self.clock)
             self.successResultOf(d)
@@ -104,12 +108,20 @@ class HostileCase(TestCase):
         self.clock.advance(0)
         self.assertEqual(treeSignature("sentinel"), self.sentinel)
         self.assertEqual(treeSignature(self.snapshotPath()), self.aliceStored)
-        self.assertEqual(sorted(os.listdir(self.data)),
-                         sorted(n for n in os.listdir(self.data)
-                                if n in ("users", "user.db", "user.db-wal", "user.db-shm")))
-        self.assertEqual(sorted(os.listdir(os.path.join(self.data, "users"))),
-                         ["alice", "mallory"] if os.path.exists(
-                             os.path.join(self.data, "users", "mallory")) else ["alice"])
+        self.assertEqual(
+            sorted(os.listdir(self.data)),
+            sorted(
+                n
+                for n in os.listdir(self.data)
+                if n in ("users", "user.db", "user.db-wal", "user.db-shm")
+            ),
+        )
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.data, "users"))),
+            ["alice", "mallory"]
+            if os.path.exists(os.path.join(self.data, "users", "mallory"))
+            else ["alice"],
+        )
         for user in os.listdir(os.path.join(self.data, "users")):
             staging = os.path.join(self.data, "users", user, ".staging")
             if os.path.exists(staging):
@@ -203,8 +215,10 @@ class MessageTests(HostileCase):
         """
         Every message type in UNAUTH and in KEYED where not allowed.
         """
-        for keyed, allowed in ((False, {Msg.REGISTER, Msg.LOGIN}),
-                               (True, {Msg.LIST, Msg.BACKUP, Msg.RESTORE})):
+        for keyed, allowed in (
+            (False, {Msg.REGISTER, Msg.LOGIN}),
+            (True, {Msg.LIST, Msg.BACKUP, Msg.RESTORE}),
+        ):
             for kind in Msg:
                 if kind in allowed:
                     continue
@@ -220,8 +234,12 @@ class MessageTests(HostileCase):
         """
         Fields of the wrong type, missing or extra.
         """
-        for body in ({"user": ["a"], "password": "p"}, {"user": "a"},
-                     {"user": "a", "password": "p", "admin": True}, {"user": None, "password": 1}):
+        for body in (
+            {"user": ["a"], "password": "p"},
+            {"user": "a"},
+            {"user": "a", "password": "p", "admin": True},
+            {"user": None, "password": 1},
+        ):
             wire = self.hostile(keyed=False)
             wire.sendControl(Msg.LOGIN, **body)
             self.assertEqual(wire.last()[1]["code"], Code.BAD_MESSAGE)
@@ -298,9 +316,11 @@ class ChunkTests(HostileCase):
         """
         A chunk replayed in place of the next: rejected, COMMIT refused.
         """
+
         def replay(chunks):
             chunks[1] = chunks[0]
             return chunks
+
         wire = self.hostile()
         self.upload(wire, self.zip, mangle=replay)
         self.settle(wire, Code.BAD_UPLOAD)
@@ -317,10 +337,12 @@ class ChunkTests(HostileCase):
         """
         A flipped bit in a chunk.
         """
+
         def flip(chunks):
             c = bytearray(chunks[0])
             c[20] ^= 1
             return [bytes(c)] + chunks[1:]
+
         wire = self.hostile()
         self.upload(wire, self.zip, mangle=flip)
         self.settle(wire, Code.BAD_UPLOAD)
@@ -404,8 +426,13 @@ class ArchiveTests(HostileCase):
         self.uploadZip([("x/", b"", D), (os.path.abspath("sentinel/inner/precious"), b"e", F)])
 
     def test_linkThenWrite(self):
-        self.uploadZip([("x/", b"", D), ("x/l", os.path.abspath("sentinel").encode(), L),
-                        ("x/l/inner/precious", b"evil", F)])
+        self.uploadZip(
+            [
+                ("x/", b"", D),
+                ("x/l", os.path.abspath("sentinel").encode(), L),
+                ("x/l/inner/precious", b"evil", F),
+            ]
+        )
 
     def test_relativeLinkThenWrite(self):
         self.uploadZip([("x/", b"", D), ("x/l", b"../../../..", L), ("x/l/evil", b"e", F)])
@@ -424,8 +451,10 @@ class ArchiveTests(HostileCase):
         self.uploadZip([("x/", b"", D)] + [(f"x/{i}", b"", F) for i in range(1100)])
 
     def test_sizeBomb(self):
-        self.uploadZip([("x/", b"", D)] + [(f"x/{i}", b"\0" * (11 << 20), F,
-                                             zipfile.ZIP_DEFLATED) for i in range(5)])
+        self.uploadZip(
+            [("x/", b"", D)]
+            + [(f"x/{i}", b"\0" * (11 << 20), F, zipfile.ZIP_DEFLATED) for i in range(5)]
+        )
 
     def test_wrongRoot(self):
         self.uploadZip([("y/", b"", D), ("y/a", b"1", F)])

@@ -76,7 +76,8 @@ class LayoutTests(TestCase):
                 for imported in moduleImports(path, module):
                     crossings.extend(
                         f"{module} imports {imported}"
-                        for prefix in forbidden if within(imported, prefix)
+                        for prefix in forbidden
+                        if within(imported, prefix)
                     )
         self.assertEqual(crossings, [])
 
@@ -88,14 +89,17 @@ class LayoutTests(TestCase):
         modules = dict(ourModules())
         self.assertIn("backup_client.cli", modules)
         self.assertIn("backup_proto.wire.frames", modules)
-        imported = moduleImports(modules["backup_proto.server.protocol"],
-                                 "backup_proto.server.protocol")
+        imported = moduleImports(
+            modules["backup_proto.server.protocol"], "backup_proto.server.protocol"
+        )
         self.assertIn("backup_proto.wire.frames", imported)
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write("import backup_proto.server.tap\n"
-                    "from .. import server\n"
-                    "def f():\n    from backup_proto.server import storage\n")
+            f.write(
+                "import backup_proto.server.tap\n"
+                "from .. import server\n"
+                "def f():\n    from backup_proto.server import storage\n"
+            )
         found = moduleImports(path, "backup_proto.archive.x")
         self.assertIn("backup_proto.server.tap", found)
         self.assertIn("backup_proto.server", found)

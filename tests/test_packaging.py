@@ -12,8 +12,9 @@ import sys
 import zipfile
 
 import pytest
-from twisted.plugin import getPlugins
 from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+
 from tests.helpers import TestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +35,15 @@ class PackagingTests(TestCase):
         storage layout), and the protocol rules both sides share are in
         L{backup_proto.wire.frames}.
         """
-        code = ("import sys, backup_client.cli; "
-                "print(sorted(m for m in sys.modules if m in ("
-                "'backup_proto.server.protocol', 'backup_proto.server.accounts', 'backup_proto.server.database',"
-                " 'backup_proto.server.storage', 'sqlite3')))")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True)
+        code = (
+            "import sys, backup_client.cli; "
+            "print(sorted(m for m in sys.modules if m in ("
+            "'backup_proto.server.protocol', 'backup_proto.server.accounts',"
+            " 'backup_proto.server.database', 'backup_proto.server.storage', 'sqlite3')))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         self.assertEqual(result.stdout.strip(), "[]")
 
     def test_wheelInstallsPlugin(self):
@@ -52,12 +56,19 @@ class PackagingTests(TestCase):
         # the outer environment stays out: trial -j gives its workers this
         # interpreter's path in PYTHONPATH, and the new venv's pip would
         # then take its dependencies as installed
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))
+        }
         dist = os.path.abspath("dist")
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist,
-                        ROOT], check=True, capture_output=True, env=env)
-        wheel, = glob.glob(os.path.join(dist, "backup_proto-*.whl"))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        (wheel,) = glob.glob(os.path.join(dist, "backup_proto-*.whl"))
         names = zipfile.ZipFile(wheel).namelist()
         self.assertIn("twisted/plugins/backup_server.py", names)
         self.assertNotIn("twisted/__init__.py", names)
@@ -71,18 +82,38 @@ class PackagingTests(TestCase):
 
         venv = os.path.abspath("venv")
         subprocess.run([sys.executable, "-m", "venv", venv], check=True, env=env)
-        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", wheel],
-                       check=True, capture_output=True, env=env)
+        subprocess.run(
+            [os.path.join(venv, "bin", "pip"), "install", "-q", wheel],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         elsewhere = os.path.abspath("elsewhere")
         os.makedirs(elsewhere)
-        out = subprocess.run([os.path.join(venv, "bin", "twistd"), "--help"], cwd=elsewhere,
-                             capture_output=True, text=True, check=True, env=env).stdout
+        out = subprocess.run(
+            [os.path.join(venv, "bin", "twistd"), "--help"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
         self.assertIn("backup-server", out)
-        out = subprocess.run([os.path.join(venv, "bin", "twistd"), "backup-server", "--help"],
-                             cwd=elsewhere, capture_output=True, text=True, check=True,
-                             env=env).stdout
+        out = subprocess.run(
+            [os.path.join(venv, "bin", "twistd"), "backup-server", "--help"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
         self.assertIn("--listen", out)
         for script in ("backup-client", "backup-certs"):
-            result = subprocess.run([os.path.join(venv, "bin", script), "--help"],
-                                    cwd=elsewhere, capture_output=True, text=True, env=env)
+            result = subprocess.run(
+                [os.path.join(venv, "bin", script), "--help"],
+                cwd=elsewhere,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             self.assertEqual(result.returncode, 0, result.stderr)

@@ -22,12 +22,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from backup_client import planworkers
-
 from backup_proto.archive import plan as planModule
 from backup_proto.archive.compression import SAMPLE_SIZE
+from backup_proto.archive.plan import planArchive
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase, makeTrickyTree
 from tests.test_zipstream import readAll
 
@@ -125,21 +124,27 @@ class WorkerPlanTests(TestCase):
         for compression in ("auto", "store", "deflate"):
             threads = planArchive(self.src, compression=compression, spool=Spool())
             self.addCleanup(threads.close)
-            workers = planArchive(self.src, compression=compression, spool=Spool(),
-                                  workers=self.pool)
+            workers = planArchive(
+                self.src, compression=compression, spool=Spool(), workers=self.pool
+            )
             self.addCleanup(workers.close)
             # where a stream lies in its spool depends on the threads' order
-            self.assertEqual([_withoutSpool(e) for e in workers.entries],
-                             [_withoutSpool(e) for e in threads.entries])
+            self.assertEqual(
+                [_withoutSpool(e) for e in workers.entries],
+                [_withoutSpool(e) for e in threads.entries],
+            )
             self.assertEqual(workers.report, threads.report)
             self.assertEqual(workers.size, threads.size)
             self.assertEqual(readAll(ArchiveStream(workers)), readAll(ArchiveStream(threads)))
             spooled = [e.name for e in workers.entries if e.spooled is not None]
-            self.assertEqual(spooled, {
-                "auto": [b"src/large.txt"],
-                "store": [],
-                "deflate": [b"src/large.txt", b"src/random.bin", b"src/text.log"],
-            }[compression])
+            self.assertEqual(
+                spooled,
+                {
+                    "auto": [b"src/large.txt"],
+                    "store": [],
+                    "deflate": [b"src/large.txt", b"src/random.bin", b"src/text.log"],
+                }[compression],
+            )
         self.assertEqual(workers.report.files, 7 + 120 + 1)
 
     def test_largeFilesLeftToThreads(self):
@@ -157,8 +162,9 @@ class WorkerPlanTests(TestCase):
         self.patch(planModule, "_planFile", spy)
         planArchive(self.src, workers=self.pool)
         # the workers' calls happen in their processes, not through the spy
-        self.assertEqual(sorted(calls), [("large.txt", False), ("random.bin", False),
-                                         ("text.log", False)])
+        self.assertEqual(
+            sorted(calls), [("large.txt", False), ("random.bin", False), ("text.log", False)]
+        )
 
     def test_leaveLarge(self):
         """
@@ -167,19 +173,23 @@ class WorkerPlanTests(TestCase):
         unread; it plans a smaller file as usual.
         """
         large = os.path.join(self.src, "large.txt")
-        self.assertEqual(planModule._planFile(large, "src/large.txt", None, "auto", None, True),
-                         planModule._Later(large, "src/large.txt"))
+        self.assertEqual(
+            planModule._planFile(large, "src/large.txt", None, "auto", None, True),
+            planModule._Later(large, "src/large.txt"),
+        )
         stored = planModule._planFile(large, "src/large.txt", None, "store", None, True)
         self.assertEqual((stored.method, stored.csize), (0, os.path.getsize(large)))
-        small = planModule._planFile(os.path.join(self.src, "notes.txt"), "src/notes.txt", None,
-                                    "auto", None, True)
+        small = planModule._planFile(
+            os.path.join(self.src, "notes.txt"), "src/notes.txt", None, "auto", None, True
+        )
         self.assertEqual(small.method, 8)
 
 
 class StartPlanWorkersTests(TestCase):
     def child(self, script, *args):
-        return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+        )
 
     def test_forkedWhenAlone(self):
         """
@@ -218,6 +228,7 @@ class StartPlanWorkersTests(TestCase):
         If the system refuses to fork, no worker is left, neither end of the
         pipe stays open, and the plan runs in threads.
         """
+
         def refuse():
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
 
@@ -243,8 +254,9 @@ class StartPlanWorkersTests(TestCase):
         """
         Workers exit soon after their client is killed with SIGKILL.
         """
-        child = subprocess.Popen([sys.executable, "-c", _CHILD_WAIT], stdout=subprocess.PIPE,
-                                 text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_WAIT], stdout=subprocess.PIPE, text=True
+        )
         self.addCleanup(child.wait)
         self.addCleanup(child.kill)
         pids = json.loads(child.stdout.readline())

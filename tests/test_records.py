@@ -8,7 +8,8 @@ import io
 import struct
 import zipfile
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backup_proto.archive.format import CENTRAL_SIG, DESCRIPTOR_SIG, EOCD_SIG, LOCAL_SIG
 from backup_proto.archive.policy import ArchiveError
@@ -28,8 +29,17 @@ class RecordingHandler:
         self.events = []
 
     def localHeader(self, header):
-        self.events.append(("local", header.rawName, header.method, header.csize,
-                            header.usize, header.offset, header.zip64))
+        self.events.append(
+            (
+                "local",
+                header.rawName,
+                header.method,
+                header.csize,
+                header.usize,
+                header.offset,
+                header.zip64,
+            )
+        )
         self.events.append(["data", b""])
 
     def entryData(self, view):
@@ -43,8 +53,17 @@ class RecordingHandler:
         self.events.append(("entryEnd", crc, csize, usize))
 
     def centralRecord(self, record):
-        self.events.append(("central", record.rawName, record.crc, record.csize,
-                            record.usize, record.offset, record.external >> 16))
+        self.events.append(
+            (
+                "central",
+                record.rawName,
+                record.crc,
+                record.csize,
+                record.usize,
+                record.offset,
+                record.external >> 16,
+            )
+        )
 
     def end(self):
         self.events.append(("end",))
@@ -75,14 +94,18 @@ def parse(data, pieces=None):
     parser = ZipRecordParser(handler)
     at = 0
     for length in pieces or ():
-        parser.feed(data[at:at + length])
+        parser.feed(data[at : at + length])
         at += length
     parser.feed(data[at:])
     return handler, parser
 
 
-ENTRIES = [("top/", b""), ("top/a.txt", b"hello " * 500), ("top/empty", b""),
-           ("top/b.bin", bytes(range(256)) * 40)]
+ENTRIES = [
+    ("top/", b""),
+    ("top/a.txt", b"hello " * 500),
+    ("top/empty", b""),
+    ("top/b.bin", bytes(range(256)) * 40),
+]
 
 
 class ParserTests(TestCase):
@@ -98,8 +121,7 @@ class ParserTests(TestCase):
         expected = []
         for local in locals_:
             expected += ["local", "data"] + (["dataEnd"] if local[3] else []) + ["entryEnd"]
-        self.assertEqual([e[0] for e in handler.events],
-                         expected + ["central"] * 4 + ["end"])
+        self.assertEqual([e[0] for e in handler.events], expected + ["central"] * 4 + ["end"])
         stored, _ = parse(makeZip(ENTRIES, zipfile.ZIP_STORED))
         self.assertEqual([e[0] for e in stored.events[:3]], ["local", "data", "entryEnd"])
         locals_ = [e for e in handler.events if e[0] == "local"]
@@ -107,7 +129,7 @@ class ParserTests(TestCase):
         self.assertEqual([e[1] for e in locals_], [name.encode() for name, _ in ENTRIES])
         self.assertEqual([e[5] for e in locals_], [e[5] for e in centrals])
         self.assertEqual(centrals[1][6], 0o100644)
-        for local, (name, content) in zip(locals_, ENTRIES):
+        for local, (_name, _content) in zip(locals_, ENTRIES):
             at = handler.events.index(local)
             self.assertEqual(len(handler.events[at + 1][1]), local[3])
         self.assertTrue(parser.finished)
@@ -147,7 +169,7 @@ class ParserTests(TestCase):
         parser = ZipRecordParser(handler)
         try:
             for at in range(0, len(data), piece):
-                parser.feed(data[at:at + piece])
+                parser.feed(data[at : at + piece])
         except ArchiveError:
             pass
 
@@ -184,8 +206,9 @@ class StructureTests(TestCase):
         self.assertIn(text, str(error))
 
     def test_empty(self):
-        self.assertRefused(struct.pack("<IHHHHIIH", EOCD_SIG, 0, 0, 0, 0, 0, 0, 0),
-                           "archive is empty")
+        self.assertRefused(
+            struct.pack("<IHHHHIIH", EOCD_SIG, 0, 0, 0, 0, 0, 0, 0), "archive is empty"
+        )
 
     def test_notAZip(self):
         self.assertRefused(b"hello world, not a zip", "unexpected record")

@@ -7,13 +7,18 @@ asked.
 import os
 import stat
 
-
-from backup_proto.server.resources import RestoreArchives
+from backup_client.restoring import RestoreConflict, placeRestore
 from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.stream import writeArchive
-from backup_client.restoring import RestoreConflict, placeRestore
+from backup_proto.server.resources import RestoreArchives
 from tests.helpers import (
-    TestCase, clientKey, connectInMemory, fileSource, flush, makeFactory, zipSinks,
+    TestCase,
+    clientKey,
+    connectInMemory,
+    fileSource,
+    flush,
+    makeFactory,
+    zipSinks,
 )
 from tests.test_archive import D, F, L, craft
 
@@ -32,9 +37,11 @@ class MaliciousServerTests(TestCase):
         writeArchive("src", os.path.abspath("src.zip"))
         client, server, self.pump = connectInMemory(self.factory)
         self.client = client
-        for step in (lambda: client.register("alice", "pw"),
-                     lambda: client.login("alice", "pw"),
-                     lambda: client.exchangeKeys(clientKey())):
+        for step in (
+            lambda: client.register("alice", "pw"),
+            lambda: client.login("alice", "pw"),
+            lambda: client.exchangeKeys(clientKey()),
+        ):
             d = step()
             flush(self.pump, self.factory.clock)
             self.successResultOf(d)
@@ -55,16 +62,25 @@ class MaliciousServerTests(TestCase):
                 pass
 
         self.factory.restores = RestoreArchives(
-            self.factory.store.dataDir, plan=lambda *args, **kw: CraftedPlan(),
-            stream=lambda plan, **kw: open(crafted, "rb"))
+            self.factory.store.dataDir,
+            plan=lambda *args, **kw: CraftedPlan(),
+            stream=lambda plan, **kw: open(crafted, "rb"),
+        )
         os.makedirs("work", exist_ok=True)
         d = self.client.restore(None, zipSinks("work"))
         flush(self.pump, self.factory.clock)
         begin, sink = self.successResultOf(d)
         zipPath = sink.path
         os.makedirs("dest", exist_ok=True)
-        self.assertRaises(ArchiveError, placeRestore, zipPath, os.path.abspath("dest"),
-                          begin["name"], begin["kind"], Limits())
+        self.assertRaises(
+            ArchiveError,
+            placeRestore,
+            zipPath,
+            os.path.abspath("dest"),
+            begin["name"],
+            begin["kind"],
+            Limits(),
+        )
         self.assertEqual(os.listdir("dest"), [])
         with open("outside/keep") as f:
             self.assertEqual(f.read(), "precious")
@@ -80,17 +96,20 @@ class MaliciousServerTests(TestCase):
         """
         An absolute path is refused.
         """
-        self.restoreCrafted([("src/", b"", D),
-                             (os.path.abspath("outside/keep"), b"evil", F)])
+        self.restoreCrafted([("src/", b"", D), (os.path.abspath("outside/keep"), b"evil", F)])
 
     def test_linkEscapingDest(self):
         """
         A link to a folder outside DEST with a file written through it is
         refused.
         """
-        self.restoreCrafted([("src/", b"", D),
-                             ("src/out", os.path.abspath("outside").encode(), L),
-                             ("src/out/keep", b"evil", F)])
+        self.restoreCrafted(
+            [
+                ("src/", b"", D),
+                ("src/out", os.path.abspath("outside").encode(), L),
+                ("src/out/keep", b"evil", F),
+            ]
+        )
 
     def test_duplicates(self):
         """
@@ -133,8 +152,7 @@ class PlacementTests(TestCase):
         with open("bad.zip", "wb") as f:
             f.write(b"not a zip at all")
         for dest in ("d/e", os.path.abspath("kept")):  # relative or not
-            self.assertRaises(ArchiveError, placeRestore, "bad.zip", dest, "src", "dir",
-                              Limits())
+            self.assertRaises(ArchiveError, placeRestore, "bad.zip", dest, "src", "dir", Limits())
         self.assertFalse(os.path.lexists("d"))
         self.assertEqual(os.listdir("kept"), [])
 
@@ -146,8 +164,15 @@ class PlacementTests(TestCase):
         os.makedirs("dest/src/sub")
         with open("dest/src/sub/b", "w") as f:
             f.write("mine")
-        e = self.assertRaises(RestoreConflict, placeRestore, "src.zip",
-                              os.path.abspath("dest"), "src", "dir", Limits())
+        e = self.assertRaises(
+            RestoreConflict,
+            placeRestore,
+            "src.zip",
+            os.path.abspath("dest"),
+            "src",
+            "dir",
+            Limits(),
+        )
         self.assertEqual(e.path, os.path.join("src", "sub", "b"))
         self.assertEqual(sorted(os.listdir("dest/src")), ["sub"])
         with open("dest/src/sub/b") as f:
@@ -162,8 +187,7 @@ class PlacementTests(TestCase):
         for name, text in (("dest/src/sub/b", "mine"), ("dest/src/extra", "keep")):
             with open(name, "w") as f:
                 f.write(text)
-        placeRestore("src.zip", os.path.abspath("dest"), "src", "dir", Limits(),
-                     overwrite=True)
+        placeRestore("src.zip", os.path.abspath("dest"), "src", "dir", Limits(), overwrite=True)
         with open("dest/src/sub/b") as f:
             self.assertEqual(f.read(), "new b")
         with open("dest/src/extra") as f:
@@ -175,8 +199,16 @@ class PlacementTests(TestCase):
         Even with overwrite, a folder is never replaced by a file.
         """
         os.makedirs("dest/src/a")
-        self.assertRaises(RestoreConflict, placeRestore, "src.zip", os.path.abspath("dest"),
-                          "src", "dir", Limits(), overwrite=True)
+        self.assertRaises(
+            RestoreConflict,
+            placeRestore,
+            "src.zip",
+            os.path.abspath("dest"),
+            "src",
+            "dir",
+            Limits(),
+            overwrite=True,
+        )
         self.assertTrue(os.path.isdir("dest/src/a"))
 
     def test_readOnlyFolders(self):

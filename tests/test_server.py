@@ -6,7 +6,6 @@ frame limits and timeouts.
 import os
 import struct
 
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver, StringTransport
@@ -14,10 +13,10 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from backup_proto.wire.errors import Code
-from backup_proto.wire.frames import MAX_FRAME, Msg
 from backup_proto.server.protocol import BackupServerProtocol, RefusedConnection
 from backup_proto.server.session import State
+from backup_proto.wire.errors import Code
+from backup_proto.wire.frames import MAX_FRAME, Msg
 from tests.helpers import TestCase, makeFactory, serverTLSOptions
 from tests.wire import Wire, control, frame
 
@@ -150,8 +149,11 @@ class StateMachineTests(TestCase):
         wire.send(frame(b"\x77") + control(Msg.REGISTER, user="bob", password="pw"))
         self.assertRefused(wire, Code.BAD_FRAME)
         self.assertEqual(wire.received(), [])
-        self.assertIsNone(self.factory.accounts._db.runSync(
-            lambda c: c.execute("SELECT 1 FROM users WHERE username='bob'").fetchone()))
+        self.assertIsNone(
+            self.factory.accounts._db.runSync(
+                lambda c: c.execute("SELECT 1 FROM users WHERE username='bob'").fetchone()
+            )
+        )
 
     def test_pipelinedFramesRunOnce(self):
         """
@@ -163,8 +165,10 @@ class StateMachineTests(TestCase):
         from tests.helpers import clientKey
 
         wire = Wire(self.factory)
-        wire.send(control(Msg.LOGIN, user="alice", password="pw")
-                  + control(Msg.PUBKEY, key=crypto.publicKeyPEM(clientKey()).decode()))
+        wire.send(
+            control(Msg.LOGIN, user="alice", password="pw")
+            + control(Msg.PUBKEY, key=crypto.publicKeyPEM(clientKey()).decode())
+        )
         kinds = [k for k, _ in wire.received()]
         self.assertEqual(kinds, [Msg.OK, Msg.SESSION_KEY])
         self.assertIs(wire.proto.state, State.KEYED)
@@ -177,13 +181,16 @@ class StateMachineTests(TestCase):
         Wire(self.factory).register()
         wire = Wire(self.factory)
         kind, wrong = wire.login(password="nope")
-        self.assertEqual((kind, wrong["code"], wrong["fatal"]), (Msg.ERROR, Code.AUTH_FAILED, False))
+        self.assertEqual(
+            (kind, wrong["code"], wrong["fatal"]), (Msg.ERROR, Code.AUTH_FAILED, False)
+        )
         kind, unknown = wire.login(user="nobody")
         self.assertEqual(wrong["message"], unknown["message"])
         self.assertFalse(wire.closed)
         kind, fields = wire.login(password="again")
-        self.assertEqual((kind, fields["code"], fields["fatal"]),
-                         (Msg.ERROR, Code.TOO_MANY_ATTEMPTS, True))
+        self.assertEqual(
+            (kind, fields["code"], fields["fatal"]), (Msg.ERROR, Code.TOO_MANY_ATTEMPTS, True)
+        )
         self.assertTrue(wire.closed)
 
     def test_badKey(self):
@@ -268,16 +275,21 @@ class ConnectionLimitTests(TestCase):
         """
         factory = makeFactory(os.path.abspath("data"), maxPerPeer=2, maxConnections=3)
         a, b = Wire(factory), Wire(factory)
-        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)),
-                              RefusedConnection)
+        self.assertIsInstance(
+            factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)), RefusedConnection
+        )
         c = Wire(factory, host="10.0.0.9")
-        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 1)),
-                              RefusedConnection)
-        self.assertEqual((len(factory.connections), factory.perPeer, factory.refused),
-                         (3, {"127.0.0.1": 2, "10.0.0.9": 1}, 2))
+        self.assertIsInstance(
+            factory.buildProtocol(IPv4Address("TCP", "10.0.0.8", 1)), RefusedConnection
+        )
+        self.assertEqual(
+            (len(factory.connections), factory.perPeer, factory.refused),
+            (3, {"127.0.0.1": 2, "10.0.0.9": 1}, 2),
+        )
         a.proto.connectionLost(None)
-        self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)),
-                              BackupServerProtocol)
+        self.assertIsInstance(
+            factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1)), BackupServerProtocol
+        )
         del b, c
 
     def test_refusedUnderTLS(self):

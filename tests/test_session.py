@@ -7,32 +7,37 @@ import errno
 import os
 import zipfile
 
-from service_identity import VerificationError
 from OpenSSL.SSL import Error as SSLError
+from service_identity import VerificationError
 
-from backup_proto.server.resources import RestoreArchives, SendBuffers
-from backup_proto.wire.transfer import DEFAULT_SOCKET_BUFFER, SEND_BUFFER
-from backup_proto.archive.policy import Limits
-from backup_proto.archive.flushahead import FlushAhead
-from backup_proto.archive.spool import Spool
-from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
-from backup_proto.wire.errors import Code, ProtocolError
-from backup_proto.wire.frames import Msg
 from backup_client import protocol as clientModule
 from backup_client.cli import EXIT_LOCAL_FULL, _errorResult
 from backup_client.protocol import ConnectionGone, VerificationFailed
-from backup_proto.wire.transfer import SinkFailed
 from backup_client.restoring import placeRestore
-from tests.test_spool import textTree
+from backup_proto.archive.flushahead import FlushAhead
+from backup_proto.archive.plan import planArchive
+from backup_proto.archive.policy import Limits
+from backup_proto.archive.spool import Spool
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.server.resources import RestoreArchives, SendBuffers
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import Msg
+from backup_proto.wire.transfer import DEFAULT_SOCKET_BUFFER, SEND_BUFFER, SinkFailed
 from tests.helpers import (
-    FileSink,
     TEST_READ_AHEAD,
-    zipSinks,
+    FileSink,
     TestCase,
-    certificates, clientKey, clientTLSOptions, connectInMemory, flush, makeFactory,
-    makeTrickyTree, treeSignature,
+    certificates,
+    clientKey,
+    clientTLSOptions,
+    connectInMemory,
+    flush,
+    makeFactory,
+    makeTrickyTree,
+    treeSignature,
+    zipSinks,
 )
+from tests.test_spool import textTree
 
 
 class SessionTests(TestCase):
@@ -100,7 +105,8 @@ class SessionTests(TestCase):
             for i in range(60):
                 conn.execute(
                     "INSERT INTO snapshots VALUES ('alice', ?, 'src', 'dir', ?, 1, 2, 3)",
-                    (f"src-{i:03d}", f"2026-01-01T00:00:{i:02d}Z"))
+                    (f"src-{i:03d}", f"2026-01-01T00:00:{i:02d}Z"),
+                )
 
         self.factory.store.db.runSync(add)
         pages = []
@@ -117,8 +123,9 @@ class SessionTests(TestCase):
         a, _ = self.keyed()
         b, _ = self.keyed(register=False)
         # same position and plaintext: equal only if the keys were equal
-        self.assertNotEqual(a._ciphers.upload.seal(1, 1, 0, b"x"),
-                            b._ciphers.upload.seal(1, 1, 0, b"x"))
+        self.assertNotEqual(
+            a._ciphers.upload.seal(1, 1, 0, b"x"), b._ciphers.upload.seal(1, 1, 0, b"x")
+        )
 
     def test_corruptedChunkResent(self):
         """
@@ -144,6 +151,7 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src, source = self.planTree()
         from tests.helpers import runNow
+
         damaged = []
 
         def damagingIO(f, *args):
@@ -151,13 +159,14 @@ class SessionTests(TestCase):
                 queue = f.__self__._queue  # the chunks the writer is about to write
                 middle = queue[-1]
                 at = len(middle) // 2
-                queue[-1] = middle[:at] + bytes([middle[at] ^ 1]) + middle[at + 1:]
+                queue[-1] = middle[:at] + bytes([middle[at] ^ 1]) + middle[at + 1 :]
                 damaged.append(f.__self__.sink)
             return runNow(f, *args)
 
         self.factory.runIO = damagingIO
         failure = self.failureResultOf(
-            self.settle(client.backup(*source, "src", "dir")), ProtocolError)
+            self.settle(client.backup(*source, "src", "dir")), ProtocolError
+        )
         self.assertEqual(failure.value.code, Code.BAD_ARCHIVE)
         self.assertEqual(len(damaged), 1)
         self.assertEqual(os.listdir(os.path.join(self.data, "users", "alice")), [".staging"])
@@ -170,8 +179,7 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src, source = self.planTree()
         corrupt = corruptFirstData(client, attempts=99)
-        self.failureResultOf(self.settle(client.backup(*source, "src", "dir")),
-                             VerificationFailed)
+        self.failureResultOf(self.settle(client.backup(*source, "src", "dir")), VerificationFailed)
         self.assertEqual(corrupt.count, 4)
         client.transport.loseConnection()
         flush(self.pump, self.clock)
@@ -283,8 +291,10 @@ class SessionTests(TestCase):
         os.mkdir("work")
         d = self.settle(client.restore(None, lambda begin, attempt: FullSink("work/x.zip")))
         failure = self.failureResultOf(d, SinkFailed)
-        self.assertEqual(_errorResult(failure.value),
-                         (EXIT_LOCAL_FULL, "local disk full (work/x.zip): No space left on device"))
+        self.assertEqual(
+            _errorResult(failure.value),
+            (EXIT_LOCAL_FULL, "local disk full (work/x.zip): No space left on device"),
+        )
         self.assertEqual(self.factory.connections, set())
         self.keyed(register=False)
 
@@ -319,7 +329,8 @@ class SessionTests(TestCase):
                 return super().read(where, length)
 
         self.factory.restores = RestoreArchives(
-            self.factory.store.dataDir, TEST_READ_AHEAD, spool=RecordingSpool)
+            self.factory.store.dataDir, TEST_READ_AHEAD, spool=RecordingSpool
+        )
         return spools
 
     def test_deflatedRestoreSpooled(self):
@@ -353,8 +364,9 @@ class SessionTests(TestCase):
         client, server = self.keyed()
         src = textTree(os.path.abspath("src"))
         plan = planArchive(src)
-        self.successResultOf(self.settle(client.backup(
-            lambda: ArchiveStream(plan), plan.size, "src", "dir")))
+        self.successResultOf(
+            self.settle(client.backup(lambda: ArchiveStream(plan), plan.size, "src", "dir"))
+        )
         kept = []
         self.restoreCutAt(client, server, 1, lambda: kept.append(len(spools[0]._files)))
         [spool] = spools
@@ -368,8 +380,7 @@ class SessionTests(TestCase):
             policy sets its sockets' buffers to.
         """
         sizes = []
-        self.factory.sendBuffers = SendBuffers(
-            setBuffer=lambda transport, size: sizes.append(size))
+        self.factory.sendBuffers = SendBuffers(setBuffer=lambda transport, size: sizes.append(size))
         return sizes
 
     def recordSocketBuffers(self, module):
@@ -404,8 +415,9 @@ class SessionTests(TestCase):
         sizes = self.recordServerBuffers()
         client, server, _ = self.backedUp()
         held = []
-        self.restoreCutAt(client, server, 2,
-                          lambda: held.append(set(self.factory.sendBuffers.holders)))
+        self.restoreCutAt(
+            client, server, 2, lambda: held.append(set(self.factory.sendBuffers.holders))
+        )
         self.assertEqual(held, [{server}])
         self.assertEqual(sizes, [SEND_BUFFER])
         self.assertEqual(self.factory.sendBuffers.holders, set())
@@ -432,7 +444,9 @@ class SessionTests(TestCase):
         """
         client, server = self.keyed()
         os.mkdir("work")
-        f = self.failureResultOf(self.settle(client.restore("nope-1", zipSinks("work"))), ProtocolError)
+        f = self.failureResultOf(
+            self.settle(client.restore("nope-1", zipSinks("work"))), ProtocolError
+        )
         self.assertEqual(f.value.code, Code.NOT_FOUND)
 
     def test_wrongCA(self):

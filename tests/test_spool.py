@@ -8,15 +8,14 @@ import os
 import random
 import threading
 
-from backup_proto.archive import spool as spoolModule
-
 from backup_proto.archive import plan as planModule
+from backup_proto.archive import spool as spoolModule
 from backup_proto.archive.compression import SAMPLE_SIZE
+from backup_proto.archive.format import DEFLATED
+from backup_proto.archive.plan import planArchive
 from backup_proto.archive.policy import COPY_BLOCK
 from backup_proto.archive.spool import Spool
-from backup_proto.archive.format import DEFLATED
 from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_zipstream import feed, readAll
 
@@ -79,8 +78,9 @@ class SpoolTests(TestCase):
         self.assertEqual(len({where[0] for where in kept[0] + kept[3]}), 2)
         for n, wheres in kept.items():
             for i, where in enumerate(wheres):
-                self.assertEqual(b"".join(spool.read(where, (i + 1) * 1000)),
-                                 bytes([n]) * (i + 1) * 1000)
+                self.assertEqual(
+                    b"".join(spool.read(where, (i + 1) * 1000)), bytes([n]) * (i + 1) * 1000
+                )
 
     def test_limit(self):
         """
@@ -178,8 +178,11 @@ class PlanSpoolTests(TestCase):
         plain = readAll(ArchiveStream(planArchive(src)))
         plan = planArchive(src, spool=Spool(limit=200_000, directory="."))
         self.addCleanup(plan.close)
-        spooled = [e.spooled is not None for e in plan.entries
-                   if e.method == DEFLATED and e.usize > SAMPLE_SIZE]
+        spooled = [
+            e.spooled is not None
+            for e in plan.entries
+            if e.method == DEFLATED and e.usize > SAMPLE_SIZE
+        ]
         self.assertIn(True, spooled)
         self.assertIn(False, spooled)
         self.assertEqual(readAll(ArchiveStream(plan)), plain)

@@ -24,7 +24,7 @@ def documentedTransitions():
         docs/protocol.rst's "States" section.
     """
     text = open(PROTOCOL_RST, encoding="utf-8").read()
-    section = text[text.index("States\n------\n"):]
+    section = text[text.index("States\n------\n") :]
     rules = [m.start() for m in re.finditer(r"^=+ =+.*$", section, re.M)]
     body = section[section.index("\n", rules[1]) + 1 : rules[2]]
     rows = {}
@@ -60,8 +60,16 @@ class RecordingPeer:
         self.calls.append(("close", error.code))
 
     def __getattr__(self, name):
-        if name in ("pauseInput", "holdInput", "resumeInput", "idle", "touch", "loggedIn",
-                    "doneSending", "narrowSendBuffer"):
+        if name in (
+            "pauseInput",
+            "holdInput",
+            "resumeInput",
+            "idle",
+            "touch",
+            "loggedIn",
+            "doneSending",
+            "narrowSendBuffer",
+        ):
             return lambda *args: self.calls.append((name,) + args)
         raise AttributeError(name)
 
@@ -74,8 +82,7 @@ class TableTests(TestCase):
         """
         documented = documentedTransitions()
         self.assertGreater(len(documented), 10)
-        self.assertEqual({key: set(row.targets) for key, row in TRANSITIONS.items()},
-                         documented)
+        self.assertEqual({key: set(row.targets) for key, row in TRANSITIONS.items()}, documented)
 
     def test_everyHandlerExists(self):
         for row in TRANSITIONS.values():
@@ -100,14 +107,14 @@ class SessionTests(TestCase):
         session.receive(Msg.REGISTER, {"user": "alice", "password": "pw"})
         self.assertEqual(self.peer.sent, [(Msg.OK, {"user": "alice"})])
         self.assertIs(session.state, State.UNAUTH)
-        self.assertEqual([c[0] for c in self.peer.calls],
-                         ["pauseInput", "idle", "idle", "resumeInput"])
+        self.assertEqual(
+            [c[0] for c in self.peer.calls], ["pauseInput", "idle", "idle", "resumeInput"]
+        )
         session.receive(Msg.LOGIN, {"user": "alice", "password": "pw"})
         self.factory.clock.advance(0)
         self.assertIs(session.state, State.AUTHED)
         self.assertEqual(session.username, "alice")
-        pem = clientKey().public_key().public_bytes(
-            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        pem = clientKey().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
         session.receive(Msg.PUBKEY, {"key": pem.decode("ascii")})
         self.assertIs(session.state, State.KEYED)
         self.assertIs(self.peer.sent[-1][0], Msg.SESSION_KEY)
@@ -155,5 +162,4 @@ class SessionTests(TestCase):
         """
         self.session.fail(ProtocolError(Code.TIMEOUT, "idle"))
         self.session.fail(ProtocolError(Code.INTERNAL, "again"))
-        self.assertEqual([c for c in self.peer.calls if c[0] == "close"],
-                         [("close", Code.TIMEOUT)])
+        self.assertEqual([c for c in self.peer.calls if c[0] == "close"], [("close", Code.TIMEOUT)])

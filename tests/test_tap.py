@@ -4,17 +4,17 @@ recovery at start-up.
 """
 
 import os
-import threading
 import resource
 import ssl
+import threading
 
 from OpenSSL import SSL
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
-from backup_proto.server import tap
 from backup_proto.certs import makeCertificates, writeCertificates
+from backup_proto.server import tap
 from tests.helpers import TestCase
 
 
@@ -79,8 +79,16 @@ class OptionsTests(TestCase):
         --listen may be given several times.
         """
         options = tap.Options()
-        options.parseOptions(["--listen", "ssl:1:privateKey=a", "--listen", "ssl:2:privateKey=b",
-                              "--pbkdf2-iterations", "1000"])
+        options.parseOptions(
+            [
+                "--listen",
+                "ssl:1:privateKey=a",
+                "--listen",
+                "ssl:2:privateKey=b",
+                "--pbkdf2-iterations",
+                "1000",
+            ]
+        )
         self.assertEqual(len(options["listen"]), 2)
         self.assertEqual(options["pbkdf2-iterations"], 1000)
 
@@ -88,23 +96,46 @@ class OptionsTests(TestCase):
         """
         Non-positive numbers are refused.
         """
-        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
-                          ["--listen", "ssl:1", "--idle-timeout", "0"])
-        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
-                          ["--listen", "ssl:1", "--restore-compression", "bzip"])
-        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
-                          ["--listen", "ssl:1", "--max-frame", "1000"])
+        self.assertRaises(
+            usage.UsageError,
+            tap.Options().parseOptions,
+            ["--listen", "ssl:1", "--idle-timeout", "0"],
+        )
+        self.assertRaises(
+            usage.UsageError,
+            tap.Options().parseOptions,
+            ["--listen", "ssl:1", "--restore-compression", "bzip"],
+        )
+        self.assertRaises(
+            usage.UsageError,
+            tap.Options().parseOptions,
+            ["--listen", "ssl:1", "--max-frame", "1000"],
+        )
 
     def test_helpDocumentsEveryOption(self):
         """
         --help names every option.
         """
         text = str(tap.Options())
-        for name in ("--data-dir", "--listen", "--pbkdf2-iterations", "--idle-timeout",
-                     "--login-timeout", "--max-connections", "--max-per-peer",
-                     "--max-upload-size", "--max-entries", "--max-unpacked-size",
-                     "--max-ratio", "--restore-compression", "--cpu-threads", "--max-frame",
-                     "--login-free-failures", "--login-max-delay", "--max-hash-queue"):
+        for name in (
+            "--data-dir",
+            "--listen",
+            "--pbkdf2-iterations",
+            "--idle-timeout",
+            "--login-timeout",
+            "--max-connections",
+            "--max-per-peer",
+            "--max-upload-size",
+            "--max-entries",
+            "--max-unpacked-size",
+            "--max-ratio",
+            "--restore-compression",
+            "--cpu-threads",
+            "--max-frame",
+            "--login-free-failures",
+            "--login-max-delay",
+            "--max-hash-queue",
+        ):
             self.assertIn(name, text)
 
 
@@ -143,7 +174,9 @@ class ServiceTests(TestCase):
         """
         The service listens on the ssl: endpoint with TLS 1.3 as the floor.
         """
-        service = self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
+        service = self.make(
+            "--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem"
+        )
         service.startService()
         self.addCleanup(service.stopService)
         port, factory, contextFactory, backlog, interface = self.reactor.sslServers[0]
@@ -158,8 +191,14 @@ class ServiceTests(TestCase):
         thread the factory is given) ends when the service stops, and the
         factory gets its collaborators from the options.
         """
-        service = self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem",
-                            "--login-free-failures", "5", "--login-max-delay", "9")
+        service = self.make(
+            "--listen",
+            "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem",
+            "--login-free-failures",
+            "5",
+            "--login-max-delay",
+            "9",
+        )
         before = set(threading.enumerate())
         service.startService()
         factory = self.reactor.sslServers[0][1]
@@ -173,7 +212,10 @@ class ServiceTests(TestCase):
         with open("snap/f", "wb") as f:
             f.write(b"x")
         factory.restores.plan(os.path.abspath("snap"), "snap", "store").close()
-        ours = lambda: [t.name for t in set(threading.enumerate()) - before if "backup-" in t.name]
+
+        def ours():
+            return [t.name for t in set(threading.enumerate()) - before if "backup-" in t.name]
+
         self.assertIn("backup-flush-ahead", ours())
         self.assertTrue([name for name in ours() if name.startswith("backup-plan")], ours())
         service.stopService()
@@ -196,22 +238,30 @@ class ServiceTests(TestCase):
         from tests.helpers import runNow
 
         db = Database(os.path.abspath("data/user.db"), runNow)
-        db.runSync(lambda c: c.execute(
-            "INSERT INTO users VALUES ('alice', x'00', x'00', 1, 'now')"))
+        db.runSync(
+            lambda c: c.execute("INSERT INTO users VALUES ('alice', x'00', x'00', 1, 'now')")
+        )
         os.makedirs("data/users/alice/.staging/tmp1/tree")
         os.makedirs("data/users/alice/kept-1/kept")
         os.makedirs("data/users/alice/orphan-1/orphan")
-        db.runSync(lambda c: c.execute(
-            "INSERT INTO snapshots VALUES ('alice','kept-1','kept','dir','t',1,1,1)"))
-        db.runSync(lambda c: c.execute(
-            "INSERT INTO snapshots VALUES ('alice','gone-1','gone','dir','t',1,1,1)"))
+        db.runSync(
+            lambda c: c.execute(
+                "INSERT INTO snapshots VALUES ('alice','kept-1','kept','dir','t',1,1,1)"
+            )
+        )
+        db.runSync(
+            lambda c: c.execute(
+                "INSERT INTO snapshots VALUES ('alice','gone-1','gone','dir','t',1,1,1)"
+            )
+        )
         db.close()
         self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
         self.assertEqual(sorted(os.listdir("data/users/alice")), [".staging", "kept-1"])
         self.assertEqual(os.listdir("data/users/alice/.staging"), [])
         db = Database(os.path.abspath("data/user.db"), runNow)
-        self.assertEqual(db.runSync(lambda c: c.execute("SELECT id FROM snapshots").fetchall()),
-                         [("kept-1",)])
+        self.assertEqual(
+            db.runSync(lambda c: c.execute("SELECT id FROM snapshots").fetchall()), [("kept-1",)]
+        )
         db.close()
 
 
@@ -248,8 +298,8 @@ class OpenFileLimitTests(TestCase):
     def limits(self, soft, hard, maxConnections=2000):
         calls = []
         result = tap.raiseOpenFileLimit(
-            maxConnections, lambda which: (soft, hard),
-            lambda which, limits: calls.append(limits))
+            maxConnections, lambda which: (soft, hard), lambda which, limits: calls.append(limits)
+        )
         return result, calls
 
     def test_raised(self):

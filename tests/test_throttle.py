@@ -8,10 +8,10 @@ from twisted.internet.task import Clock
 
 from backup_proto.server.accounts import AccountStore
 from backup_proto.server.database import Database
+from backup_proto.server.throttle import LoginThrottle
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg
-from backup_proto.server.throttle import LoginThrottle
-from tests.helpers import TestCase, ManualRunner, makeFactory, runNow
+from tests.helpers import ManualRunner, TestCase, makeFactory, runNow
 from tests.wire import Wire
 
 

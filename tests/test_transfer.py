@@ -10,13 +10,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from backup_proto.wire import crypto
 from backup_proto.archive.stream import writeArchive
+from backup_proto.server.resources import SendBuffers
+from backup_proto.server.session import State
+from backup_proto.wire import crypto
 from backup_proto.wire.cksum import cksumFile
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg
-from backup_proto.server.resources import SendBuffers
-from backup_proto.server.session import State
 from backup_proto.wire.transfer import (
     DEFAULT_SOCKET_BUFFER,
     READ_AHEAD,
@@ -25,7 +25,7 @@ from backup_proto.wire.transfer import (
     ChunkSender,
     TransferAborted,
 )
-from tests.helpers import TestCase, ManualRunner, makeFactory, runNow, serverTLSOptions
+from tests.helpers import ManualRunner, TestCase, makeFactory, runNow, serverTLSOptions
 from tests.wire import Wire
 
 
@@ -55,8 +55,9 @@ class WireCase(TestCase):
 
 class UploadTests(WireCase):
     def begin(self, size=None, name="docs"):
-        self.wire.sendControl(Msg.BACKUP, name=name, kind="dir",
-                              size=len(self.zip) if size is None else size)
+        self.wire.sendControl(
+            Msg.BACKUP, name=name, kind="dir", size=len(self.zip) if size is None else size
+        )
         kind, ready = self.wire.last()
         self.assertIs(kind, Msg.READY, ready)
         return ready["transfer"]
@@ -91,8 +92,10 @@ class UploadTests(WireCase):
         transfer = self.begin()
         self.wire.send(b"".join(self.wire.sealedChunks(self.zip, transfer)))
         kind, ck = self.wire.last()
-        self.assertEqual((kind, ck["crc"], ck["size"], ck["rejected"]),
-                         (Msg.CKSUM, cksumFile(self.zipPath)[0], len(self.zip), 0))
+        self.assertEqual(
+            (kind, ck["crc"], ck["size"], ck["rejected"]),
+            (Msg.CKSUM, cksumFile(self.zipPath)[0], len(self.zip), 0),
+        )
         self.wire.sendControl(Msg.COMMIT, crc=ck["crc"])
         kind, done = self.wire.last()
         self.assertIs(kind, Msg.DONE)
@@ -423,9 +426,14 @@ class SenderBackpressureTests(TestCase):
         runReads = deferredIO.runRound
 
         sent = []
-        sender = ChunkSender(lambda: open("big", "rb"), len(data), ciphers.upload, 1,
-                             lambda body: (sent.append(body), transport.write(body)),
-                             deferredIO)
+        sender = ChunkSender(
+            lambda: open("big", "rb"),
+            len(data),
+            ciphers.upload,
+            1,
+            lambda body: (sent.append(body), transport.write(body)),
+            deferredIO,
+        )
         done = sender.start(transport)
         self.assertIs(transport.producer, sender)
         self.assertTrue(transport.streaming)
@@ -440,11 +448,14 @@ class SenderBackpressureTests(TestCase):
         for _ in range(10):
             runReads()
         self.assertEqual(len(sent), chunks)
-        self.assertEqual(self.successResultOf(done), __import__(
-            "backup_proto.wire.cksum", fromlist=["cksumBytes"]).cksumBytes(data))
+        self.assertEqual(
+            self.successResultOf(done),
+            __import__("backup_proto.wire.cksum", fromlist=["cksumBytes"]).cksumBytes(data),
+        )
         self.assertIsNone(transport.producer)
-        plain = b"".join(ciphers.upload.open(1, len(data), i, body[1:])
-                         for i, body in enumerate(sent))
+        plain = b"".join(
+            ciphers.upload.open(1, len(data), i, body[1:]) for i, body in enumerate(sent)
+        )
         self.assertEqual(plain, data)
 
 
@@ -463,7 +474,7 @@ class _Source:
 
     def read(self, n):
         self.chunksRead += 1
-        piece = self._data[self._offset:self._offset + n]
+        piece = self._data[self._offset : self._offset + n]
         self._offset += len(piece)
         return piece
 
@@ -491,13 +502,15 @@ class SenderSourceTests(TestCase):
                     return f(*args)
                 finally:
                     inJob.pop()
+
             return runner(job, *args)
 
         source = _Source(data, inJob)
         ciphers = crypto.SessionCiphers(b"k" * 32)
         transport = StringTransport()
-        sender = ChunkSender(lambda: source, len(data), ciphers.upload, 1, transport.write,
-                             runIO, **kwargs)
+        sender = ChunkSender(
+            lambda: source, len(data), ciphers.upload, 1, transport.write, runIO, **kwargs
+        )
         return sender, sender.start(transport), runner, source
 
     def test_afterLastChunk(self):
@@ -615,10 +628,14 @@ class SendBufferTests(TestCase):
         """
         factory = makeFactory(os.path.abspath("data"), sendBuffers=SendBuffers(limit=2))
         pairs = [self.serverOverSocket(factory, 50000 + i) for i in range(3)]
-        self.assertEqual([factory.sendBuffers.widen(server, server.transport) for server, _ in pairs],
-                         [READ_AHEAD, READ_AHEAD, READ_BATCH])
-        self.assertEqual([socket.bufferSize for _, socket in pairs],
-                         [SEND_BUFFER, SEND_BUFFER, DEFAULT_SOCKET_BUFFER])
+        self.assertEqual(
+            [factory.sendBuffers.widen(server, server.transport) for server, _ in pairs],
+            [READ_AHEAD, READ_AHEAD, READ_BATCH],
+        )
+        self.assertEqual(
+            [socket.bufferSize for _, socket in pairs],
+            [SEND_BUFFER, SEND_BUFFER, DEFAULT_SOCKET_BUFFER],
+        )
         factory.connectionClosed(pairs[0][0])
         self.assertEqual(factory.sendBuffers.widen(pairs[2][0], pairs[2][0].transport), READ_AHEAD)
         self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)

@@ -1,12 +1,13 @@
 """
-Tests for L{backup_proto.archive.plan} and L{backup_proto.archive.stream} (a zip made as it is read) and
-L{backup_proto.archive.extract} (a zip unpacked as it arrives).
+Tests for L{backup_proto.archive.plan} and L{backup_proto.archive.stream}
+(a zip made as it is read) and L{backup_proto.archive.extract} (a zip
+unpacked as it arrives).
 """
 
 import itertools
 import os
-import stat
 import random
+import stat
 import struct
 import threading
 import tracemalloc
@@ -14,17 +15,15 @@ import zipfile
 from datetime import datetime
 
 from backup_proto.archive import directio
-
 from backup_proto.archive import format as formatModule
 from backup_proto.archive import plan as planModule
-from backup_proto.archive.format import CENTRAL_SIG, EOCD64_SIG
 from backup_proto.archive.compression import SAMPLE_SIZE, deflateWhole, rawDeflate
-from backup_proto.archive.policy import ArchiveError, Limits
-from backup_proto.archive.extract import ExtractSink, StreamingExtractor, extractStream
-from backup_proto.archive.policy import NameIndex
 from backup_proto.archive.directio import readAheadThreads
-from backup_proto.archive.stream import ArchiveChanged, ArchiveStream, writeArchive
+from backup_proto.archive.extract import ExtractSink, StreamingExtractor, extractStream
+from backup_proto.archive.format import CENTRAL_SIG, EOCD64_SIG
 from backup_proto.archive.plan import planArchive
+from backup_proto.archive.policy import ArchiveError, Limits, NameIndex
+from backup_proto.archive.stream import ArchiveChanged, ArchiveStream, writeArchive
 from tests.helpers import TestCase, makeTrickyTree, treeSignature
 from tests.test_archive import D, F, craft
 
@@ -46,7 +45,7 @@ def feed(data, dest, piece=7919, limits=None):
     extractor = StreamingExtractor(dest, limits)
     try:
         for i in range(0, len(data), piece):
-            extractor.write(data[i:i + piece])
+            extractor.write(data[i : i + piece])
         return extractor.finish()
     finally:
         extractor.close()
@@ -69,8 +68,11 @@ class StreamRoundTripTests(TestCase):
             with zipfile.ZipFile(f"{compression}.zip") as zf:
                 self.assertIsNone(zf.testzip())
                 methods = {i.compress_type for i in zf.infolist() if i.file_size > 1000}
-            expected = {"store": {zipfile.ZIP_STORED}, "deflate": {zipfile.ZIP_DEFLATED},
-                        "auto": {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}}[compression]
+            expected = {
+                "store": {zipfile.ZIP_STORED},
+                "deflate": {zipfile.ZIP_DEFLATED},
+                "auto": {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED},
+            }[compression]
             self.assertEqual(methods, expected)
             index = feed(data, f"out-{compression}")
             self.assertEqual((index.root, index.kind), ("src", "dir"))
@@ -94,11 +96,18 @@ class StreamRoundTripTests(TestCase):
             extractor = StreamingExtractor(os.path.abspath(f"out-{piece}"))
             os.mkdir(f"out-{piece}")
             for i in range(0, len(data), piece):
-                extractor.write(data[i:i + piece])
+                extractor.write(data[i : i + piece])
             index = extractor.finish()
             self.assertEqual(extractor.position, len(data))
-            indexes.add((index.root, index.kind, index.files, index.size,
-                         tuple(sorted((d.parts, d.mode, d.mtime) for d in index.dirs))))
+            indexes.add(
+                (
+                    index.root,
+                    index.kind,
+                    index.files,
+                    index.size,
+                    tuple(sorted((d.parts, d.mode, d.mtime) for d in index.dirs)),
+                )
+            )
             self.assertEqual(treeSignature(src), treeSignature(f"out-{piece}/src"))
             e = self.assertRaises(ArchiveError, feed, bytes(bad), f"bad-{piece}", piece)
             self.assertIn("differs between the central directory", str(e))
@@ -169,8 +178,10 @@ class StreamRoundTripTests(TestCase):
         """
         src = makeTrickyTree(os.path.abspath("src"))
         plan = planArchive(src, name="renamed")
-        self.assertEqual(plan.pathOf(plan.entries[-1]),
-                         os.path.join(src, plan.entries[-1].name.decode()[len("renamed/"):]))
+        self.assertEqual(
+            plan.pathOf(plan.entries[-1]),
+            os.path.join(src, plan.entries[-1].name.decode()[len("renamed/") :]),
+        )
         index = feed(readAll(ArchiveStream(plan)), "out")
         self.assertEqual((index.root, index.kind), ("renamed", "dir"))
         self.assertEqual(treeSignature(src), treeSignature("out/renamed"))
@@ -180,8 +191,10 @@ class StreamRoundTripTests(TestCase):
         A zip that C{zipfile} wrote into a file (sizes in its local
         headers) unpacks as it arrives too.
         """
-        craft("c.zip", [("r/", b"", D), ("r/a", b"x" * 5000, F, zipfile.ZIP_DEFLATED),
-                        ("r/b", b"y", F)])
+        craft(
+            "c.zip",
+            [("r/", b"", D), ("r/a", b"x" * 5000, F, zipfile.ZIP_DEFLATED), ("r/b", b"y", F)],
+        )
         os.mkdir("out")
         index = extractStream("c.zip", "out")
         self.assertEqual(index.files, 2)
@@ -298,7 +311,8 @@ class ChangedFileTests(TestCase):
         deflate stream; readers ignore the padding.
         """
         data = sendCompressingBetter(
-            self, "data", os.urandom(50_000) + b"a" * 50_000, b"a" * 100_000)
+            self, "data", os.urandom(50_000) + b"a" * 50_000, b"a" * 100_000
+        )
         with open("z.zip", "wb") as f:
             f.write(data)
         with zipfile.ZipFile("z.zip") as zf:
@@ -310,8 +324,7 @@ def textOf(rng, size):
     C{size} bytes of word-like text (deflate makes it about a third its
     size).
     """
-    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9)))
-             for _ in range(300)]
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(300)]
     count = size // 3 + 1
     seps = rng.choices([b" ", b" ", b"\n", b", "], k=count)
     return b"".join(w + sep for w, sep in zip(rng.choices(words, k=count), seps))[:size]
@@ -485,7 +498,7 @@ class ExtractorMemoryTests(TestCase):
         extractor = StreamingExtractor(os.path.abspath("out"), Limits())
         before = tracemalloc.get_traced_memory()[0]
         for i in range(0, centralStart, 65536):
-            extractor.write(data[i:min(i + 65536, centralStart)])
+            extractor.write(data[i : min(i + 65536, centralStart)])
         held = tracemalloc.get_traced_memory()[0] - before
         # the index's buckets cost up to 256 KiB however few the entries
         self.assertLess(held, (256 << 10) + 30 * count)
@@ -518,7 +531,7 @@ class FolderMemoryTests(TestCase):
         extractor = StreamingExtractor(os.path.abspath("out"), Limits())
         before = tracemalloc.get_traced_memory()[0]
         for i in range(0, len(data), 65536):
-            extractor.write(data[i:i + 65536])
+            extractor.write(data[i : i + 65536])
         held = tracemalloc.get_traced_memory()[0] - before
         # the name indexes' buckets and the cache of folders made cost up to
         # 768 KiB however few the entries
@@ -540,8 +553,9 @@ class NameIndexTests(TestCase):
         values = [hash(f"root/folder/file-{i}") for i in range(20_000)]
         for value in values[::2]:
             index.add(value)
-        self.assertEqual([value in index for value in values],
-                         [i % 2 == 0 for i in range(len(values))])
+        self.assertEqual(
+            [value in index for value in values], [i % 2 == 0 for i in range(len(values))]
+        )
         self.assertTrue(any(value < 0 for value in values[::2]))
 
     def test_matchOnlyOnKeys(self):
@@ -554,7 +568,8 @@ class NameIndexTests(TestCase):
         upper = index._KEY.unpack(index._KEY.pack(value)[4:] + b"\x00" * 4)[0]
         # two keys whose bytes hold the value's across their boundary
         index._buckets[value % index._BUCKETS] = bytearray(
-            index._KEY.pack(lower) + index._KEY.pack(upper))
+            index._KEY.pack(lower) + index._KEY.pack(upper)
+        )
         self.assertNotIn(value, index)
         index.add(value)
         self.assertIn(value, index)
@@ -626,8 +641,9 @@ class StreamRefusalTests(TestCase):
         """
         craft("bomb.zip", [("r/", b"", D), ("r/a", bytes(5 << 20), F, zipfile.ZIP_DEFLATED)])
         with open("bomb.zip", "rb") as f:
-            e = self.assertRaises(ArchiveError, feed, f.read(), "out",
-                                  limits=Limits(maxRatio=10, ratioFloor=1 << 20))
+            e = self.assertRaises(
+                ArchiveError, feed, f.read(), "out", limits=Limits(maxRatio=10, ratioFloor=1 << 20)
+            )
         self.assertIn("expands more than", str(e))
 
 
@@ -697,7 +713,7 @@ class FolderDescriptorTests(TestCase):
         extractor = StreamingExtractor(os.path.abspath("out"))
         most = 0
         for i in range(0, len(self.data), 997):
-            extractor.write(self.data[i:i + 997])
+            extractor.write(self.data[i : i + 997])
             most = max(most, openDescriptors() - before)
         extractor.finish()
         self.assertEqual(most, 2)
@@ -734,14 +750,26 @@ class PlannedLengthTests(TestCase):
         sizes = (0, 10, ZIP64_LIMIT - 1, ZIP64_LIMIT, ZIP64_LIMIT + 5)
         checked = 0
         for name, usize, csize, content, mtimeNs in itertools.product(
-            (b"a/b.txt", "r/\u00e9t\u00e9".encode()), sizes, sizes, (None, b"target"),
+            (b"a/b.txt", "r/\u00e9t\u00e9".encode()),
+            sizes,
+            sizes,
+            (None, b"target"),
             (1_600_000_000 * 10**9, 2**33 * 10**9),
         ):
-            entry = PlannedEntry(name=name, method=0, external=0o100644 << 16, dosTime=0,
-                                 dosDate=33, usize=usize, csize=csize, content=content,
-                                 mtimeNs=mtimeNs)
-            self.assertEqual(entry.spanLength(),
-                             len(entry.localHeader()) + csize + len(entry.descriptor()))
+            entry = PlannedEntry(
+                name=name,
+                method=0,
+                external=0o100644 << 16,
+                dosTime=0,
+                dosDate=33,
+                usize=usize,
+                csize=csize,
+                content=content,
+                mtimeNs=mtimeNs,
+            )
+            self.assertEqual(
+                entry.spanLength(), len(entry.localHeader()) + csize + len(entry.descriptor())
+            )
             for offset in (0, ZIP64_LIMIT - 1, ZIP64_LIMIT):
                 self.assertEqual(entry.centralLength(offset), len(entry.centralRecord(offset)))
                 checked += 1
@@ -770,8 +798,8 @@ class DirectReadTests(TestCase):
         Reading large stored files past the page cache gives the same zip,
         whatever the file's length (here not a multiple of the block size).
         """
-        from backup_proto.archive.policy import COPY_BLOCK
         from backup_proto.archive.directio import DIRECT_MIN
+        from backup_proto.archive.policy import COPY_BLOCK
 
         os.mkdir("src")
         size = DIRECT_MIN + 8 * COPY_BLOCK + 12345

@@ -67,7 +67,7 @@ def _disableDirect(fd):
 def _writeAll(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class DirectWriter:
@@ -106,10 +106,10 @@ class DirectWriter:
             return
         view = memoryview(data)
         while view:
-            piece = view[:BUFFER_SIZE - self._fill]
-            self._buffer[self._fill:self._fill + len(piece)] = piece
+            piece = view[: BUFFER_SIZE - self._fill]
+            self._buffer[self._fill : self._fill + len(piece)] = piece
             self._fill += len(piece)
-            view = view[len(piece):]
+            view = view[len(piece) :]
             if self._fill == BUFFER_SIZE:
                 self._flush(BUFFER_SIZE)
                 if not self._direct:
@@ -174,7 +174,7 @@ def _readAt(fd, want, buffer, offset):
     """
     length = -(-want // ALIGN) * ALIGN
     got = os.preadv(fd, [memoryview(buffer)[:length]], offset)
-    return memoryview(buffer)[:min(got, want)]
+    return memoryview(buffer)[: min(got, want)]
 
 
 def readAheadThreads():

@@ -194,7 +194,8 @@ class StreamingExtractor:
         if self._written > self._header.usize:
             raise ArchiveError(self._what("is larger than it declares"))
         self._rules.unpacked(
-            "/".join(self._parts)[:200], self._written, self._header.csize, len(data))
+            "/".join(self._parts)[:200], self._written, self._header.csize, len(data)
+        )
         self._crc = isal_zlib.crc32(data, self._crc)
         if self._progress is not None:
             self._progress(len(data))
@@ -212,8 +213,9 @@ class StreamingExtractor:
         if self._crc != crc:
             raise ArchiveError(self._what("fails its CRC-32 check"))
         self._tree.finishFile()
-        self._records += self._recordDigest(header.rawName, header.flags, header.method, crc,
-                                            csize, usize, header.offset)
+        self._records += self._recordDigest(
+            header.rawName, header.flags, header.method, crc, csize, usize, header.offset
+        )
         self._header = None
 
     def _recordDigest(self, name, *record):
@@ -231,9 +233,11 @@ class StreamingExtractor:
     def centralRecord(self, record):
         name, flags = record.rawName, record.flags
         start = self._central * _DIGEST_SIZE
-        if self._recordDigest(name, flags, record.method, record.crc, record.csize,
-                              record.usize, record.offset) != (
-            self._records[start:start + _DIGEST_SIZE]
+        if (
+            self._recordDigest(
+                name, flags, record.method, record.crc, record.csize, record.usize, record.offset
+            )
+            != (self._records[start : start + _DIGEST_SIZE])
         ):
             shown = repr(name)[2:-1][:200]
             raise ArchiveError(
@@ -243,11 +247,9 @@ class StreamingExtractor:
         parts, isDir = _parts(name, flags)
         kind, mode = entryKind(record.external, isDir)
         if kind is None:
-            raise ArchiveError(
-                f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
+            raise ArchiveError(f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
         self._central += 1
-        self._finalize(parts, kind, mode,
-                       entryMtime(record.extra, record.dosTime, record.dosDate))
+        self._finalize(parts, kind, mode, entryMtime(record.extra, record.dosTime, record.dosDate))
 
     def _finalize(self, parts, kind, mode, mtime):
         """
@@ -286,8 +288,9 @@ class StreamingExtractor:
         self.close()
         if not self._parser.finished:
             raise ArchiveError("archive ended early")
-        index = ArchiveIndex(self._rules.root, self._kind, self._dirs, self._files,
-                             self._rules.total)
+        index = ArchiveIndex(
+            self._rules.root, self._kind, self._dirs, self._files, self._rules.total
+        )
         if applyDirs:
             applyDirAttributes(self._dest, index)
         return index

@@ -50,7 +50,8 @@ class FlushAhead:
             if self._thread is None:
                 # a daemon all the same: a forgotten stop must not hang exit
                 self._thread = threading.Thread(
-                    target=self._run, name="backup-flush-ahead", daemon=True)
+                    target=self._run, name="backup-flush-ahead", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
 

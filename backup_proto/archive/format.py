@@ -89,10 +89,21 @@ def entryMtime(extra, dosTime, dosDate):
         if tag == EXT_TIMESTAMP and len(body) >= 5 and body[0] & 1:
             return struct.unpack_from("<l", body, 1)[0]
         i += 4 + size
-    return int(time.mktime((
-        (dosDate >> 9) + 1980, max((dosDate >> 5) & 0xF, 1), max(dosDate & 0x1F, 1),
-        dosTime >> 11, (dosTime >> 5) & 0x3F, (dosTime & 0x1F) * 2, 0, 0, -1,
-    )))
+    return int(
+        time.mktime(
+            (
+                (dosDate >> 9) + 1980,
+                max((dosDate >> 5) & 0xF, 1),
+                max(dosDate & 0x1F, 1),
+                dosTime >> 11,
+                (dosTime >> 5) & 0x3F,
+                (dosTime & 0x1F) * 2,
+                0,
+                0,
+                -1,
+            )
+        )
+    )
 
 
 def entryKind(externalAttr, isDir):
@@ -124,8 +135,9 @@ def endRecords(count, centralOffset, centralSize):
     end = centralOffset + centralSize
     if count >= ZIP64_COUNT or centralOffset >= ZIP64_LIMIT or centralSize >= ZIP64_LIMIT:
         return (
-            EOCD64.pack(EOCD64_SIG, 44, MADE_BY, VERSION64, 0, 0, count, count,
-                        centralSize, centralOffset)
+            EOCD64.pack(
+                EOCD64_SIG, 44, MADE_BY, VERSION64, 0, 0, count, count, centralSize, centralOffset
+            )
             + LOCATOR64.pack(LOCATOR64_SIG, 0, end, 1)
             + EOCD.pack(EOCD_SIG, 0, 0, 0xFFFF, 0xFFFF, MARKER, MARKER, 0)
         )

@@ -52,7 +52,7 @@ class FolderAttributes:
             while at < len(records):
                 mode, mtime, length = self._RECORD.unpack_from(records, at)
                 at += size
-                path = records[at:at + length].decode("utf-8")
+                path = records[at : at + length].decode("utf-8")
                 at += length
                 yield Entry(tuple(path.split("/")), "dir", mode, mtime)
 

@@ -131,9 +131,23 @@ class PlannedEntry:
             usize = csize = MARKER
         crc = self.crc if self.content is not None else 0
         version = VERSION64 if self.zip64 else VERSION
-        return LOCAL.pack(LOCAL_SIG, version, self.flags, self.method, self.dosTime,
-                          self.dosDate, crc, csize, usize, len(self.name),
-                          len(extra)) + self.name + extra
+        return (
+            LOCAL.pack(
+                LOCAL_SIG,
+                version,
+                self.flags,
+                self.method,
+                self.dosTime,
+                self.dosDate,
+                crc,
+                csize,
+                usize,
+                len(self.name),
+                len(extra),
+            )
+            + self.name
+            + extra
+        )
 
     def descriptor(self, crc=None, usize=None):
         """
@@ -169,13 +183,31 @@ class PlannedEntry:
             offset = MARKER
         extra = self.extra
         if fields:
-            extra = struct.pack(f"<HH{len(fields)}Q", ZIP64_TAG, 8 * len(fields),
-                                *fields) + extra
+            extra = struct.pack(f"<HH{len(fields)}Q", ZIP64_TAG, 8 * len(fields), *fields) + extra
         version = VERSION64 if fields or self.zip64 else VERSION
-        return CENTRAL.pack(CENTRAL_SIG, MADE_BY, version, self.flags, self.method,
-                            self.dosTime, self.dosDate, crc, csize, usize,
-                            len(self.name), len(extra), 0, 0, 0, self.external,
-                            offset) + self.name + extra
+        return (
+            CENTRAL.pack(
+                CENTRAL_SIG,
+                MADE_BY,
+                version,
+                self.flags,
+                self.method,
+                self.dosTime,
+                self.dosDate,
+                crc,
+                csize,
+                usize,
+                len(self.name),
+                len(extra),
+                0,
+                0,
+                0,
+                self.external,
+                offset,
+            )
+            + self.name
+            + extra
+        )
 
     def spanLength(self):
         """
@@ -197,8 +229,7 @@ class PlannedEntry:
         @return: the length of L{centralRecord}C{(offset)}, counted without
             packing it.
         """
-        fields = ((self.usize >= ZIP64_LIMIT) + (self.csize >= ZIP64_LIMIT)
-                  + (offset >= ZIP64_LIMIT))
+        fields = (self.usize >= ZIP64_LIMIT) + (self.csize >= ZIP64_LIMIT) + (offset >= ZIP64_LIMIT)
         length = CENTRAL.size + len(self.name) + len(self.extra)
         return length + 4 + 8 * fields if fields else length
 
@@ -228,7 +259,7 @@ class ArchivePlan:
         """
         @return: the path of the file that a file entry is made of.
         """
-        return self.source + entry.name.decode("utf-8")[len(self.rootName):]
+        return self.source + entry.name.decode("utf-8")[len(self.rootName) :]
 
     def close(self):
         """
@@ -242,8 +273,12 @@ class ArchivePlan:
 def _entryFor(arcname, st, **fields):
     dosTime, dosDate = dosTimeDate(wholeSeconds(st.st_mtime_ns))
     return PlannedEntry(
-        name=arcname.encode("utf-8"), external=externalAttributes(st.st_mode), dosTime=dosTime,
-        dosDate=dosDate, mtimeNs=st.st_mtime_ns, **fields,
+        name=arcname.encode("utf-8"),
+        external=externalAttributes(st.st_mode),
+        dosTime=dosTime,
+        dosDate=dosDate,
+        mtimeNs=st.st_mtime_ns,
+        **fields,
     )
 
 
@@ -372,8 +407,9 @@ def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
     return entry
 
 
-def planArchive(source, name=None, compression="auto", spool=None, stop=None, workers=None,
-                threads=None):
+def planArchive(
+    source, name=None, compression="auto", spool=None, stop=None, workers=None, threads=None
+):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
     thread).  Links are stored as links and never followed; sockets, FIFOs
@@ -407,12 +443,14 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
         entries = []
         if stat.S_ISDIR(st.st_mode):
             if threads is not None:
-                _planTree(entries, source, name, st, compression, spool, report,
-                          threads, stop, workers)
+                _planTree(
+                    entries, source, name, st, compression, spool, report, threads, stop, workers
+                )
             else:
                 with ThreadPoolExecutor(PLAN_THREADS) as pool:
-                    _planTree(entries, source, name, st, compression, spool, report,
-                              pool, stop, workers)
+                    _planTree(
+                        entries, source, name, st, compression, spool, report, pool, stop, workers
+                    )
         elif stat.S_ISREG(st.st_mode):
             entries.append(_planFile(source, name, st, compression, spool))
             report.files += 1
@@ -430,14 +468,13 @@ def planArchive(source, name=None, compression="auto", spool=None, stop=None, wo
         offset += entry.spanLength()
     centralOffset = offset
     centralSize = sum(entry.centralLength(at) for entry, at in zip(entries, offsets))
-    size = centralOffset + centralSize + len(endRecords(len(entries), centralOffset,
-                                                         centralSize))
-    return ArchivePlan(entries, offsets, size, centralOffset, centralSize, report, source,
-                       name, spool)
+    size = centralOffset + centralSize + len(endRecords(len(entries), centralOffset, centralSize))
+    return ArchivePlan(
+        entries, offsets, size, centralOffset, centralSize, report, source, name, spool
+    )
 
 
-def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop,
-              workers=None):
+def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop, workers=None):
     """
     Plan a folder's entries, in the order they go into the zip; files are
     read and deflated by C{workers} if given, else by C{pool}, several at a
@@ -455,8 +492,7 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
             if workers is None:
                 planned.append(pool.submit(_planFiles, *folder, batch, compression, spool))
             else:
-                planned.append(workers.submit(_planFiles, *folder, batch, compression, None,
-                                              True))
+                planned.append(workers.submit(_planFiles, *folder, batch, compression, None, True))
             batch = []
 
     stack = [(top, name, topStat)]
@@ -469,8 +505,7 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
         path, arcname, st = stack.pop()
         flush()
         folder = (path, arcname)
-        planned.append(_entryFor(arcname + "/", st, method=STORED, usize=0, csize=0,
-                                 content=b""))
+        planned.append(_entryFor(arcname + "/", st, method=STORED, usize=0, csize=0, content=b""))
         report.dirs += 1
         try:
             with os.scandir(path) as it:
@@ -503,9 +538,17 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
                 elif stat.S_ISLNK(mode):
                     target = os.readlink(child.path).encode("utf-8", "surrogateescape")
                     flush()
-                    planned.append(_entryFor(childArc, cst, method=STORED, usize=len(target),
-                                             csize=len(target), content=target,
-                                             crc=isal_zlib.crc32(target)))
+                    planned.append(
+                        _entryFor(
+                            childArc,
+                            cst,
+                            method=STORED,
+                            usize=len(target),
+                            csize=len(target),
+                            content=target,
+                            crc=isal_zlib.crc32(target),
+                        )
+                    )
                     report.links += 1
                 else:
                     report.skipped.append(f"{childArc}: special file skipped")
@@ -557,5 +600,7 @@ def _planFiles(path, arcname, names, compression, spool, leaveLarge=False):
     @param path: the folder.
     @param arcname: its name in the zip.
     """
-    return [_planOne(f"{path}/{name}", f"{arcname}/{name}", compression, spool, leaveLarge)
-            for name in names]
+    return [
+        _planOne(f"{path}/{name}", f"{arcname}/{name}", compression, spool, leaveLarge)
+        for name in names
+    ]

@@ -57,6 +57,7 @@ def checkName(name):
     @raise ArchiveError: naming the entry.
     @return: C{(parts, isDir)}.
     """
+
     def refuse(problem):
         # the name as shown is made only for a refusal: most names pass
         return ArchiveError(f"entry '{repr(name)[1:-1][:200]}' {problem}")

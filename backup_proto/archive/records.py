@@ -57,8 +57,7 @@ class LocalHeader:
         then has 64-bit sizes).
     """
 
-    __slots__ = ("rawName", "extra", "flags", "method", "crc", "csize", "usize", "offset",
-                 "zip64")
+    __slots__ = ("rawName", "extra", "flags", "method", "crc", "csize", "usize", "offset", "zip64")
 
     def __init__(self, rawName, extra, flags, method, crc, csize, usize, offset, zip64):
         self.rawName = rawName
@@ -78,11 +77,23 @@ class CentralRecord:
     zip64 field if need be.
     """
 
-    __slots__ = ("rawName", "extra", "flags", "method", "crc", "csize", "usize", "offset",
-                 "external", "dosTime", "dosDate")
+    __slots__ = (
+        "rawName",
+        "extra",
+        "flags",
+        "method",
+        "crc",
+        "csize",
+        "usize",
+        "offset",
+        "external",
+        "dosTime",
+        "dosDate",
+    )
 
-    def __init__(self, rawName, extra, flags, method, crc, csize, usize, offset, external,
-                 dosTime, dosDate):
+    def __init__(
+        self, rawName, extra, flags, method, crc, csize, usize, offset, external, dosTime, dosDate
+    ):
         self.rawName = rawName
         self.extra = extra
         self.flags = flags
@@ -227,8 +238,10 @@ class ZipRecordParser:
         elif sig == CENTRAL_SIG and self.entries:
             self._expect(CENTRAL.size - 4, self._centralFixed)
         else:
-            raise ArchiveError("archive has an unexpected record (not a zip, or a "
-                               "zip without sizes in its local headers)")
+            raise ArchiveError(
+                "archive has an unexpected record (not a zip, or a "
+                "zip without sizes in its local headers)"
+            )
 
     def _wholeLocal(self, view):
         """
@@ -243,7 +256,7 @@ class ZipRecordParser:
         self._recordStart = self.position
         self.position += end
         self._fixed = fields
-        self._localVariable(bytes(view[LOCAL.size:end]))
+        self._localVariable(bytes(view[LOCAL.size : end]))
         return end
 
     def _localFixed(self, block):
@@ -258,8 +271,9 @@ class ZipRecordParser:
         extra = block[nameLen:]
         if zip64:
             usize, csize = _zip64Values(extra, 2)
-        header = LocalHeader(block[:nameLen], extra, flags, method, crc, csize, usize,
-                             self._recordStart, zip64)
+        header = LocalHeader(
+            block[:nameLen], extra, flags, method, crc, csize, usize, self._recordStart, zip64
+        )
         self._handler.localHeader(header)
         self.entries += 1
         self._entry = header
@@ -296,7 +310,8 @@ class ZipRecordParser:
         if sig != DESCRIPTOR_SIG:
             header = self._entry
             name = header.rawName.decode(
-                "utf-8" if header.flags & FLAG_UTF8 else "cp437", "replace").rstrip("/")
+                "utf-8" if header.flags & FLAG_UTF8 else "cp437", "replace"
+            ).rstrip("/")
             raise ArchiveError(f"entry '{name[:200]}' has no data descriptor")
         self._entryEnd(crc, csize, usize)
 
@@ -321,7 +336,7 @@ class ZipRecordParser:
             return 0
         self.position += end
         self._fixed = fields
-        self._centralVariable(bytes(view[CENTRAL.size:end]))
+        self._centralVariable(bytes(view[CENTRAL.size : end]))
         return end
 
     def _centralFixed(self, block):
@@ -331,20 +346,49 @@ class ZipRecordParser:
             self._centralVariable(b"")
 
     def _centralVariable(self, block):
-        (_, _, _, flags, method, dosTime, dosDate, crc, csize, usize, nameLen, extraLen, _, _,
-         _, external, offset) = self._fixed
+        (
+            _,
+            _,
+            _,
+            flags,
+            method,
+            dosTime,
+            dosDate,
+            crc,
+            csize,
+            usize,
+            nameLen,
+            extraLen,
+            _,
+            _,
+            _,
+            external,
+            offset,
+        ) = self._fixed
         if self._central >= self.entries:
             raise ArchiveError("archive's central directory lists more entries than it holds")
-        extra = block[nameLen:nameLen + extraLen]
+        extra = block[nameLen : nameLen + extraLen]
         wanted = [usize, csize, offset].count(MARKER)
         if wanted:
             values = iter(_zip64Values(extra, wanted))
             usize = next(values) if usize == MARKER else usize
             csize = next(values) if csize == MARKER else csize
             offset = next(values) if offset == MARKER else offset
-        self._handler.centralRecord(CentralRecord(
-            block[:nameLen], extra, flags, method, crc, csize, usize, offset, external,
-            dosTime, dosDate))
+        self._handler.centralRecord(
+            CentralRecord(
+                block[:nameLen],
+                extra,
+                flags,
+                method,
+                crc,
+                csize,
+                usize,
+                offset,
+                external,
+                dosTime,
+                dosDate,
+            )
+        )
         self._central += 1
         self._expect(4, self._centralNext)
 

@@ -68,8 +68,7 @@ def _fileData(plan, entry, changed, direct):
     except OSError as e:
         fd, why = None, e.strerror
     if fd is not None and not (
-        direct is not None and entry.method == STORED and want >= DIRECT_MIN
-        and enableDirect(fd)
+        direct is not None and entry.method == STORED and want >= DIRECT_MIN and enableDirect(fd)
     ):
         direct = None
     blocks = readBlocks(fd, want, direct) if fd is not None else None
@@ -119,8 +118,10 @@ def _fileData(plan, entry, changed, direct):
 
 
 def _changedText(entry):
-    return (f"{entry.name.decode('utf-8', 'replace')} changed while it was being sent; "
-            "nothing was stored: run the backup again")
+    return (
+        f"{entry.name.decode('utf-8', 'replace')} changed while it was being sent; "
+        "nothing was stored: run the backup again"
+    )
 
 
 def _generate(plan, changed, readAhead):
@@ -189,7 +190,7 @@ class ArchiveStream:
                     break
                 continue
             # a copy: a block may be a view of a buffer that the next block reuses
-            piece = bytes(self._block[self._offset:self._offset + n])
+            piece = bytes(self._block[self._offset : self._offset + n])
             self._offset += len(piece)
             n -= len(piece)
             parts.append(piece)

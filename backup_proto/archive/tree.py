@@ -147,7 +147,9 @@ class TreeWriter:
         """
         try:
             self._fd = os.open(
-                parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                parts[-1],
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                0o600,
                 dir_fd=self._folderFd(parts[:-1]),
             )
         except FileExistsError:

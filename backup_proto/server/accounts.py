@@ -75,8 +75,7 @@ def _now():
 def _insertUser(conn, name, salt, key, iterations):
     try:
         conn.execute(
-            "INSERT INTO users (username, salt, key, iterations, created)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO users (username, salt, key, iterations, created) VALUES (?, ?, ?, ?, ?)",
             (name, salt, key, iterations, _now()),
         )
     except sqlite3.IntegrityError:
@@ -105,8 +104,7 @@ class AccountStore:
         the same as a wrong password.
     """
 
-    def __init__(self, db, runCPU, iterations=DEFAULT_ITERATIONS, concurrency=2,
-                 maxQueued=256):
+    def __init__(self, db, runCPU, iterations=DEFAULT_ITERATIONS, concurrency=2, maxQueued=256):
         """
         @param concurrency: hashes running at once (the CPU pool's size).
         @param maxQueued: hashes allowed to wait; past that, requests are

@@ -63,8 +63,13 @@ class UploadJob:
         self.attempt += 1
         self.result = None
         self.receiver = ChunkReceiver(
-            ExtractSink(self.treePath, limits, flushAhead.counter(self.treePath)), self.size,
-            cipher, transfer, runIO, pauseInput, resumeInput,
+            ExtractSink(self.treePath, limits, flushAhead.counter(self.treePath)),
+            self.size,
+            cipher,
+            transfer,
+            runIO,
+            pauseInput,
+            resumeInput,
         )
 
     def chunkReceived(self, body):
@@ -81,6 +86,7 @@ class UploadJob:
         @return: a L{Deferred} firing with L{result} once the attempt's
             data is all written.
         """
+
         def verified(result):
             self.result = result
             return result
@@ -119,8 +125,13 @@ class UploadJob:
         """
         @return: the catalog fields of the snapshot this upload makes.
         """
-        return {"source": self.name, "kind": self.kind, "zip_size": self.size,
-                "size": index.size, "files": index.files}
+        return {
+            "source": self.name,
+            "kind": self.kind,
+            "zip_size": self.size,
+            "size": index.size,
+            "files": index.files,
+        }
 
     def abort(self):
         """
@@ -158,11 +169,23 @@ class RestoreJob:
         self.crc = None
         plan = self.plan
         self.sender = ChunkSender(
-            lambda: openSource(plan), plan.size, cipher, transfer, sendFrame, runIO,
-            progress=progress, readAhead=readAhead,
+            lambda: openSource(plan),
+            plan.size,
+            cipher,
+            transfer,
+            sendFrame,
+            runIO,
+            progress=progress,
+            readAhead=readAhead,
         )
-        return {"snapshot": self.row["id"], "name": self.row["source"], "kind": self.row["kind"],
-                "size": plan.size, "transfer": transfer, "attempt": self.attempt}
+        return {
+            "snapshot": self.row["id"],
+            "name": self.row["source"],
+            "kind": self.row["kind"],
+            "size": plan.size,
+            "transfer": transfer,
+            "attempt": self.attempt,
+        }
 
     def sent(self, crc):
         self.crc = crc

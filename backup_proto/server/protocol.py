@@ -293,8 +293,21 @@ class BackupServerFactory(Factory):
     restoreCompression = "store"
     maxFrame = MAX_FRAME
 
-    def __init__(self, accounts, store, runCPU, runIO, clock, limits, *, throttle=None,
-                 flushAhead=None, restores=None, sendBuffers=None, **tunables):
+    def __init__(
+        self,
+        accounts,
+        store,
+        runCPU,
+        runIO,
+        clock,
+        limits,
+        *,
+        throttle=None,
+        flushAhead=None,
+        restores=None,
+        sendBuffers=None,
+        **tunables,
+    ):
         """
         @param accounts: the L{backup_proto.server.accounts.AccountStore}.
         @param store: the L{backup_proto.server.storage.SnapshotStore}.
@@ -354,7 +367,9 @@ class BackupServerFactory(Factory):
         if now - self._lastRefusalLogged >= 1.0:
             BackupServerProtocol.log.warn(
                 "refusing {peer}: {why} ({count} refused since the last such warning)",
-                peer=host, why=why, count=self.refused - self._refusedLogged,
+                peer=host,
+                why=why,
+                count=self.refused - self._refusedLogged,
             )
             self._lastRefusalLogged = now
             self._refusedLogged = self.refused

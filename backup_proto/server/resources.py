@@ -7,13 +7,18 @@ may hold, and which restoring connections get the wider socket buffer and
 read further ahead.
 """
 
+from backup_proto.archive.plan import planArchive
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
-from backup_proto.archive.plan import planArchive
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.transfer import (
-    DEFAULT_SOCKET_BUFFER, READ_AHEAD, READ_BATCH, SEND_BUFFER, SinkFailed, diskFull,
+    DEFAULT_SOCKET_BUFFER,
+    READ_AHEAD,
+    READ_BATCH,
+    SEND_BUFFER,
+    SinkFailed,
+    diskFull,
     setSocketBuffer,
 )
 
@@ -62,9 +67,16 @@ class RestoreArchives:
     sent.
     """
 
-    def __init__(self, spoolDir, readAhead=None, planThreads=None,
-                 spoolLimit=RESTORE_SPOOL_LIMIT, spool=Spool, plan=planArchive,
-                 stream=ArchiveStream):
+    def __init__(
+        self,
+        spoolDir,
+        readAhead=None,
+        planThreads=None,
+        spoolLimit=RESTORE_SPOOL_LIMIT,
+        spool=Spool,
+        plan=planArchive,
+        stream=ArchiveStream,
+    ):
         """
         @param readAhead: the executor of direct reads
             (L{backup_proto.archive.directio.readAheadThreads}), owned by

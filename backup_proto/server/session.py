@@ -214,7 +214,10 @@ class Session:
             return
         self.log.info(
             "closing connection from {peer} user={user}: {code} {reason}",
-            peer=self._peer.peer, user=self.username, code=error.code, reason=error.message,
+            peer=self._peer.peer,
+            user=self.username,
+            code=error.code,
+            reason=error.message,
         )
         self.state = State.CLOSED
         if self.upload is not None and self.upload.receiver is not None:
@@ -317,7 +320,9 @@ class Session:
             return failure
         self.failures += 1
         if self.failures >= self._services.maxLoginFailures:
-            raise ProtocolError(Code.TOO_MANY_ATTEMPTS, f"{error.message}; too many failed attempts")
+            raise ProtocolError(
+                Code.TOO_MANY_ATTEMPTS, f"{error.message}; too many failed attempts"
+            )
         self._error(error, False)
         return None
 
@@ -342,8 +347,12 @@ class Session:
         def checked(ok):
             if not ok:
                 services.throttle.failed(user)
-                self.log.info("failed login user={user!r} peer={peer} delay={delay}",
-                              user=user, peer=self._peer.peer, delay=delay)
+                self.log.info(
+                    "failed login user={user!r} peer={peer} delay={delay}",
+                    user=user,
+                    peer=self._peer.peer,
+                    delay=delay,
+                )
                 raise ProtocolError(Code.AUTH_FAILED, AUTH_FAILED_TEXT)
             services.throttle.succeeded(user)
             return True
@@ -402,7 +411,9 @@ class Session:
             self.upload = UploadJob(name, fields["kind"], size, staging)
             self.log.info(
                 "backup of {size} bytes user={user} peer={peer}",
-                size=size, user=self.username, peer=self._peer.peer,
+                size=size,
+                user=self.username,
+                peer=self._peer.peer,
             )
             self._beginUpload()
 
@@ -411,8 +422,15 @@ class Session:
     def _beginUpload(self):
         services = self._services
         transfer = self._nextTransfer("up")
-        self.upload.begin(transfer, self.ciphers.upload, services.limits, services.flushAhead,
-                          services.runIO, self._peer.holdInput, self._resumeForDisk)
+        self.upload.begin(
+            transfer,
+            self.ciphers.upload,
+            services.limits,
+            services.flushAhead,
+            services.runIO,
+            self._peer.holdInput,
+            self._resumeForDisk,
+        )
         self._send(Msg.READY, transfer=transfer, attempt=self.upload.attempt)
         self._resume(State.RECEIVING)
 
@@ -437,8 +455,11 @@ class Session:
         upload.checkCommit(fields["crc"])
         services = self._services
         d = upload.unpack(services.runCPU)
-        d.addCallback(lambda index: services.store.commit(
-            self.username, upload.receiver.sink.dest, upload.snapshotMeta(index)))
+        d.addCallback(
+            lambda index: services.store.commit(
+                self.username, upload.receiver.sink.dest, upload.snapshotMeta(index)
+            )
+        )
 
         def cleanup(result):
             self._removeStaging(upload.staging)
@@ -451,7 +472,10 @@ class Session:
         def done(row):
             self.log.info(
                 "snapshot {id} stored user={user} files={files} bytes={size}",
-                id=row["id"], user=self.username, files=row["files"], size=row["size"],
+                id=row["id"],
+                user=self.username,
+                files=row["files"],
+                size=row["size"],
             )
             self._send(Msg.DONE, snapshot=row)
             self._resume(State.KEYED)
@@ -474,8 +498,9 @@ class Session:
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
             found["row"] = row
             path = services.store.snapshotPath(self.username, row)
-            return services.runCPU(services.restores.plan, path, row["source"],
-                                   services.restoreCompression)
+            return services.runCPU(
+                services.restores.plan, path, row["source"], services.restoreCompression
+            )
 
         d.addCallback(plan)
 
@@ -511,8 +536,13 @@ class Session:
         restore = self.restore
         transfer = self._nextTransfer("down")
         begin = restore.begin(
-            transfer, self.ciphers.download, services.restores.open, self._peer.sendFrame,
-            services.runIO, lambda n: self._peer.touch(), self._peer.widenSendBuffer(),
+            transfer,
+            self.ciphers.download,
+            services.restores.open,
+            self._peer.sendFrame,
+            services.runIO,
+            lambda n: self._peer.touch(),
+            self._peer.widenSendBuffer(),
         )
         self._send(Msg.RESTORE_BEGIN, **begin)
         self._enter(State.SENDING)
@@ -542,9 +572,7 @@ class Session:
         restore, self.restore = self.restore, None
         restore.close()
         self._peer.narrowSendBuffer()
-        self.log.info(
-            "restore of {id} done user={user}", id=restore.row["id"], user=self.username
-        )
+        self.log.info("restore of {id} done user={user}", id=restore.row["id"], user=self.username)
         self._send(Msg.DONE, snapshot=restore.row)
         self._enter(State.KEYED)
 

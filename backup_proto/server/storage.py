@@ -104,9 +104,12 @@ class SnapshotStore:
         base = snapshotBaseId(meta["source"], now)
         userDir = self.userDir(username)
         snapshotId, n = base, 1
-        while os.path.lexists(os.path.join(userDir, snapshotId)) or conn.execute(
-            "SELECT 1 FROM snapshots WHERE username = ? AND id = ?", (username, snapshotId)
-        ).fetchone():
+        while (
+            os.path.lexists(os.path.join(userDir, snapshotId))
+            or conn.execute(
+                "SELECT 1 FROM snapshots WHERE username = ? AND id = ?", (username, snapshotId)
+            ).fetchone()
+        ):
             n += 1
             snapshotId = f"{base}-{n}"
         os.chmod(tree, 0o700)
@@ -115,12 +118,26 @@ class SnapshotStore:
         created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         conn.execute(
             f"INSERT INTO snapshots (username, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (username, snapshotId, meta["source"], meta["kind"], created,
-             meta["zip_size"], meta["size"], meta["files"]),
+            (
+                username,
+                snapshotId,
+                meta["source"],
+                meta["kind"],
+                created,
+                meta["zip_size"],
+                meta["size"],
+                meta["files"],
+            ),
         )
-        return {"id": snapshotId, "source": meta["source"], "kind": meta["kind"],
-                "created": created, "zip_size": meta["zip_size"], "size": meta["size"],
-                "files": meta["files"]}
+        return {
+            "id": snapshotId,
+            "source": meta["source"],
+            "kind": meta["kind"],
+            "created": created,
+            "zip_size": meta["zip_size"],
+            "size": meta["size"],
+            "files": meta["files"],
+        }
 
     def list(self, username):
         """
@@ -202,9 +219,7 @@ class SnapshotStore:
                     else:
                         os.unlink(path)
                     folders += 1
-        gone = [
-            (u, i) for u, i in known if not os.path.isdir(os.path.join(self.usersDir, u, i))
-        ]
+        gone = [(u, i) for u, i in known if not os.path.isdir(os.path.join(self.usersDir, u, i))]
 
         def deleteRows(conn):
             for u, i in gone:

@@ -13,17 +13,17 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.allocator import tuneAllocator
 from backup_proto.archive.compression import COMPRESSION_CHOICES
 from backup_proto.archive.policy import Limits
+from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.server.database import Database
-from backup_proto.wire.frames import MAX_FRAME
 from backup_proto.server.protocol import BackupServerFactory
 from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.storage import SnapshotStore
-from backup_proto.server.throttle import LoginThrottle
 from backup_proto.server.threads import WorkerPools
+from backup_proto.server.throttle import LoginThrottle
+from backup_proto.wire.frames import MAX_FRAME
 
 DEFAULT_PORT = 40445
 DEFAULT_LISTEN = f"ssl:{DEFAULT_PORT}:privateKey=certs/server.key:certKey=certs/server.pem"
@@ -55,40 +55,89 @@ class Options(usage.Options):
     )
     optParameters = [
         ["data-dir", "d", "backup-data", "Folder for user.db and the users' snapshots."],
-        ["pbkdf2-iterations", None, DEFAULT_ITERATIONS,
-         "PBKDF2-HMAC-SHA256 iterations for new accounts.", _positive(int)],
-        ["idle-timeout", None, 120.0,
-         "Seconds without a complete frame before a connection is closed.", _positive(float)],
-        ["login-timeout", None, 30.0,
-         "Seconds a connection has to log in and exchange keys.", _positive(float)],
+        [
+            "pbkdf2-iterations",
+            None,
+            DEFAULT_ITERATIONS,
+            "PBKDF2-HMAC-SHA256 iterations for new accounts.",
+            _positive(int),
+        ],
+        [
+            "idle-timeout",
+            None,
+            120.0,
+            "Seconds without a complete frame before a connection is closed.",
+            _positive(float),
+        ],
+        [
+            "login-timeout",
+            None,
+            30.0,
+            "Seconds a connection has to log in and exchange keys.",
+            _positive(float),
+        ],
         ["max-connections", None, 2000, "Open connections at most.", _positive(int)],
-        ["max-per-peer", None, 100, "Open connections per client address at most.",
-         _positive(int)],
+        ["max-per-peer", None, 100, "Open connections per client address at most.", _positive(int)],
         ["max-upload-size", None, 1 << 40, "Largest upload (zip) in bytes.", _positive(int)],
         ["max-entries", None, 1_000_000, "Most entries in one archive.", _positive(int)],
-        ["max-unpacked-size", None, 1 << 40,
-         "Most bytes one archive may unpack to.", _positive(int)],
-        ["max-ratio", None, 200,
-         "Most an archive entry over 1 MiB may expand (uncompressed/compressed).",
-         _positive(int)],
-        ["max-frame", None, MAX_FRAME,
-         f"Largest frame in bytes (at least {MAX_FRAME}, the size of a full DATA frame).",
-         _positive(int)],
-        ["login-free-failures", None, 3,
-         "Failed logins in a row an account gets before each login is delayed.",
-         _positive(int)],
-        ["login-max-delay", None, 60.0,
-         "Longest delay, in seconds, before a throttled account's login is checked"
-         " (it doubles from 1 s per failure).", _positive(float)],
-        ["max-hash-queue", None, 256,
-         "Password checks allowed to wait for a CPU thread; more are refused as busy.",
-         _positive(int)],
-        ["restore-compression", None, "store",
-         "How restores are zipped: store (the default: snapshots are kept unpacked, so"
-         " deflating costs CPU on every restore), auto (deflate what compresses: for"
-         " slow links) or deflate."],
-        ["cpu-threads", None, os.cpu_count() or 2,
-         "Threads for hashing, planning restores and finishing unpacks.", _positive(int)],
+        [
+            "max-unpacked-size",
+            None,
+            1 << 40,
+            "Most bytes one archive may unpack to.",
+            _positive(int),
+        ],
+        [
+            "max-ratio",
+            None,
+            200,
+            "Most an archive entry over 1 MiB may expand (uncompressed/compressed).",
+            _positive(int),
+        ],
+        [
+            "max-frame",
+            None,
+            MAX_FRAME,
+            f"Largest frame in bytes (at least {MAX_FRAME}, the size of a full DATA frame).",
+            _positive(int),
+        ],
+        [
+            "login-free-failures",
+            None,
+            3,
+            "Failed logins in a row an account gets before each login is delayed.",
+            _positive(int),
+        ],
+        [
+            "login-max-delay",
+            None,
+            60.0,
+            "Longest delay, in seconds, before a throttled account's login is checked"
+            " (it doubles from 1 s per failure).",
+            _positive(float),
+        ],
+        [
+            "max-hash-queue",
+            None,
+            256,
+            "Password checks allowed to wait for a CPU thread; more are refused as busy.",
+            _positive(int),
+        ],
+        [
+            "restore-compression",
+            None,
+            "store",
+            "How restores are zipped: store (the default: snapshots are kept unpacked, so"
+            " deflating costs CPU on every restore), auto (deflate what compresses: for"
+            " slow links) or deflate.",
+        ],
+        [
+            "cpu-threads",
+            None,
+            os.cpu_count() or 2,
+            "Threads for hashing, planning restores and finishing unpacks.",
+            _positive(int),
+        ],
     ]
 
     def __init__(self):
@@ -96,7 +145,7 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, description):
-        """A Twisted ssl: server endpoint string to listen on (repeatable). Default: ssl:40445:privateKey=certs/server.key:certKey=certs/server.pem"""
+        """A Twisted ssl: server endpoint string to listen on (repeatable). Default: ssl:40445:privateKey=certs/server.key:certKey=certs/server.pem"""  # noqa: E501 (the --help text)
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -142,8 +191,7 @@ FILES_PER_CONNECTION = 4
 SPARE_FILES = 64
 
 
-def raiseOpenFileLimit(maxConnections, getrlimit=resource.getrlimit,
-                       setrlimit=resource.setrlimit):
+def raiseOpenFileLimit(maxConnections, getrlimit=resource.getrlimit, setrlimit=resource.setrlimit):
     """
     Raise the soft limit on open files toward what C{maxConnections} may
     need, as far as the hard limit allows: at the common default of 1,024
@@ -163,7 +211,9 @@ def raiseOpenFileLimit(maxConnections, getrlimit=resource.getrlimit,
         log.warn(
             "open files are limited to {limit}, fewer than --max-connections {connections}"
             " may need ({wanted}): raise the hard limit (ulimit -Hn, LimitNOFILE=)",
-            limit=soft, connections=maxConnections, wanted=wanted,
+            limit=soft,
+            connections=maxConnections,
+            wanted=wanted,
         )
     return soft
 
@@ -187,11 +237,16 @@ def makeService(options, reactor=None):
         log.info(
             "recovered: removed {staging} staging folders, {folders} unconfirmed"
             " snapshots, {rows} catalog rows without data",
-            staging=staging, folders=folders, rows=rows,
+            staging=staging,
+            folders=folders,
+            rows=rows,
         )
     accounts = AccountStore(
-        db, pools.runCPU, iterations=options["pbkdf2-iterations"],
-        concurrency=options["cpu-threads"], maxQueued=options["max-hash-queue"],
+        db,
+        pools.runCPU,
+        iterations=options["pbkdf2-iterations"],
+        concurrency=options["cpu-threads"],
+        maxQueued=options["max-hash-queue"],
     )
     limits = Limits(
         maxEntries=options["max-entries"],
@@ -199,13 +254,21 @@ def makeService(options, reactor=None):
         maxRatio=options["max-ratio"],
     )
     throttle = LoginThrottle(
-        reactor, freeFailures=options["login-free-failures"],
+        reactor,
+        freeFailures=options["login-free-failures"],
         maxDelay=options["login-max-delay"],
     )
     factory = BackupServerFactory(
-        accounts, store, pools.runCPU, pools.runIO, reactor, limits,
-        throttle=throttle, flushAhead=pools.flushAhead,
-        restores=RestoreArchives(dataDir, pools.readAhead, pools.plan), sendBuffers=SendBuffers(),
+        accounts,
+        store,
+        pools.runCPU,
+        pools.runIO,
+        reactor,
+        limits,
+        throttle=throttle,
+        flushAhead=pools.flushAhead,
+        restores=RestoreArchives(dataDir, pools.readAhead, pools.plan),
+        sendBuffers=SendBuffers(),
         idleTimeout=options["idle-timeout"],
         loginTimeout=options["login-timeout"],
         maxConnections=options["max-connections"],
@@ -220,10 +283,10 @@ def makeService(options, reactor=None):
         try:
             endpoint = serverFromString(reactor, description)
         except (ValueError, OSError, KeyError) as e:
-            raise SystemExit(f"backup-server: bad --listen {description!r}: {e}")
+            raise SystemExit(f"backup-server: bad --listen {description!r}: {e}") from None
         try:
             requireTLS13(endpoint, description)
         except usage.UsageError as e:
-            raise SystemExit(f"backup-server: {e}")
+            raise SystemExit(f"backup-server: {e}") from None
         StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     return top

@@ -20,8 +20,15 @@ class LoginThrottle:
     @ivar _failures: C{{name: (count, time of last failure)}}, oldest first.
     """
 
-    def __init__(self, clock, freeFailures=3, baseDelay=1.0, maxDelay=60.0,
-                 forgetAfter=900.0, maxTracked=100_000):
+    def __init__(
+        self,
+        clock,
+        freeFailures=3,
+        baseDelay=1.0,
+        maxDelay=60.0,
+        forgetAfter=900.0,
+        maxTracked=100_000,
+    ):
         self._clock = clock
         self.freeFailures = freeFailures
         self.baseDelay = baseDelay

@@ -17,9 +17,7 @@ import anycrc
 
 # init=0 and xorout=0 make the library's result the raw register, so that
 # chunks can be chained: calc(b, calc(a)) == calc(a + b).
-_crc32 = anycrc.CRC(
-    width=32, poly=0x04C11DB7, init=0, refin=False, refout=False, xorout=0
-)
+_crc32 = anycrc.CRC(width=32, poly=0x04C11DB7, init=0, refin=False, refout=False, xorout=0)
 
 
 class Cksum:

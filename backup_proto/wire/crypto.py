@@ -192,9 +192,7 @@ class ChunkCipher:
         try:
             return self._aead.decrypt(nonce, sealed, aad)
         except InvalidTag:
-            raise ProtocolError(
-                Code.BAD_UPLOAD, f"chunk {index} failed authentication"
-            ) from None
+            raise ProtocolError(Code.BAD_UPLOAD, f"chunk {index} failed authentication") from None
 
 
 class SessionCiphers:

@@ -84,9 +84,7 @@ def decodeFrame(frame):
     try:
         kind = Msg(frame[0])
     except ValueError:
-        raise ProtocolError(
-            Code.BAD_FRAME, f"unknown message type 0x{frame[0]:02x}"
-        ) from None
+        raise ProtocolError(Code.BAD_FRAME, f"unknown message type 0x{frame[0]:02x}") from None
     return kind, frame[1:]
 
 
@@ -111,8 +109,14 @@ SCHEMAS = {
     Msg.READY: {"transfer": int, "attempt": int},
     Msg.CKSUM: {"crc": int, "size": int, "rejected": int},
     Msg.DONE: {"snapshot": dict},
-    Msg.RESTORE_BEGIN: {"snapshot": str, "name": str, "kind": str, "size": int,
-                        "transfer": int, "attempt": int},
+    Msg.RESTORE_BEGIN: {
+        "snapshot": str,
+        "name": str,
+        "kind": str,
+        "size": int,
+        "transfer": int,
+        "attempt": int,
+    },
     Msg.ERROR: {"code": str, "message": str, "fatal": bool},
 }
 
@@ -133,16 +137,12 @@ def parseControl(kind, body):
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ProtocolError(
-            Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object"
-        ) from None
+        raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object") from None
     if not isinstance(obj, dict):
         raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} body is not a JSON object")
     for name in obj:
         if name not in schema:
-            raise ProtocolError(
-                Code.BAD_MESSAGE, f"{kind.name} has an unexpected field {name!r}"
-            )
+            raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} has an unexpected field {name!r}")
     for name, types in schema.items():
         if name not in obj:
             raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} lacks the field {name!r}")
@@ -158,9 +158,7 @@ def _checkType(kind, name, value, types):
     else:
         ok = isinstance(value, types)
     if not ok:
-        raise ProtocolError(
-            Code.BAD_MESSAGE, f"{kind.name} field {name!r} has the wrong type"
-        )
+        raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} field {name!r} has the wrong type")
 
 
 def checkSourceName(name):

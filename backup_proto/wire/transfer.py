@@ -149,8 +149,17 @@ class ChunkSender:
     @ivar _reading: whether a read is under way in a thread.
     """
 
-    def __init__(self, openSource, size, cipher, transfer, sendFrame, runIO, progress=None,
-                 readAhead=READ_AHEAD):
+    def __init__(
+        self,
+        openSource,
+        size,
+        cipher,
+        transfer,
+        sendFrame,
+        runIO,
+        progress=None,
+        readAhead=READ_AHEAD,
+    ):
         """
         @param openSource: called in a thread, returns the source: an object
             with C{read(n)} and C{close()} holding at least C{size} bytes.
@@ -263,7 +272,8 @@ class ChunkSender:
         source, self._source = self._source, None
         if source is not None:
             self._runIO(source.close).addErrback(
-                lambda failure: log.failure("could not close a transfer's source", failure))
+                lambda failure: log.failure("could not close a transfer's source", failure)
+            )
 
     def _fail(self, failure):
         self._reading = False
@@ -310,8 +320,7 @@ class ChunkReceiver:
 
     highWater = 4 << 20
 
-    def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput,
-                 progress=None):
+    def __init__(self, sink, size, cipher, transfer, runIO, pauseInput, resumeInput, progress=None):
         """
         @param sink: where the plaintext goes, e.g. an
             L{backup_proto.archive.extract.ExtractSink}.
