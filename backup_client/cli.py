@@ -36,6 +36,17 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.threads import deferToThread
 
+from backup_client.exitcodes import (
+    EXIT_AUTH,
+    EXIT_ERROR,
+    EXIT_LOCAL_FULL,
+    EXIT_OK,
+    EXIT_STORAGE_FULL,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    EXIT_VERIFY,
+    EXIT_WARNINGS,
+)
 from backup_client.planworkers import startPlanWorkers
 from backup_client.progress import progressBar
 from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
@@ -49,19 +60,9 @@ from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import DEFAULT_PORT
 from backup_proto.wire.transfer import SinkFailed, diskFull
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_UNREACHABLE = 4
-EXIT_VERIFY = 5
-EXIT_WARNINGS = 6
-EXIT_STORAGE_FULL = 7
-EXIT_LOCAL_FULL = 9
-
-DEFAULT_PORT = 40445
 CONNECT_TIMEOUT = 15
 #: Seconds to wait for the handshake and each login-phase answer (the
 #: server may delay a throttled login by up to a minute).
@@ -125,7 +126,7 @@ def buildParser():
     parser.add_argument(
         "--server",
         default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
-        help="HOST[:PORT] (env BACKUP_SERVER; default localhost:40445)",
+        help=f"HOST[:PORT] (env BACKUP_SERVER; default localhost:{DEFAULT_PORT})",
     )
     parser.add_argument(
         "--ca",
@@ -383,12 +384,8 @@ def _planDone(reactor, planning, seconds):
 #: The interpreter's switch interval while a backup is planned.  The plan's
 #: threads release the GIL around each file's read and deflate, and then
 #: wait to take it back; at Python's default (5 ms) they wait longer for it,
-#: while the tree walker holds it.  Measured on 20,000 small files, the plan
-#: alone took 0.57-0.61 s at 0.5 ms against 0.62-0.67 s at the default (6
-#: pairs; in a seventh, slow for both, 0.76 against 0.80 s).  Whole backups
-#: vary more than that here (8 pairs: 2.22-2.67 s against 2.31-2.76 s).  Set
-#: only while planning: a client that kept it for its restores, or a
-#: server, was no faster.
+#: while the tree walker holds it.  Set only while planning: nothing else
+#: gained from it (C{docs/performance.rst}).
 PLAN_SWITCH_INTERVAL = 0.0005
 
 

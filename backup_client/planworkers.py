@@ -6,13 +6,10 @@ A plan opens, reads and deflates each file that it may deflate
 (L{backup_proto.archive.plan.planArchive}).  Deflating releases the
 interpreter's lock, but everything around it holds the lock, so the plan's
 threads hand it to each other thousands of times; on this kind of two-core
-machine that cost far more at some times than at others.  Measured on the
-benchmark's C{small} tree (20,100 files of 1-16 KiB), planned alone, 12
-times each in alternation: two threads took 0.42-0.75 s (0.75-0.81 s of
-CPU in some minutes, 1.15-1.26 s in others), two worker processes
-0.38-0.44 s every time.  A folder's larger files stay with the threads
-(their deflate streams go to the plan's spool, and each costs the lock
-little for its size): C{mixed}'s plan took 0.56-0.58 s either way.
+machine that cost far more at some times than at others, and worker
+processes do not (C{docs/performance.rst}).  A folder's larger files stay with the
+threads (their deflate streams go to the plan's spool, and each costs the
+lock little for its size).
 
 The workers are forked once, before the client has started any thread: a
 process forked while other threads run copies their locks in whatever

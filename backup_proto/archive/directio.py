@@ -3,14 +3,10 @@
 Writing and reading large files past the page cache (C{O_DIRECT}).
 
 On this kind of machine (a VM) a page-cache page the guest has not used
-before costs more than the copy into it: buffered writes of new data run
-at about 410 MB/s, while the same data written with C{O_DIRECT} from one
-reused, aligned buffer runs at about 1 GB/s (C{dd}, 2 GiB of random bytes,
-measured here).  The unpacked files of a snapshot are read rarely, so they
-need not stay cached.  The final C{syncfs} still makes them durable.
-Reading them back for a restore is the same story: 2 GiB not in the cache
-read at 520 MB/s buffered and at 1.5 GB/s with C{O_DIRECT}
-(L{DirectReadAhead}).
+before costs more than the copy into it, so large files are written and
+read past the cache at two to three times the speed (C{docs/performance.rst}).  The
+unpacked files of a snapshot are read rarely, so they need not stay
+cached.  The final C{syncfs} still makes them durable.
 
 C{O_DIRECT} wants the buffer address, the file offset and the length
 aligned to the device's block size; L{DirectWriter} copies data into a
@@ -26,18 +22,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor, wait
 
 #: Files at least this large are written with C{O_DIRECT} (and, on the
-#: server, read so for restores).  Measured here, writing 256 MiB in files
-#: of one size, buffered / direct: 256 KiB 990 / 1017 MB/s, 1 MiB 395 /
-#: 1383, 8 MiB 447 / 1718; the mixed tree's backup took 2.85 s instead of
-#: 3.5 s and its restore 1.6 s instead of 2.3 s with this threshold rather
-#: than 8 MiB.  Smaller files gain nothing and pay for the switches.
+#: server, read so for restores); smaller files gain nothing and pay for
+#: the switches (C{docs/performance.rst}).
 DIRECT_MIN = 256 << 10
 #: The aligned buffer: bytes per write.
 BUFFER_SIZE = 1 << 20
 #: Alignment assumed for offsets and lengths (the largest common block size).
 ALIGN = 4096
-#: Threads that read ahead for L{DirectReadAhead}, shared by all of a
-#: process's streams (each has at most one read under way).
+#: Threads of a read-ahead executor (L{readAheadThreads}), shared by the
+#: streams its owner makes (each has at most one read under way).
 READ_AHEAD_THREADS = 4
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -167,10 +160,7 @@ def _readAt(fd, want, buffer, offset):
 
     @return: a view of the bytes read in C{buffer} (fewer at the end of
         the file), valid until C{buffer} is read into again.  Not a copy:
-        measured here (same client, alternated), a restore of the mixed
-        tree took 1.49-1.62 s against 1.53-1.69 s with a fresh C{bytes}
-        of each block (5 pairs of 6 faster), and of the large tree
-        3.18-3.20 s against 3.14-3.41 s (3 of 4).
+        a copy of each block made restores slower (C{docs/performance.rst}).
     """
     length = -(-want // ALIGN) * ALIGN
     got = os.preadv(fd, [memoryview(buffer)[:length]], offset)
@@ -193,12 +183,7 @@ class DirectReadAhead:
     buffers while the caller works on the block before it, in the other.
 
     C{O_DIRECT} reads get no read-ahead from the kernel, so one after the
-    other they leave the disk idle while each block is handled.  Measured
-    here, restoring the large tree (1.07 GB, four files) one block at a
-    time: the server spent 1.7-2.2 s reading it, 1.1-1.5 s of that in the
-    reads themselves, and its sender waited on them for 0.5-0.9 s of each
-    restore (0.4-0.5 s with this).  With this, the restore took 2.75-2.98 s
-    against 2.95-3.53 s (same client, 4 alternated pairs, all faster).
+    other they leave the disk idle while each block is handled (C{docs/performance.rst}).
     Only blocks of one file are read ahead, so a file's first block is
     always waited for: L{backup_proto.archive.stream} reads these files in
     whole blocks from the start.

@@ -4,14 +4,13 @@ Writing an upload's unpacked files to disk while the upload still arrives.
 
 A snapshot is committed only once its tree is on disk (one C{syncfs} in
 L{backup_proto.archive.tree.syncTree}).  Left alone, the kernel holds the
-unpacked files in memory and writes them all out in that final flush: for
-a tree of 20,000 small files that took half a second here, after the last
-byte had arrived, while the disk had sat idle during the transfer.  A
-L{FlushAhead} asks for a flush of the file system now and then while the
-upload arrives, in a thread of its own, so that the disk works alongside
-the transfer and the commit's flush finds little left to do (measured here:
-a backup of 20,000 small files 0.35 s faster, about 9 %).  It changes
-nothing about durability: the commit still flushes, and waits for it.
+unpacked files in memory and writes them all out in that final flush,
+after the last byte has arrived, while the disk sat idle during the
+transfer.  A L{FlushAhead} asks for a flush of the file system now and
+then while the upload arrives, in a thread of its own, so that the disk
+works alongside the transfer and the commit's flush finds little left to
+do (C{docs/performance.rst}).  It changes nothing about durability: the
+commit still flushes, and waits for it.
 """
 
 import threading

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 from backup_proto.archive.tree import fsyncDir
+from backup_proto.wire.frames import SNAPSHOT_FIELDS
 
 STAGING = ".staging"
 
@@ -41,18 +42,11 @@ def snapshotBaseId(source, when):
 
 
 def _row(r):
-    return {
-        "id": r[0],
-        "source": r[1],
-        "kind": r[2],
-        "created": r[3],
-        "zip_size": r[4],
-        "size": r[5],
-        "files": r[6],
-    }
+    return dict(zip(SNAPSHOT_FIELDS, r))
 
 
-_COLUMNS = "id, source, kind, created, zip_size, size, files"
+# the catalog's columns are the wire's snapshot fields, in order
+_COLUMNS = ", ".join(SNAPSHOT_FIELDS)
 
 
 class SnapshotStore:
@@ -116,28 +110,13 @@ class SnapshotStore:
         os.rename(tree, os.path.join(userDir, snapshotId))
         fsyncDir(userDir)
         created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        row = {**meta, "id": snapshotId, "created": created}
+        values = [row[name] for name in SNAPSHOT_FIELDS]
         conn.execute(
-            f"INSERT INTO snapshots (username, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                username,
-                snapshotId,
-                meta["source"],
-                meta["kind"],
-                created,
-                meta["zip_size"],
-                meta["size"],
-                meta["files"],
-            ),
+            f"INSERT INTO snapshots (username, {_COLUMNS}) VALUES (?{', ?' * len(values)})",
+            (username, *values),
         )
-        return {
-            "id": snapshotId,
-            "source": meta["source"],
-            "kind": meta["kind"],
-            "created": created,
-            "zip_size": meta["zip_size"],
-            "size": meta["size"],
-            "files": meta["files"],
-        }
+        return {name: row[name] for name in SNAPSHOT_FIELDS}
 
     def list(self, username):
         """

@@ -23,9 +23,8 @@ from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.storage import SnapshotStore
 from backup_proto.server.threads import WorkerPools
 from backup_proto.server.throttle import LoginThrottle
-from backup_proto.wire.frames import MAX_FRAME
+from backup_proto.wire.frames import DEFAULT_PORT, MAX_FRAME
 
-DEFAULT_PORT = 40445
 DEFAULT_LISTEN = f"ssl:{DEFAULT_PORT}:privateKey=certs/server.key:certKey=certs/server.pem"
 
 log = Logger()

@@ -91,6 +91,21 @@ def decodeFrame(frame):
 #: JSON's null, where a field may hold it.
 NULL = type(None)
 
+#: The TCP port a server listens on and a client connects to by default.
+DEFAULT_PORT = 40445
+
+#: A snapshot as both sides know it (a row of C{SNAPSHOTS}, C{DONE}'s
+#: C{snapshot}): its fields, in the catalog's column order, and their types.
+SNAPSHOT_FIELDS = {
+    "id": str,
+    "source": str,
+    "kind": str,
+    "created": str,
+    "zip_size": int,
+    "size": int,
+    "files": int,
+}
+
 #: The JSON object of every control message: each field and the types its
 #: value may have (C{docs/protocol.rst}, "Messages").  Every field is
 #: required; L{NULL} among the types lets it be null.

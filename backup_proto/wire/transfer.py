@@ -5,11 +5,11 @@ Streaming bytes as sealed DATA chunks, and receiving them.
 Both directions use these two classes: the client sends backups and the
 server sends restores with L{ChunkSender}; the server receives backups and
 the client receives restores with L{ChunkReceiver}.  What is sent is read
-from a I{source} (a file, or a zip made as it is read:
+from a L{Source} (a file, or a zip made as it is read:
 L{backup_proto.archive.stream.ArchiveStream}); what is received goes to a
-I{sink} (a zip unpacked as it arrives:
+L{Sink} (a zip unpacked as it arrives:
 L{backup_proto.archive.extract.ExtractSink}).  Sources
-and sinks run in threads (C{runIO}); only sealing, opening and the CRC (all
+and sinks run in threads (a L{Runner}); only sealing, opening and the CRC (all
 C code) run on the reactor.  Memory stays bounded: the sender is a push producer
 that stops when the transport is full, and the receiver pauses its input
 while more than L{ChunkReceiver.highWater} bytes wait for the disk.
@@ -17,6 +17,8 @@ while more than L{ChunkReceiver.highWater} bytes wait for the disk.
 
 import collections
 import errno
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
@@ -33,26 +35,15 @@ from backup_proto.wire.frames import encodeData
 
 log = Logger()
 
-#: How many chunks one read in a thread fetches (2 MiB).  With 1 MiB the
-#: sender waited on its reads: measured here (same client, same server),
-#: a restore of the 1.8 GB large tree took 4.56-4.74 s against 4.79-5.47 s,
-#: and its backup 4.2 s against 4.9-5.1 s.  4 MiB was no faster, and raised
-#: the server's peak RSS for a restore of 20,000 small files from 88 to
-#: 96 MiB (2 MiB: 86).
+#: How many chunks one read in a thread fetches (2 MiB): with less the
+#: sender waits on its reads; more only costs memory (C{docs/performance.rst}).
 READ_BATCH = 32
 #: A sender starts its next read while fewer than this many chunks wait to
-#: be sent (so it holds at most C{READ_AHEAD + READ_BATCH - 1}, 6 MiB).
-#: With C{READ_BATCH}, it often ran dry while a read was under way:
-#: measured here, alternated, restores of the large tree (the server's
-#: sender) took 2.38-2.86 s against 2.82-3.18 s (6 pairs, all faster) and
-#: its backups (the client's) 2.35-2.49 s against 2.55-2.72 s (4 of 4),
-#: for 1.5 MiB more peak RSS on the server (large restore) and 4 MiB on
-#: the client (large backup).  Under many restores at once it mostly holds
-#: memory (8 restores of the small tree at once: the server peaked at
-#: 182-186 MiB with all 8 reading so far ahead, 165-166 MiB with none), so
-#: the server gives it only to the restores that get the wider socket
-#: buffer (L{backup_proto.server.protocol.BackupServerFactory.wideSenders}; then
-#: 169-172 MiB).
+#: be sent (so it holds at most C{READ_AHEAD + READ_BATCH - 1}, 6 MiB), so
+#: that it does not run dry while a read is under way.  It costs memory
+#: under many restores, so the server gives it only to those that get the
+#: wider socket buffer (L{backup_proto.server.resources.SendBuffers};
+#: C{docs/performance.rst}).
 READ_AHEAD = 2 * READ_BATCH
 
 
@@ -60,26 +51,54 @@ READ_AHEAD = 2 * READ_BATCH
 #: it pauses the sender.  Twisted's default (64 KiB) is about one sealed
 #: chunk: the sender was paused after every chunk and resumed only once the
 #: socket's buffer had emptied, so the socket idled while the next chunk
-#: was sealed.  Measured here with the server's at 1 MiB (alternated, same
-#: client): restores of the large tree took 2.39-2.94 s against 2.77-3.00 s
-#: and 2.37-2.75 s against 2.67-2.87 s, and of the mixed tree 1.24-1.29 s
-#: against 1.29-1.42 s.  The sender still pauses; 1 MiB more per
-#: connection at most, and only a few connections at a time get it (see
-#: L{backup_proto.server.protocol.BackupServerFactory.wideSenders}).
+#: was sealed (C{docs/performance.rst}).  1 MiB more per connection at most, and only a few
+#: connections at a time get it (L{backup_proto.server.resources.SendBuffers}).
 SEND_BUFFER = 1 << 20
 #: How many bytes a restoring client's socket reads at once (Twisted reads
 #: up to its C{bufferSize}, 64 KiB by default, each time the socket is
-#: readable, and passes each read through TLS and the framing).  Measured
-#: here, same server, restores of the large tree rotated among 64 KiB,
-#: 256 KiB and 1 MiB: 3.14-3.39 s, 2.86-3.20 s and 2.96-3.45 s; client CPU
-#: 2.01-2.47 s, 1.62-1.82 s and 1.63-1.82 s; peak RSS 57.5, 56.8-57.6 and
-#: 64.0-67.5 MiB.  Of mixed: 1.52-1.66 s, 1.47-1.67 s and 1.64-1.68 s, with
-#: less system time from 256 KiB on.  So 256 KiB: the CPU saved, without the
-#: memory that 1 MiB reads cost.  A client sending a backup gained nothing
-#: from a wider buffer, so it is set for restores only.
+#: readable, and passes each read through TLS and the framing): 256 KiB
+#: saves CPU without the memory of 1 MiB reads; restores only (C{docs/performance.rst}).
 RECEIVE_BUFFER = 256 << 10
 #: Twisted's own C{bufferSize}, which sockets keep otherwise.
 DEFAULT_SOCKET_BUFFER = FileDescriptor.bufferSize
+
+
+class Source(Protocol):
+    """
+    What a L{ChunkSender} reads, in a thread: at least the transfer's
+    declared size.
+    """
+
+    def read(self, n: int) -> bytes:
+        """@return: the next C{n} bytes (fewer only at the end)."""
+
+    def close(self) -> None:
+        """Release what the source holds (a file, a read under way)."""
+
+
+class Sink(Protocol):
+    """
+    Where a L{ChunkReceiver} puts the plaintext, in a thread, one call at a
+    time.
+    """
+
+    def write(self, data: bytes) -> None:
+        """Take the next bytes; an C{OSError} fails the transfer."""
+
+    def close(self) -> None:
+        """The transfer's bytes have all come; keep them."""
+
+    def discard(self) -> None:
+        """Throw away whatever was written (the transfer failed or is resent)."""
+
+
+class Runner(Protocol):
+    """
+    Runs blocking work off the reactor (C{runIO}, C{runCPU}).
+    """
+
+    def __call__(self, f: Callable, *args) -> Deferred:
+        """@return: a L{Deferred} firing with C{f(*args)}, run in a thread."""
 
 
 def setSocketBuffer(transport, size):

@@ -1,0 +1,30 @@
+# -*- test-case-name: tests.test_cli_plan -*-
+"""
+The client's exit codes: stable, and documented in README.rst's "Exit
+codes" table (a test compares the two).
+"""
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_UNREACHABLE = 4
+EXIT_VERIFY = 5
+EXIT_WARNINGS = 6
+EXIT_STORAGE_FULL = 7
+#: Kept for a server refusing a backup over the account's quota.
+EXIT_QUOTA = 8
+EXIT_LOCAL_FULL = 9
+
+#: Every exit code the client uses, with what it means (one line).
+MEANINGS = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "other error",
+    EXIT_USAGE: "usage error",
+    EXIT_AUTH: "authentication or account refused",
+    EXIT_UNREACHABLE: "server unreachable or not trusted",
+    EXIT_VERIFY: "transfer verification failed after all resends",
+    EXIT_WARNINGS: "finished with warnings",
+    EXIT_STORAGE_FULL: "server storage full",
+    EXIT_LOCAL_FULL: "local disk full",
+}
