@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_e2e -*-
 """
 Progress bars for the terminal (tqdm), or nothing when quiet.
 """

@@ -7,6 +7,7 @@ module is covered the day it is added.
 
 import ast
 import os
+import re
 
 from twisted.trial.unittest import TestCase
 
@@ -104,3 +105,23 @@ class LayoutTests(TestCase):
         self.assertIn("backup_proto.server.tap", found)
         self.assertIn("backup_proto.server", found)
         self.assertIn("backup_proto.server.storage", found)
+
+    def test_testCaseNames(self):
+        """
+        Every module's C{test-case-name} marker names test modules that
+        exist, and every module of ours but the packages' and the plugin's
+        has one.
+        """
+        wrong, missing = [], []
+        for module, path in ourModules():
+            with open(path, encoding="utf-8") as f:
+                first = f.readline()
+            marker = re.match(r"# -\*- test-case-name: (\S+) -\*-", first)
+            if marker is None:
+                if not path.endswith("__init__.py"):
+                    missing.append(module)
+                continue
+            for name in marker.group(1).split(","):
+                if not os.path.exists(os.path.join(ROOT, *name.split(".")) + ".py"):
+                    wrong.append(f"{module}: {name}")
+        self.assertEqual((wrong, missing), ([], []))
