@@ -21,6 +21,7 @@ from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import (
     MAX_FRAME,
     MAX_RESENDS,
+    SNAPSHOT_FIELDS,
     Msg,
     checkSourceName,
     decodeFrame,
@@ -36,16 +37,6 @@ from backup_proto.wire.transfer import (
     TransferAborted,
     setSocketBuffer,
 )
-
-_SNAPSHOT_FIELDS = {
-    "id": str,
-    "source": str,
-    "kind": str,
-    "created": str,
-    "zip_size": int,
-    "size": int,
-    "files": int,
-}
 
 
 class ConnectionGone(Exception):
@@ -68,7 +59,7 @@ class VerificationFailed(Exception):
 def _checkSnapshot(obj):
     if not isinstance(obj, dict):
         raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
-    for name, kind in _SNAPSHOT_FIELDS.items():
+    for name, kind in SNAPSHOT_FIELDS.items():
         if not isinstance(obj.get(name), kind) or isinstance(obj.get(name), bool):
             raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
     return obj

@@ -20,6 +20,7 @@ stream form cannot find where an entry's data ends otherwise.
 """
 
 import struct
+from dataclasses import dataclass
 from typing import Protocol
 
 from backup_proto.archive.format import (
@@ -47,6 +48,7 @@ _LOCAL_SIG_BYTES = struct.pack("<I", LOCAL_SIG)
 _CENTRAL_SIG_BYTES = struct.pack("<I", CENTRAL_SIG)
 
 
+@dataclass(slots=True)
 class LocalHeader:
     """
     An entry's local header, its sizes read from the zip64 field if need
@@ -57,54 +59,35 @@ class LocalHeader:
         then has 64-bit sizes).
     """
 
-    __slots__ = ("rawName", "extra", "flags", "method", "crc", "csize", "usize", "offset", "zip64")
-
-    def __init__(self, rawName, extra, flags, method, crc, csize, usize, offset, zip64):
-        self.rawName = rawName
-        self.extra = extra
-        self.flags = flags
-        self.method = method
-        self.crc = crc
-        self.csize = csize
-        self.usize = usize
-        self.offset = offset
-        self.zip64 = zip64
+    rawName: bytes
+    extra: bytes
+    flags: int
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    offset: int
+    zip64: bool
 
 
+@dataclass(slots=True)
 class CentralRecord:
     """
     An entry's central directory record, its sizes and offset read from the
     zip64 field if need be.
     """
 
-    __slots__ = (
-        "rawName",
-        "extra",
-        "flags",
-        "method",
-        "crc",
-        "csize",
-        "usize",
-        "offset",
-        "external",
-        "dosTime",
-        "dosDate",
-    )
-
-    def __init__(
-        self, rawName, extra, flags, method, crc, csize, usize, offset, external, dosTime, dosDate
-    ):
-        self.rawName = rawName
-        self.extra = extra
-        self.flags = flags
-        self.method = method
-        self.crc = crc
-        self.csize = csize
-        self.usize = usize
-        self.offset = offset
-        self.external = external
-        self.dosTime = dosTime
-        self.dosDate = dosDate
+    rawName: bytes
+    extra: bytes
+    flags: int
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    offset: int
+    external: int
+    dosTime: int
+    dosDate: int
 
 
 class RecordHandler(Protocol):
