@@ -141,6 +141,19 @@ class UploadJob:
         """
         return self.receiver.abort() if self.receiver is not None else succeed(None)
 
+    def removeStaging(self, runIO, store):
+        """
+        Remove the upload's staging folder (in an I/O thread).
+        """
+        return runIO(store.removeStaging, self.staging)
+
+    def discard(self, runIO, store):
+        """
+        Give the upload up (its connection is gone): stop the attempt under
+        way, then remove the staging folder once nothing writes to it.
+        """
+        return self.abort().addCallback(lambda _: self.removeStaging(runIO, store))
+
 
 class RestoreJob:
     """

@@ -300,11 +300,7 @@ class Session:
         if restore is not None:
             restore.close()
         if upload is not None:
-            upload.abort().addCallback(lambda _: self._removeStaging(upload.staging))
-
-    def _removeStaging(self, staging):
-        services = self._services
-        return services.runIO(services.store.removeStaging, staging)
+            upload.discard(self._services.runIO, self._services.store)
 
     def _nextTransfer(self, direction):
         self._transfers[direction] += 1
@@ -462,7 +458,7 @@ class Session:
         )
 
         def cleanup(result):
-            self._removeStaging(upload.staging)
+            upload.removeStaging(services.runIO, services.store)
             if self.upload is upload:
                 self.upload = None
             return result
