@@ -193,9 +193,7 @@ class StreamingExtractor:
         self._written += len(data)
         if self._written > self._header.usize:
             raise ArchiveError(self._what("is larger than it declares"))
-        self._rules.unpacked(
-            "/".join(self._parts)[:200], self._written, self._header.csize, len(data)
-        )
+        self._rules.unpacked(self._parts, self._written, self._header.csize, len(data))
         self._crc = isal_zlib.crc32(data, self._crc)
         if self._progress is not None:
             self._progress(len(data))

@@ -200,11 +200,10 @@ class TreeRules:
         else:
             self._others.add(key)
 
-    def unpacked(self, what, written, csize, length):
+    def unpacked(self, parts, written, csize, length):
         """
         Count C{length} more bytes unpacked, C{written} of them so far for
-        the entry C{what} (its name, for errors) of C{csize} bytes in the
-        zip.
+        the entry C{parts} of C{csize} bytes in the zip.
 
         @raise ArchiveError: over L{Limits.maxUnpacked} or L{Limits.maxRatio}.
         """
@@ -213,6 +212,7 @@ class TreeRules:
         if self.total > limits.maxUnpacked:
             raise ArchiveError(f"archive unpacks to more than {limits.maxUnpacked} bytes")
         if written > limits.ratioFloor and written > limits.maxRatio * max(csize, 1):
+            what = "/".join(parts)[:200]
             raise ArchiveError(f"entry '{what}' expands more than {limits.maxRatio} times")
 
     def close(self):

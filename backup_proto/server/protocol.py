@@ -177,7 +177,9 @@ class BackupServerProtocol(Int32StringReceiver, TimeoutMixin):
         session = self.session
         try:
             kind, body = decodeFrame(frame)
-            session.check(kind)
+            if kind is not Msg.DATA:
+                # out of place is bad-state, whatever the body holds
+                session.check(kind)
             session.receive(kind, body if kind is Msg.DATA else parseControl(kind, body))
         except ProtocolError as e:
             session.fail(e)

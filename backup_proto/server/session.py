@@ -180,22 +180,24 @@ class Session:
     def check(self, kind):
         """
         @raise ProtocolError: if message C{kind} is not allowed now.
+        @return: its row of L{TRANSITIONS}.
         """
-        if (self.state, kind) not in TRANSITIONS:
+        row = TRANSITIONS.get((self.state, kind))
+        if row is None:
             raise ProtocolError(
                 Code.BAD_STATE, f"{kind.name} not allowed in state {self.state.name}"
             )
+        return row
 
     def receive(self, kind, fields):
         """
         Handle one message from the client: C{fields} is its parsed body
         (the raw chunk for DATA).  A L{ProtocolError} it raises is fatal.
         """
-        self.check(kind)
         self._input(kind, fields)
 
     def _input(self, kind, argument):
-        row = self._row = TRANSITIONS[self.state, kind]
+        row = self._row = self.check(kind)
         getattr(self, row.handler)(argument)
 
     def _enter(self, state):
