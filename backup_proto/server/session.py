@@ -222,8 +222,8 @@ class Session:
             reason=error.message,
         )
         self.state = State.CLOSED
-        if self.upload is not None and self.upload.receiver is not None:
-            self.upload.receiver.abort()
+        if self.upload is not None:
+            self.upload.abort()
         if self.restore is not None:
             self.restore.stop()
         self._peer.close(error)
