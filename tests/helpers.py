@@ -23,7 +23,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from backup_client.protocol import BackupClientProtocol
 from backup_proto.archive.directio import readAheadThreads
-from backup_proto.archive.plan import wholeSeconds
 from backup_proto.archive.policy import Limits
 from backup_proto.certs import makeCertificates
 from backup_proto.server.accounts import AccountStore
@@ -221,10 +220,9 @@ def makeTrickyTree(root):
 def treeSignature(root):
     """
     A comparable description of a tree: for each path, its type, mode,
-    mtime (whole seconds, as a zip keeps it: from the exact time, with the
-    zip's own rounding, since the float C{st_mtime} rounds up to the next
-    second when the time lies within about 0.1 us of it) and content or
-    link target.  The top folder's own mtime is left out (restoring into
+    mtime (in nanoseconds, as our zips keep it; the float C{st_mtime}
+    would round a time within about 0.1 us of a second up to it) and
+    content or link target.  The top folder's own mtime is left out (restoring into
     it may touch it).  A
     file's content is its length and SHA-256, so that a failed comparison
     shows which entry differs (with the bytes themselves, a tree holding a
@@ -236,7 +234,7 @@ def treeSignature(root):
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             st = os.lstat(path)
-            mtime = wholeSeconds(st.st_mtime_ns)
+            mtime = st.st_mtime_ns
             if stat.S_ISLNK(st.st_mode):
                 result[rel] = ("link", os.readlink(path), mtime)
             elif stat.S_ISDIR(st.st_mode):

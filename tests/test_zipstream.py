@@ -10,6 +10,7 @@ import random
 import stat
 import struct
 import threading
+import time
 import tracemalloc
 import zipfile
 from datetime import datetime
@@ -105,7 +106,7 @@ class StreamRoundTripTests(TestCase):
                     index.kind,
                     index.files,
                     index.size,
-                    tuple(sorted((d.parts, d.mode, d.mtime) for d in index.dirs)),
+                    tuple(sorted((d.parts, d.mode, d.mtimeNs) for d in index.dirs)),
                 )
             )
             self.assertEqual(treeSignature(src), treeSignature(f"out-{piece}/src"))
@@ -200,6 +201,67 @@ class StreamRoundTripTests(TestCase):
         self.assertEqual(index.files, 2)
         with open("out/r/a", "rb") as f:
             self.assertEqual(f.read(), b"x" * 5000)
+
+
+class NanosecondTests(TestCase):
+    """
+    Modification times survive to the nanosecond: files, folders and
+    links, after 1970 and before it, and a zip without our nanoseconds
+    field still gives whole seconds.
+    """
+
+    TIMES = {
+        "src/a.txt": 1_764_500_000_123_456_789,
+        "src/dir/b.bin": 1_764_500_000_999_999_999,
+        "src/dir": 1_700_000_000_000_000_001,
+        "src/old": -1_500_000_000_250_000_000,
+        "src/link": 1_600_000_000_500_000_000,
+        "src/whole": 1_600_000_000_000_000_000,
+    }
+
+    def test_roundTrip(self):
+        os.makedirs("src/dir")
+        for name in ("src/a.txt", "src/dir/b.bin", "src/old", "src/whole"):
+            with open(name, "wb") as f:
+                f.write(os.urandom(100))
+        os.symlink("a.txt", "src/link")
+        for name, ns in self.TIMES.items():
+            os.utime(name, ns=(ns, ns), follow_symlinks=False)
+        feed(readAll(ArchiveStream(planArchive("src"))), "out")
+        for name, ns in self.TIMES.items():
+            restored = os.lstat(os.path.join("out", name)).st_mtime_ns
+            self.assertEqual(restored, ns, name)
+
+    def test_extraFields(self):
+        """
+        The nanoseconds field is only written when there are nanoseconds,
+        and is read with the extended timestamp's second.
+        """
+        from backup_proto.archive.format import entryMtimeNs, extraTimes
+
+        self.assertEqual(len(extraTimes(1_600_000_000 * 10**9)), 9)
+        for ns in (1, 10**9 - 1, -(10**9) + 1, 1_764_500_000_123_456_789, -123_456_789):
+            self.assertEqual(entryMtimeNs(extraTimes(ns), 0, 0), ns)
+        self.assertEqual(extraTimes(2**31 * 10**9 + 5), b"")
+
+    def test_foreignZipWholeSeconds(self):
+        """
+        A zip made by zipfile (no nanoseconds field) unpacks to whole
+        seconds.
+        """
+        os.makedirs("src")
+        with open("src/f", "wb") as f:
+            f.write(b"x")
+        ns = 1_764_500_000_123_456_789
+        os.utime("src/f", ns=(ns, ns))
+        with zipfile.ZipFile("z.zip", "w") as zf:
+            zf.write("src", "src/")
+            info = zipfile.ZipInfo("src/f", time.localtime(1_764_500_000)[:6])
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, b"x")
+        os.mkdir("out")
+        extractStream("z.zip", "out")
+        self.assertEqual(os.stat("out/src/f").st_mtime_ns, 1_764_500_000 * 10**9)
 
 
 class PlanMemoryTests(TestCase):

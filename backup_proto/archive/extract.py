@@ -41,7 +41,7 @@ from backup_proto.archive.format import (
     FLAG_UTF8,
     STORED,
     entryKind,
-    entryMtime,
+    entryMtimeNs,
 )
 from backup_proto.archive.index import ArchiveIndex, FolderAttributes
 from backup_proto.archive.policy import COPY_BLOCK, ArchiveError, Limits, TreeRules, checkName
@@ -247,9 +247,11 @@ class StreamingExtractor:
         if kind is None:
             raise ArchiveError(f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
         self._central += 1
-        self._finalize(parts, kind, mode, entryMtime(record.extra, record.dosTime, record.dosDate))
+        self._finalize(
+            parts, kind, mode, entryMtimeNs(record.extra, record.dosTime, record.dosDate)
+        )
 
-    def _finalize(self, parts, kind, mode, mtime):
+    def _finalize(self, parts, kind, mode, mtimeNs):
         """
         Give an entry what only the central directory holds: its mode and
         time, and for a link, its form (every entry's data has arrived,
@@ -258,14 +260,14 @@ class StreamingExtractor:
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
         if kind == "dir":
-            self._dirs.add(parts, mode, mtime)
+            self._dirs.add(parts, mode, mtimeNs)
         elif kind == "file":
             self._files += 1
-            self._tree.setFile(parts, mode, mtime)
+            self._tree.setFile(parts, mode, mtimeNs)
         else:
             if len(parts) == 1:
                 raise ArchiveError("archive's top-level entry is a link")
-            self._tree.makeLink(parts, mtime)
+            self._tree.makeLink(parts, mtimeNs)
 
     def end(self):
         pass

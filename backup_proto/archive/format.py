@@ -9,7 +9,8 @@ Archive layout: a folder C{name} is stored as C{name/} and entries below it;
 a single file as one entry C{name}.  Unix modes are in the high 16 bits of
 C{external_attr}; a symbolic link is an entry with C{S_IFLNK} whose content
 is the link's target; modification times are in the "extended timestamp"
-extra field (0x5455), to the second.
+extra field (0x5455), to the second, with ours (L{NANOSECONDS_TAG}) for
+the nanoseconds past it.
 """
 
 import functools
@@ -48,6 +49,10 @@ MADE_BY = (3 << 8) | VERSION64  # Unix, so that readers honour the mode bits
 #: A local header's zip64 field: tag, size, and both sizes.
 ZIP64_LOCAL = struct.Struct("<HHQQ")
 EXT_TIMESTAMP = 0x5455
+#: Our extra field (C{docs/protocol.rst}, "Archives"): the nanoseconds to
+#: add to the extended timestamp's second, a signed 32-bit count.
+NANOSECONDS_TAG = 0x6E73
+NANOSECONDS = struct.Struct("<HHl")
 PERM_BITS = 0o777
 
 
@@ -70,40 +75,66 @@ def externalAttributes(mode):
     return external
 
 
-def extraTimestamp(mtime):
-    mtime = int(mtime)
-    if not -(2**31) <= mtime < 2**31:
+def wholeSeconds(ns):
+    """
+    @return: C{ns} nanoseconds in whole seconds, cut toward zero: the
+        second both an entry's DOS time and its extra field hold, worked
+        out from the exact time (a float's rounding can reach the next one).
+    """
+    return ns // 1_000_000_000 if ns >= 0 else -(-ns // 1_000_000_000)
+
+
+def extraTimes(mtimeNs):
+    """
+    @return: an entry's extra fields for its modification time: the
+        extended timestamp (whole seconds), and ours with the nanoseconds
+        past that second when there are any (C{docs/protocol.rst},
+        "Archives").  Nothing for a time the extended timestamp cannot hold.
+    """
+    seconds = wholeSeconds(mtimeNs)
+    if not -(2**31) <= seconds < 2**31:
         return b""
-    return struct.pack("<HHBl", EXT_TIMESTAMP, 5, 1, mtime)
+    fields = struct.pack("<HHBl", EXT_TIMESTAMP, 5, 1, seconds)
+    fraction = mtimeNs - seconds * 1_000_000_000
+    if fraction:
+        fields += NANOSECONDS.pack(NANOSECONDS_TAG, 4, fraction)
+    return fields
 
 
-def entryMtime(extra, dosTime, dosDate):
+def entryMtimeNs(extra, dosTime, dosDate):
     """
-    @return: an entry's modification time: the extended timestamp field's,
-        else its DOS time (local time, to two seconds).
+    @return: an entry's modification time in nanoseconds: the extended
+        timestamp's second plus our nanoseconds field's, else its DOS time
+        (local time, to two seconds).
     """
+    seconds = fraction = None
     i = 0
     while i + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, i)
         body = extra[i + 4 : i + 4 + size]
         if tag == EXT_TIMESTAMP and len(body) >= 5 and body[0] & 1:
-            return struct.unpack_from("<l", body, 1)[0]
+            seconds = struct.unpack_from("<l", body, 1)[0]
+        elif tag == NANOSECONDS_TAG and len(body) == 4:
+            (fraction,) = struct.unpack("<l", body)
         i += 4 + size
-    return int(
-        time.mktime(
-            (
-                (dosDate >> 9) + 1980,
-                max((dosDate >> 5) & 0xF, 1),
-                max(dosDate & 0x1F, 1),
-                dosTime >> 11,
-                (dosTime >> 5) & 0x3F,
-                (dosTime & 0x1F) * 2,
-                0,
-                0,
-                -1,
-            )
+    if seconds is not None:
+        if fraction is not None and -1_000_000_000 < fraction < 1_000_000_000:
+            return seconds * 1_000_000_000 + fraction
+        return seconds * 1_000_000_000
+    dos = time.mktime(
+        (
+            (dosDate >> 9) + 1980,
+            max((dosDate >> 5) & 0xF, 1),
+            max(dosDate & 0x1F, 1),
+            dosTime >> 11,
+            (dosTime >> 5) & 0x3F,
+            (dosTime & 0x1F) * 2,
+            0,
+            0,
+            -1,
         )
     )
+    return int(dos) * 1_000_000_000
 
 
 def entryKind(externalAttr, isDir):

@@ -16,13 +16,13 @@ class Entry:
     @ivar parts: the path components, the first being the archive's root.
     @ivar kind: C{"file"}, C{"dir"} or C{"link"}.
     @ivar mode: permission bits to apply (C{0o777} at most).
-    @ivar mtime: seconds since the epoch.
+    @ivar mtimeNs: nanoseconds since the epoch.
     """
 
     parts: tuple
     kind: str
     mode: int
-    mtime: int
+    mtimeNs: int
 
 
 class FolderAttributes:
@@ -33,15 +33,15 @@ class FolderAttributes:
     folders).  Iterating gives L{Entry}s, deepest first.
     """
 
-    _RECORD = struct.Struct("<IqH")  # mode, mtime, length of the path
+    _RECORD = struct.Struct("<IqH")  # mode, mtime in ns, length of the path
 
     def __init__(self):
         self._byDepth = {}  # depth -> packed records
 
-    def add(self, parts, mode, mtime):
+    def add(self, parts, mode, mtimeNs):
         path = "/".join(parts).encode("utf-8")
         records = self._byDepth.setdefault(len(parts), bytearray())
-        records += self._RECORD.pack(mode, mtime, len(path))
+        records += self._RECORD.pack(mode, mtimeNs, len(path))
         records += path
 
     def __iter__(self):
@@ -50,11 +50,11 @@ class FolderAttributes:
             records = self._byDepth[depth]
             at = 0
             while at < len(records):
-                mode, mtime, length = self._RECORD.unpack_from(records, at)
+                mode, mtimeNs, length = self._RECORD.unpack_from(records, at)
                 at += size
                 path = records[at : at + length].decode("utf-8")
                 at += length
-                yield Entry(tuple(path.split("/")), "dir", mode, mtime)
+                yield Entry(tuple(path.split("/")), "dir", mode, mtimeNs)
 
 
 @dataclass

@@ -49,7 +49,8 @@ from backup_proto.archive.format import (
     dosTimeDate,
     endRecords,
     externalAttributes,
-    extraTimestamp,
+    extraTimes,
+    wholeSeconds,
 )
 from backup_proto.archive.index import ArchiveReport
 from backup_proto.archive.policy import COPY_BLOCK, ArchiveError
@@ -69,15 +70,6 @@ class PlanStopped(Exception):
     """
     Planning was stopped by its caller.
     """
-
-
-def wholeSeconds(ns):
-    """
-    @return: C{ns} nanoseconds in whole seconds, cut toward zero: the
-        second both an entry's DOS time and its extra field hold, worked
-        out from the exact time (a float's rounding can reach the next one).
-    """
-    return ns // 1_000_000_000 if ns >= 0 else -(-ns // 1_000_000_000)
 
 
 @dataclass(slots=True)
@@ -112,7 +104,7 @@ class PlannedEntry:
 
     @property
     def extra(self):
-        return extraTimestamp(wholeSeconds(self.mtimeNs))
+        return extraTimes(self.mtimeNs)
 
     @property
     def flags(self):

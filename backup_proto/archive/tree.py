@@ -56,7 +56,7 @@ def applyDirAttributes(dest, index):
     for entry in index.dirs:  # deepest first
         path = os.path.join(dest, *entry.parts)
         os.chmod(path, entry.mode, follow_symlinks=False)
-        os.utime(path, (entry.mtime, entry.mtime), follow_symlinks=False)
+        os.utime(path, ns=(entry.mtimeNs, entry.mtimeNs), follow_symlinks=False)
 
 
 _libc = None
@@ -168,12 +168,12 @@ class TreeWriter:
             os.close(self._fd)
             self._fd = None
 
-    def setFile(self, parts, mode, mtime):
+    def setFile(self, parts, mode, mtimeNs):
         folder = self._folderFd(parts[:-1])
         os.chmod(parts[-1], mode, dir_fd=folder)
-        os.utime(parts[-1], (mtime, mtime), dir_fd=folder)
+        os.utime(parts[-1], ns=(mtimeNs, mtimeNs), dir_fd=folder)
 
-    def makeLink(self, parts, mtime):
+    def makeLink(self, parts, mtimeNs):
         """
         Turn the file C{parts}, which holds a link's target, into the link.
         """
@@ -182,7 +182,7 @@ class TreeWriter:
         target = self._linkTarget(path, parts)
         os.unlink(path)
         os.symlink(target, path)
-        os.utime(path, (mtime, mtime), follow_symlinks=False)
+        os.utime(path, ns=(mtimeNs, mtimeNs), follow_symlinks=False)
 
     @staticmethod
     def _linkTarget(path, parts):
