@@ -47,7 +47,7 @@ def sig(root):
     for d, dirs, files in os.walk(root):
         for n in dirs + files:
             p = os.path.join(d, n); st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), int(st.st_mtime))
+            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
     return out
 a, b = sig(sys.argv[1]), sig(sys.argv[2])
 assert a == b, "modes or times differ"
