@@ -162,6 +162,9 @@ def buildParser():
         default="auto",
         help="auto (default: deflate what compresses, store the rest), store, or deflate",
     )
+    backup.add_argument(
+        "--json", action="store_true", help="print a JSON result object instead of the id"
+    )
     backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS)
     restore = sub.add_parser("restore", help="restore a snapshot into DEST")
     restore.add_argument("dest", metavar="DEST")
@@ -480,10 +483,33 @@ async def _sendBackup(reactor, args, user, password, planning, name, kind, quiet
     changed = streams[-1].changed
     for line in changed:
         print(f"warning: {line}", file=sys.stderr)
-    if not quiet:
-        print(f"stored {snapshot['files']} files, {snapshot['size']} bytes", file=sys.stderr)
-    print(snapshot["id"])
+    if args.json:
+        print(json.dumps(backupResult(snapshot, plan.size * len(streams))))
+    else:
+        if not quiet:
+            print(f"stored {snapshot['files']} files, {snapshot['size']} bytes", file=sys.stderr)
+        print(snapshot["id"])
     return EXIT_WARNINGS if report.skipped or report.unreadable or changed else EXIT_OK
+
+
+def backupResult(snapshot, sent):
+    """
+    @param sent: the zip bytes sent, over every attempt.
+    @return: what C{backup --json} prints for a stored snapshot.  Every
+        backup is full for now: its files are all new, none is kept from a
+        parent, and all its bytes were stored anew.
+    """
+    return {
+        "id": snapshot["id"],
+        "parent": None,
+        "files_new": snapshot["files"],
+        "files_changed": 0,
+        "files_unchanged": 0,
+        "files_deleted": 0,
+        "bytes_sent": sent,
+        "bytes_stored": snapshot["size"],
+        "snapshot": snapshot,
+    }
 
 
 async def cmdRestore(reactor, args):

@@ -258,6 +258,26 @@ class BackupRestoreTests(EndToEndCase):
             os.listdir(os.path.join(self.server.dataDir, "users", "alice", ".staging")), []
         )
 
+    def test_backupJson(self):
+        """
+        C{backup --json} prints one JSON object: the snapshot's id, no
+        parent, every file new, the zip's bytes sent and the tree's bytes
+        stored, which agree with the listing.
+        """
+        self.ok("register")
+        src = makeTrickyTree(os.path.abspath("photos"))
+        result = json.loads(self.ok("backup", src, "--json").stdout)
+        [listed] = json.loads(self.ok("list", "--json").stdout)
+        self.assertEqual(result["id"], listed["id"])
+        self.assertEqual(result["snapshot"], listed)
+        self.assertIsNone(result["parent"])
+        self.assertEqual(
+            [result[k] for k in ("files_new", "files_changed", "files_unchanged", "files_deleted")],
+            [7, 0, 0, 0],
+        )
+        self.assertEqual(result["bytes_sent"], listed["zip_size"])
+        self.assertEqual(result["bytes_stored"], listed["size"])
+
     def test_overwrite(self):
         """
         restore into a folder that holds a file of the same name refuses
