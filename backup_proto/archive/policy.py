@@ -16,7 +16,8 @@ COPY_BLOCK = 1 << 20
 _MAX_NAME_BYTES = 4096
 _MAX_COMPONENT_BYTES = 255
 _MAX_DEPTH = 256
-_MAX_LINK_TARGET = 4096
+#: Bytes a link's target may hold.
+MAX_LINK_TARGET = 4096
 
 
 class ArchiveError(Exception):

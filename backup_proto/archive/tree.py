@@ -11,11 +11,10 @@ import os
 import stat
 
 from backup_proto.archive.directio import DirectWriter
-from backup_proto.archive.policy import ArchiveError
+from backup_proto.archive.policy import MAX_LINK_TARGET, ArchiveError
 
 #: Folders whose paths a L{TreeWriter} keeps for L{makeDirs}.
 _MADE_CACHE = 1024
-_MAX_LINK_TARGET = 4096
 
 
 def makeDirs(dest, parts, made):
@@ -189,10 +188,10 @@ class TreeWriter:
         shown = "/".join(parts)[:200]
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            raw = os.read(fd, _MAX_LINK_TARGET + 1)
+            raw = os.read(fd, MAX_LINK_TARGET + 1)
         finally:
             os.close(fd)
-        if not 0 < len(raw) <= _MAX_LINK_TARGET:
+        if not 0 < len(raw) <= MAX_LINK_TARGET:
             raise ArchiveError(f"link '{shown}' has an empty or over-long target")
         try:
             target = raw.decode("utf-8")

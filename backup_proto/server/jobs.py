@@ -12,7 +12,7 @@ from twisted.internet.defer import succeed
 from backup_proto.archive.extract import ExtractSink
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.tree import syncTree
-from backup_proto.server.resources import storageError
+from backup_proto.server.resources import clientError
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import MAX_RESENDS
 from backup_proto.wire.transfer import ChunkReceiver, ChunkSender, SinkFailed
@@ -79,7 +79,7 @@ class UploadJob:
         try:
             return self.receiver.chunkReceived(body)
         except SinkFailed as e:
-            raise storageError(e.error) from None
+            raise clientError(e) from None
 
     def verify(self):
         """
