@@ -49,12 +49,17 @@ from backup_client.exitcodes import (
 )
 from backup_client.planworkers import startPlanWorkers
 from backup_client.progress import progressBar
-from backup_client.protocol import BackupClientProtocol, ConnectionGone, VerificationFailed
+from backup_client.protocol import (
+    BackupClientProtocol,
+    ConnectionGone,
+    IncrementalParent,
+    VerificationFailed,
+)
 from backup_client.restoring import RestoreConflict, RestoreStaging, placeUnpacked
 from backup_proto.allocator import tuneAllocator
 from backup_proto.archive.compression import COMPRESSION_CHOICES
 from backup_proto.archive.extract import ExtractSink
-from backup_proto.archive.plan import planArchive
+from backup_proto.archive.plan import ParentFiles, planArchive
 from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
@@ -164,6 +169,16 @@ def buildParser():
     )
     backup.add_argument(
         "--json", action="store_true", help="print a JSON result object instead of the id"
+    )
+    backup.add_argument(
+        "--parent",
+        metavar="ID",
+        help="compare with this snapshot (default: the newest of the same folder name)",
+    )
+    backup.add_argument(
+        "--full",
+        action="store_true",
+        help="send every file, compared with no earlier snapshot (reads everything)",
     )
     backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS)
     restore = sub.add_parser("restore", help="restore a snapshot into DEST")
@@ -347,10 +362,11 @@ async def cmdList(reactor, args):
     elif not snapshots:
         print("no snapshots")
     else:
-        print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>14}  SOURCE")
+        print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>14} {'ADDED':>14}  SOURCE")
         for s in snapshots:
             print(
-                f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}  {s['source']}"
+                f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}"
+                f" {s['added']:>14}  {s['source']}"
             )
     return EXIT_OK
 
@@ -410,6 +426,69 @@ def _planInThread(runInThread, *args, **kwargs):
     return runInThread(planArchive, *args, **kwargs).addBoth(planned)
 
 
+def humanSize(n):
+    """
+    @return: C{n} bytes for a person: C{"812 B"}, C{"1.4 KiB"}, C{"3.0 GiB"}.
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class _Planner:
+    """
+    The plans of one backup: the first may use the forked worker processes
+    (L{startPlanWorkers}), any later one (a full backup after a refused
+    incremental) runs in threads; L{close} waits for every plan and drops
+    its spool.
+    """
+
+    def __init__(self, path, name, compression, workers):
+        self.path = path
+        self.name = name
+        self.compression = compression
+        self.stop = threading.Event()
+        self._workers = workers
+        self._plans = []
+        self._spools = []
+
+    def start(self, parent=None):
+        """
+        @return: a L{Deferred} firing with the L{ArchivePlan}.
+        """
+        spool = Spool()
+        self._spools.append(spool)
+        workers, self._workers = self._workers, None
+        planning = _planInThread(
+            deferToThread,
+            self.path,
+            self.name,
+            self.compression,
+            spool,
+            stop=self.stop,
+            workers=None if workers is None else workers.pool,
+            parent=parent,
+        )
+        if workers is not None:
+            planning.addBoth(_stopWorkers, workers)
+        self._plans.append(planning)
+        return planning
+
+    async def close(self):
+        self.stop.set()
+        if self._workers is not None:
+            self._workers.stop()
+        for planning in self._plans:
+            try:
+                await planning  # then no plan thread writes to the spool
+            except Exception:
+                pass
+        for spool in self._spools:
+            spool.close()
+
+
 def _stopWorkers(result, workers):
     workers.stop()
     return result
@@ -427,89 +506,162 @@ async def cmdBackup(reactor, args):
         raise Fatal(EXIT_USAGE, "cannot back up the root folder as a whole")
     if not os.access(path, os.R_OK):
         raise Fatal(EXIT_ERROR, f"{args.path}: permission denied")
-    password = _readPassword(args, False)
-    quiet = _quiet(args)
     kind = "dir" if os.path.isdir(path) else "file"
+    if args.parent and (args.full or kind != "dir"):
+        raise Fatal(EXIT_USAGE, "--parent needs a folder to back up, and not --full")
+    password = _readPassword(args, False)
     # forked first, while the client has no other thread (planworkers)
     workers = startPlanWorkers() if kind == "dir" else None
-    # plan the zip while connecting and logging in
-    stop = threading.Event()
-    spool = Spool()
-    planning = _planInThread(
-        deferToThread,
-        path,
-        name,
-        args.compression,
-        spool,
-        stop=stop,
-        workers=None if workers is None else workers.pool,
-    )
-    if workers is not None:
-        planning.addBoth(_stopWorkers, workers)
+    planner = _Planner(path, name, args.compression, workers)
+    incremental = kind == "dir" and not args.full
+    # a full backup is planned while connecting and logging in; an
+    # incremental one needs its parent's manifest first
+    planning = None if incremental else planner.start()
     try:
-        return await _sendBackup(reactor, args, user, password, planning, name, kind, quiet)
-    finally:
-        stop.set()
+        proto = await _session(reactor, args, user, password)
         try:
-            await planning  # then no plan thread writes to the spool
-        except Exception:
-            pass
-        spool.close()
+            return await _sendBackup(reactor, args, proto, planner, planning, name, kind)
+        finally:
+            proto.transport.loseConnection()
+    finally:
+        await planner.close()
 
 
-async def _sendBackup(reactor, args, user, password, planning, name, kind, quiet):
-    proto = await _session(reactor, args, user, password)
+async def _findParent(proto, args, name):
+    """
+    Pick the parent of an incremental backup (C{--parent}, else the newest
+    snapshot of the same folder name) and read its manifest.
+
+    @return: a L{ParentFiles}, or C{None} for a full backup.
+    """
+    snapshots = await proto.listSnapshots()
+    if args.parent:
+        rows = [s for s in snapshots if s["id"] == args.parent]
+        if not rows:
+            raise Fatal(EXIT_USAGE, f"--parent {args.parent}: no such snapshot")
+        if rows[0]["source"] != name or rows[0]["kind"] != "dir":
+            raise Fatal(
+                EXIT_USAGE, f"--parent {args.parent}: it is a backup of another file or folder"
+            )
+    else:
+        rows = [s for s in snapshots if s["source"] == name and s["kind"] == "dir"]
+        if not rows:
+            return None
+    parent = ParentFiles(rows[-1]["id"])
     try:
-        while not await _planDone(reactor, planning, KEEPALIVE):
-            # keep the connection from idling out while a large tree is planned
-            await proto.listSnapshots()
-        plan = await planning
-    except BaseException:
-        proto.transport.loseConnection()
-        raise
+        parent.digest = await proto.fetchManifest(parent.snapshotId, parent.add)
+    except ProtocolError as e:
+        if e.code != Code.NOT_FOUND:
+            raise
+        print(
+            f"warning: snapshot {parent.snapshotId} has no manifest (made by an older server):"
+            " sending a full backup",
+            file=sys.stderr,
+        )
+        return None
+    return parent
+
+
+async def _sendBackup(reactor, args, proto, planner, planning, name, kind):
+    quiet = _quiet(args)
+    parent = None
+    if planning is None:
+        parent = await _findParent(proto, args, name)
+        planning = planner.start(parent)
+    plan = await _awaitPlan(reactor, proto, planning)
     report = plan.report
     for line in report.skipped + report.unreadable:
         print(f"warning: {line}", file=sys.stderr)
-    streams = []
+    sent = 0
+    while True:
+        streams = []
 
-    def openStream():
-        # each attempt reads the files anew, with the same plan
-        streams.append(ArchiveStream(plan))
-        return streams[-1]
+        def openStream(plan=plan, streams=streams):
+            # each attempt reads the files anew, with the same plan
+            streams.append(ArchiveStream(plan))
+            return streams[-1]
 
-    with progressBar(f"send {name}", plan.size, quiet) as bar:
-        snapshot = await proto.backup(openStream, plan.size, name, kind, progress=bar)
-    proto.transport.loseConnection()
+        incremental = None
+        if parent is not None:
+            incremental = IncrementalParent(parent.snapshotId, parent.digest, plan.keep.pages())
+            sent += incremental.bytesSent
+        try:
+            with progressBar(f"send {name}", plan.size, quiet) as bar:
+                snapshot = await proto.backup(
+                    openStream, plan.size, name, kind, progress=bar, parent=incremental
+                )
+        except ProtocolError as e:
+            if e.code != Code.PARENT_CHANGED:
+                raise
+            print(
+                f"warning: parent snapshot {parent.snapshotId} changed: sending a full backup",
+                file=sys.stderr,
+            )
+            sent += plan.size * len(streams)
+            parent = None
+            plan = await _awaitPlan(reactor, proto, planner.start())
+            continue
+        sent += plan.size * len(streams)
+        break
     changed = streams[-1].changed
     for line in changed:
         print(f"warning: {line}", file=sys.stderr)
+    result = backupResult(snapshot, sent, plan.report, parent)
     if args.json:
-        print(json.dumps(backupResult(snapshot, plan.size * len(streams))))
+        print(json.dumps(result))
     else:
-        if not quiet:
-            print(f"stored {snapshot['files']} files, {snapshot['size']} bytes", file=sys.stderr)
+        if not (args.quiet or args.quiet2):
+            # the summary is a result, shown off a terminal too (unlike bars)
+            print(backupSummary(result), file=sys.stderr)
         print(snapshot["id"])
     return EXIT_WARNINGS if report.skipped or report.unreadable or changed else EXIT_OK
 
 
-def backupResult(snapshot, sent):
+async def _awaitPlan(reactor, proto, planning):
+    while not await _planDone(reactor, planning, KEEPALIVE):
+        # keep the connection from idling out while a large tree is planned
+        await proto.listSnapshots()
+    return await planning
+
+
+def backupResult(snapshot, sent, report, parent):
     """
-    @param sent: the zip bytes sent, over every attempt.
-    @return: what C{backup --json} prints for a stored snapshot.  Every
-        backup is full for now: its files are all new, none is kept from a
-        parent, and all its bytes were stored anew.
+    @param sent: the bytes sent for the upload: the zip over every attempt
+        and the keep list.
+    @param parent: the L{ParentFiles} of an incremental backup, or C{None}
+        for a full one (whose files are then all new).
+    @return: what C{backup --json} prints for a stored snapshot.
     """
+    if parent is None:
+        new, changed, unchanged, deleted = snapshot["files"], 0, 0, 0
+    else:
+        new, changed = report.filesNew, report.filesChanged
+        unchanged = report.filesUnchanged
+        deleted = len(parent.files) - unchanged - changed
     return {
         "id": snapshot["id"],
-        "parent": None,
-        "files_new": snapshot["files"],
-        "files_changed": 0,
-        "files_unchanged": 0,
-        "files_deleted": 0,
+        "parent": snapshot["parent"],
+        "files_new": new,
+        "files_changed": changed,
+        "files_unchanged": unchanged,
+        "files_deleted": deleted,
         "bytes_sent": sent,
-        "bytes_stored": snapshot["size"],
+        "bytes_stored": snapshot["added"],
         "snapshot": snapshot,
     }
+
+
+def backupSummary(result):
+    """
+    @return: the one line a person reads after a backup (L{backupResult}).
+    """
+    parent = result["parent"] or "none, full backup"
+    return (
+        f"{result['id']}: {result['files_new']} new, {result['files_changed']} changed,"
+        f" {result['files_unchanged']} unchanged, {result['files_deleted']} deleted files;"
+        f" sent {humanSize(result['bytes_sent'])}, stored {humanSize(result['bytes_stored'])}"
+        f" (parent: {parent})"
+    )
 
 
 async def cmdRestore(reactor, args):

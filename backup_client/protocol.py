@@ -16,6 +16,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from backup_proto.archive.manifest import ManifestError, checkEntry
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import (
@@ -59,10 +60,33 @@ class VerificationFailed(Exception):
 def _checkSnapshot(obj):
     if not isinstance(obj, dict):
         raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
-    for name, kind in SNAPSHOT_FIELDS.items():
-        if not isinstance(obj.get(name), kind) or isinstance(obj.get(name), bool):
+    for name, kinds in SNAPSHOT_FIELDS.items():
+        if name not in obj:
+            raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
+        value = obj[name]
+        if not isinstance(value, kinds) or isinstance(value, bool):
             raise ProtocolError(Code.BAD_MESSAGE, "server sent a malformed snapshot")
     return obj
+
+
+class IncrementalParent:
+    """
+    What an incremental backup tells the server of its parent: the
+    snapshot's id, the digest of the manifest the client compared with,
+    and the keep list's C{KEEP} pages.
+    """
+
+    def __init__(self, snapshotId, digest, pages):
+        self.snapshotId = snapshotId
+        self.digest = digest
+        self.pages = pages
+
+    @property
+    def bytesSent(self):
+        """
+        The keep list's bytes in its messages' bodies.
+        """
+        return sum(len(page) for page in self.pages)
 
 
 class BackupClientProtocol(Int32StringReceiver):
@@ -223,10 +247,48 @@ class BackupClientProtocol(Int32StringReceiver):
 
     # ------------------------------------------------------------ backup
 
-    async def _backup(self, openSource, size, name, kind, progress):
-        request = (Msg.BACKUP, {"name": name, "size": size, "kind": kind})
-        for _attempt in range(1 + MAX_RESENDS):
-            _, ready = await self._call(*request, Msg.READY)
+    async def _manifest(self, snapshotId, consume):
+        self.sendString(encodeControl(Msg.MANIFEST, snapshot=snapshotId))
+        digest = None
+        while True:
+            _, fields = await self._expect(Msg.ENTRIES)
+            if digest is None:
+                digest = fields["manifest"]
+            elif fields["manifest"] != digest:
+                raise ProtocolError(Code.BAD_MESSAGE, "server changed manifests midway")
+            try:
+                for obj in fields["entries"]:
+                    consume(checkEntry(obj))
+            except ManifestError as e:
+                raise ProtocolError(Code.BAD_MESSAGE, f"server sent a bad manifest: {e}") from None
+            if not fields["more"]:
+                return digest
+
+    def fetchManifest(self, snapshotId, consume):
+        """
+        Read a snapshot's manifest.
+
+        @param consume: called with each entry (a checked tuple, see
+            L{backup_proto.archive.manifest}), in the manifest's order.
+        @return: a L{Deferred} with the manifest's digest; a snapshot that is
+            not found (or has no manifest) fails it with C{not-found}.
+        """
+        return ensureDeferred(self._manifest(snapshotId, consume))
+
+    async def _backup(self, openSource, size, name, kind, progress, parent):
+        fields = {"name": name, "size": size, "kind": kind, "parent": None, "manifest": None}
+        if parent is not None:
+            fields.update(parent=parent.snapshotId, manifest=parent.digest)
+        request = (Msg.BACKUP, fields)
+        for attempt in range(1 + MAX_RESENDS):
+            if attempt == 0 and parent is not None:
+                self.sendString(encodeControl(request[0], **request[1]))
+                for i, page in enumerate(parent.pages):
+                    more = i + 1 < len(parent.pages)
+                    self.sendString(encodeControl(Msg.KEEP, bits=page, more=more))
+                _, ready = await self._expect(Msg.READY)
+            else:
+                _, ready = await self._call(*request, Msg.READY)
             sender = ChunkSender(
                 openSource,
                 size,
@@ -249,7 +311,7 @@ class BackupClientProtocol(Int32StringReceiver):
             request = (Msg.RESEND, {})
         raise VerificationFailed(f"upload failed verification after {MAX_RESENDS} resends")
 
-    def backup(self, openSource, size, name, kind, progress=None):
+    def backup(self, openSource, size, name, kind, progress=None, parent=None):
         """
         Upload a zip, resending it (up to three times) until the server's
         C{cksum} matches ours, then ask the server to store it.
@@ -260,9 +322,13 @@ class BackupClientProtocol(Int32StringReceiver):
         @param size: the zip's size in bytes.
         @param kind: C{"dir"} or C{"file"}: what the zip holds.
         @param progress: called with byte counts as chunks are sent.
+        @param parent: the L{IncrementalParent} of an incremental backup,
+            or C{None}.  If the server finds the parent changed, the
+            L{Deferred} fails with a L{ProtocolError} of code
+            C{parent-changed}, and the connection can go on.
         @return: a L{Deferred} with the new snapshot's catalog row.
         """
-        return ensureDeferred(self._backup(openSource, size, name, kind, progress))
+        return ensureDeferred(self._backup(openSource, size, name, kind, progress, parent))
 
     # ------------------------------------------------------------ restore
 

@@ -5,6 +5,7 @@ subprocess, driven by C{backup-client}.
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -462,3 +463,150 @@ class BackupRestoreTests(EndToEndCase):
         result = self.client("backup", "no/such/thing")
         self.assertEqual(result.returncode, 2)
         self.assertIn("no such file", result.stderr)
+
+
+def _write(path, data, mtimeNs=None, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+    if mtimeNs is not None:
+        os.utime(path, ns=(mtimeNs, mtimeNs))
+
+
+class IncrementalTests(EndToEndCase):
+    """
+    Incremental backups through the installed commands: only what changed
+    is sent, and parent and child both restore exactly.
+    """
+
+    T = 1_700_000_000_123_456_789  # a time with nanoseconds
+
+    def makeSource(self):
+        src = makeTrickyTree(os.path.abspath("photos"))
+        _write(f"{src}/keep.txt", "kept as it is\n" * 100, self.T)
+        _write(f"{src}/grow.txt", "grows\n", self.T)
+        _write(f"{src}/same.txt", "aaaa", self.T)
+        _write(f"{src}/gone.txt", "deleted later", self.T)
+        _write(f"{src}/mode.sh", "#!/bin/sh\n", self.T, 0o644)
+        _write(f"{src}/t1", "a file that becomes a folder", self.T)
+        _write(f"{src}/t2/in folder.txt", "a folder that becomes a link", self.T)
+        os.symlink("keep.txt", f"{src}/t3")
+        _write(f"{src}/old name.txt", "renamed later", self.T)
+        return src
+
+    def change(self, src):
+        later = self.T + 5_000_000_001
+        with open(f"{src}/grow.txt", "a") as f:
+            f.write("and grows\n")
+        os.utime(f"{src}/grow.txt", ns=(later, later))
+        _write(f"{src}/same.txt", "bbbb", later)  # same size, new time
+        os.unlink(f"{src}/gone.txt")
+        os.chmod(f"{src}/mode.sh", 0o755)  # mode only
+        os.unlink(f"{src}/t1")
+        _write(f"{src}/t1/inside.txt", "now a folder", later)
+        shutil.rmtree(f"{src}/t2")
+        os.symlink("grow.txt", f"{src}/t2")
+        os.unlink(f"{src}/t3")
+        _write(f"{src}/t3", "a link that became a file", later)
+        os.rename(f"{src}/old name.txt", f"{src}/new name.txt")
+        os.makedirs(f"{src}/new empty folder")
+        _write(f"{src}/added.txt", "new\n", later)
+
+    def stored(self, snapshotId, *path):
+        return os.path.join(self.server.dataDir, "users", "alice", snapshotId, "photos", *path)
+
+    def test_changesAndRestores(self):
+        """
+        After additions, content changes with a new time, a same-size
+        change, a deletion, a mode-only change, type changes (file to
+        folder, folder to link, link to file), a rename and a new empty
+        folder, the second backup sends only those, counts them, keeps the
+        rest as hard links to the parent's files, and both snapshots
+        restore exactly (content, modes, times to the nanosecond, links);
+        the parent's copy of the file whose mode changed keeps its mode.
+        """
+        self.ok("register")
+        src = self.makeSource()
+        first = json.loads(self.ok("backup", src, "--json").stdout)
+        self.assertIsNone(first["parent"])
+        before = treeSignature(src)
+        self.change(src)
+        after = treeSignature(src)
+        second = json.loads(self.ok("backup", src, "--json").stdout)
+        self.assertEqual(second["parent"], first["id"])
+        self.assertEqual(second["snapshot"]["parent"], first["id"])
+        counts = [
+            second[k] for k in ("files_new", "files_changed", "files_unchanged", "files_deleted")
+        ]
+        # new: added.txt, t1/inside.txt, t3, new name.txt; changed: grow.txt,
+        # same.txt, mode.sh; unchanged: the tricky tree's 7 files and
+        # keep.txt; deleted: gone.txt, t1, old name.txt (and t2/in folder.txt)
+        self.assertEqual(counts, [4, 3, 8, 4])
+        # the 3 MiB of random data and the rest are not sent again
+        self.assertLess(second["bytes_sent"], 20_000)
+        self.assertLess(second["bytes_stored"], 1_000)
+        self.assertEqual(second["snapshot"]["files"], 15)
+        self.assertEqual(
+            os.stat(self.stored(first["id"], "random.bin")).st_ino,
+            os.stat(self.stored(second["id"], "random.bin")).st_ino,
+        )
+        self.assertNotEqual(
+            os.stat(self.stored(first["id"], "mode.sh")).st_ino,
+            os.stat(self.stored(second["id"], "mode.sh")).st_ino,
+        )
+        self.assertEqual(os.stat(self.stored(first["id"], "mode.sh")).st_mode & 0o777, 0o644)
+        listed = {s["id"]: s for s in json.loads(self.ok("list", "--json").stdout)}
+        self.assertEqual(listed[second["id"]]["added"], second["bytes_stored"])
+        self.assertEqual(listed[first["id"]]["added"], first["bytes_stored"])
+        self.ok("restore", "out1", "--snapshot", first["id"])
+        self.assertEqual(treeSignature("out1/photos"), before)
+        self.ok("restore", "out2", "--snapshot", second["id"])
+        self.assertEqual(treeSignature("out2/photos"), after)
+        self.assertEqual(os.stat("out2/photos/same.txt").st_mtime_ns, self.T + 5_000_000_001)
+
+    def test_unchangedAndFull(self):
+        """
+        An unchanged tree's backup sends a few hundred bytes and stores
+        only its links' targets; C{--full} sends and stores everything
+        again, with no parent.
+        """
+        self.ok("register")
+        src = self.makeSource()
+        first = json.loads(self.ok("backup", src, "--json").stdout)
+        again = json.loads(self.ok("backup", src, "--json").stdout)
+        self.assertEqual(again["parent"], first["id"])
+        self.assertEqual(again["files_unchanged"], first["files_new"])
+        self.assertEqual(again["files_new"] + again["files_changed"], 0)
+        self.assertLess(again["bytes_sent"], first["bytes_sent"] / 100)
+        full = json.loads(self.ok("backup", src, "--json", "--full").stdout)
+        self.assertIsNone(full["parent"])
+        self.assertEqual(full["bytes_stored"], first["bytes_stored"])
+        summary = self.ok("backup", src, "--parent", first["id"]).stderr
+        self.assertIn(f"(parent: {first['id']})", summary)
+        self.assertIn("0 new, 0 changed, 15 unchanged, 0 deleted files", summary)
+        unknown = self.client("backup", src, "--parent", "nope")
+        self.assertEqual(unknown.returncode, 2, unknown.stderr)
+        self.assertIn("--parent nope: no such snapshot", unknown.stderr)
+
+    def test_parentRemoved(self):
+        """
+        A snapshot whose parent's folder is removed still restores whole;
+        a backup that names the removed parent is refused by the server
+        and sent in full by the client, which says so.
+        """
+        self.ok("register")
+        src = self.makeSource()
+        first = json.loads(self.ok("backup", src, "--json").stdout)
+        second = json.loads(self.ok("backup", src, "--json").stdout)
+        shutil.rmtree(os.path.dirname(self.stored(first["id"])))
+        self.ok("restore", "out", "--snapshot", second["id"])
+        self.assertEqual(treeSignature("out/photos"), treeSignature(src))
+        result = self.ok("backup", src, "--json", "--parent", first["id"])
+        self.assertIn("changed: sending a full backup", result.stderr)
+        third = json.loads(result.stdout)
+        self.assertIsNone(third["parent"])
+        self.assertEqual(third["files_new"], 15)
+        self.ok("restore", "out3", "--snapshot", third["id"])
+        self.assertEqual(treeSignature("out3/photos"), treeSignature(src))

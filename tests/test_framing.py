@@ -34,7 +34,9 @@ class FrameTests(TestCase):
         """
         A field may be called C{kind} (BACKUP has one).
         """
-        kind, body = decodeFrame(encodeControl(Msg.BACKUP, kind="dir", name="x", size=1))
+        kind, body = decodeFrame(
+            encodeControl(Msg.BACKUP, kind="dir", name="x", size=1, parent=None, manifest=None)
+        )
         self.assertEqual(parseControl(kind, body)["kind"], "dir")
 
     def test_data(self):
@@ -90,8 +92,12 @@ class ParseControlTests(TestCase):
         Wrong types are refused; C{true} is not an integer, C{null} is not
         a string.
         """
-        self.check(b'{"name":"a","kind":"dir","size":"1"}', Msg.BACKUP)
-        self.check(b'{"name":"a","kind":"dir","size":true}', Msg.BACKUP)
+        self.check(
+            b'{"name":"a","kind":"dir","size":"1","parent":null,"manifest":null}', Msg.BACKUP
+        )
+        self.check(
+            b'{"name":"a","kind":"dir","size":true,"parent":null,"manifest":null}', Msg.BACKUP
+        )
         self.check(b'{"user":1,"password":"b"}')
         self.check(b'{"user":null,"password":"b"}')
 

@@ -134,7 +134,7 @@ class HostileCase(TestCase):
 
     def upload(self, wire, data, name="x", kind="dir", size=None, mangle=None, commit=True):
         size = len(data) if size is None else size
-        wire.sendControl(Msg.BACKUP, name=name, kind=kind, size=size)
+        wire.sendControl(Msg.BACKUP, name=name, kind=kind, size=size, parent=None, manifest=None)
         kind_, ready = wire.last()
         self.assertIs(kind_, Msg.READY, ready)
         chunks = wire.sealedChunks(data, ready["transfer"], size)
@@ -217,7 +217,7 @@ class MessageTests(HostileCase):
         """
         for keyed, allowed in (
             (False, {Msg.REGISTER, Msg.LOGIN}),
-            (True, {Msg.LIST, Msg.BACKUP, Msg.RESTORE}),
+            (True, {Msg.LIST, Msg.BACKUP, Msg.RESTORE, Msg.MANIFEST}),
         ):
             for kind in Msg:
                 if kind in allowed:
@@ -244,7 +244,7 @@ class MessageTests(HostileCase):
             wire.sendControl(Msg.LOGIN, **body)
             self.assertEqual(wire.last()[1]["code"], Code.BAD_MESSAGE)
         wire = self.hostile()
-        wire.sendControl(Msg.BACKUP, name="x", kind="dir", size=-1)
+        wire.sendControl(Msg.BACKUP, name="x", kind="dir", size=-1, parent=None, manifest=None)
         self.settle(wire, Code.BAD_MESSAGE)
 
     def test_escapingUsernames(self):
@@ -380,7 +380,9 @@ class ChunkTests(HostileCase):
         """
         self.factory.maxUploadSize = len(self.zip)
         wire = self.hostile()
-        wire.sendControl(Msg.BACKUP, name="x", kind="dir", size=len(self.zip) + 1)
+        wire.sendControl(
+            Msg.BACKUP, name="x", kind="dir", size=len(self.zip) + 1, parent=None, manifest=None
+        )
         self.settle(wire, Code.TOO_LARGE)
 
     def test_escapingName(self):
@@ -388,7 +390,9 @@ class ChunkTests(HostileCase):
         A backup name that is a path.
         """
         wire = self.hostile()
-        wire.sendControl(Msg.BACKUP, name="../alice", kind="dir", size=10)
+        wire.sendControl(
+            Msg.BACKUP, name="../alice", kind="dir", size=10, parent=None, manifest=None
+        )
         self.settle(wire, Code.BAD_MESSAGE)
 
     def test_stopsReadingDuringRestore(self):

@@ -56,7 +56,7 @@ class StateMachineTests(TestCase):
         allowed = {
             "UNAUTH": {Msg.REGISTER, Msg.LOGIN},
             "AUTHED": {Msg.PUBKEY},
-            "KEYED": {Msg.LIST, Msg.BACKUP, Msg.RESTORE},
+            "KEYED": {Msg.LIST, Msg.BACKUP, Msg.RESTORE, Msg.MANIFEST},
         }
         for state, ok in allowed.items():
             for kind in Msg:
@@ -133,7 +133,7 @@ class StateMachineTests(TestCase):
             self.assertIn("lacks the field", fields["message"])
         wire = Wire(self.factory).keyed("u2", register=False)
         wire.received()
-        wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=3)
+        wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=3, parent=None, manifest=None)
         wire.received()
         wire.send(frame(bytes((Msg.DATA,)) + b"x" * 19))
         wire.received()

@@ -104,7 +104,8 @@ class SessionTests(TestCase):
         def add(conn):
             for i in range(60):
                 conn.execute(
-                    "INSERT INTO snapshots VALUES ('alice', ?, 'src', 'dir', ?, 1, 2, 3)",
+                    "INSERT INTO snapshots (username, id, source, kind, created,"
+                    " zip_size, size, files) VALUES ('alice', ?, 'src', 'dir', ?, 1, 2, 3)",
                     (f"src-{i:03d}", f"2026-01-01T00:00:{i:02d}Z"),
                 )
 

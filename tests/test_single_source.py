@@ -51,7 +51,8 @@ class SingleSourceTests(TestCase):
             lambda conn: [row[1] for row in conn.execute("PRAGMA table_info(snapshots)")]
         )
         db.close()
-        self.assertEqual(columns, ["username", *SNAPSHOT_FIELDS])
+        # and two of its own: the manifest's digest and entry count
+        self.assertEqual(columns, ["username", *SNAPSHOT_FIELDS, "manifest", "entries"])
 
     def test_exitCodes(self):
         """

@@ -246,12 +246,14 @@ class ServiceTests(TestCase):
         os.makedirs("data/users/alice/orphan-1/orphan")
         db.runSync(
             lambda c: c.execute(
-                "INSERT INTO snapshots VALUES ('alice','kept-1','kept','dir','t',1,1,1)"
+                "INSERT INTO snapshots (username, id, source, kind, created, zip_size, size, files)"
+                " VALUES ('alice','kept-1','kept','dir','t',1,1,1)"
             )
         )
         db.runSync(
             lambda c: c.execute(
-                "INSERT INTO snapshots VALUES ('alice','gone-1','gone','dir','t',1,1,1)"
+                "INSERT INTO snapshots (username, id, source, kind, created, zip_size, size, files)"
+                " VALUES ('alice','gone-1','gone','dir','t',1,1,1)"
             )
         )
         db.close()

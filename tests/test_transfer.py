@@ -56,7 +56,12 @@ class WireCase(TestCase):
 class UploadTests(WireCase):
     def begin(self, size=None, name="docs"):
         self.wire.sendControl(
-            Msg.BACKUP, name=name, kind="dir", size=len(self.zip) if size is None else size
+            Msg.BACKUP,
+            name=name,
+            kind="dir",
+            size=len(self.zip) if size is None else size,
+            parent=None,
+            manifest=None,
         )
         kind, ready = self.wire.last()
         self.assertIs(kind, Msg.READY, ready)
@@ -70,7 +75,9 @@ class UploadTests(WireCase):
         """
         io = ManualRunner()
         self.factory.runIO = io
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=len(self.zip))
+        self.wire.sendControl(
+            Msg.BACKUP, name="docs", kind="dir", size=len(self.zip), parent=None, manifest=None
+        )
         io.runRound()  # the staging folder
         return io, self.wire.last()[1]["transfer"]
 
@@ -227,7 +234,9 @@ class UploadTests(WireCase):
         A declared size over the server's limit is refused before any data.
         """
         self.factory.maxUploadSize = 1000
-        self.wire.sendControl(Msg.BACKUP, name="docs", kind="dir", size=1001)
+        self.wire.sendControl(
+            Msg.BACKUP, name="docs", kind="dir", size=1001, parent=None, manifest=None
+        )
         self.assertEqual(self.wire.last()[1]["code"], Code.TOO_LARGE)
 
     def test_badNames(self):
@@ -236,7 +245,7 @@ class UploadTests(WireCase):
         """
         for name in ("", ".", "..", "a/b", "../x", "a\\b", "a\x00"):
             wire = Wire(self.factory).keyed(register=False)
-            wire.sendControl(Msg.BACKUP, name=name, kind="dir", size=10)
+            wire.sendControl(Msg.BACKUP, name=name, kind="dir", size=10, parent=None, manifest=None)
             self.assertEqual(wire.last()[1]["code"], Code.BAD_MESSAGE, name)
 
     def test_truncated(self):

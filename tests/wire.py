@@ -102,7 +102,9 @@ class Wire:
         @return: the frame that answered the COMMIT, or the ERROR that came
             instead of the CKSUM.
         """
-        self.sendControl(Msg.BACKUP, name=name, kind=kind, size=len(data))
+        self.sendControl(
+            Msg.BACKUP, name=name, kind=kind, size=len(data), parent=None, manifest=None
+        )
         transfer = self.last()[1]["transfer"]
         self.send(b"".join(self.sealedChunks(data, transfer)))
         kind, fields = self.last()

@@ -44,7 +44,14 @@ from backup_proto.archive.format import (
     entryMtimeNs,
 )
 from backup_proto.archive.index import ArchiveIndex, FolderAttributes
-from backup_proto.archive.policy import COPY_BLOCK, ArchiveError, Limits, TreeRules, checkName
+from backup_proto.archive.policy import (
+    COPY_BLOCK,
+    ArchiveError,
+    Limits,
+    NameIndex,
+    TreeRules,
+    checkName,
+)
 from backup_proto.archive.records import ZipRecordParser
 from backup_proto.archive.tree import TreeWriter, applyDirAttributes
 
@@ -92,12 +99,14 @@ class StreamingExtractor:
         data is arriving.
     """
 
-    def __init__(self, dest, limits=None, progress=None):
+    def __init__(self, dest, limits=None, progress=None, recorder=None):
         self._dest = dest
         self._progress = progress
+        self._recorder = recorder
         self._parser = ZipRecordParser(self)
         self._rules = TreeRules(limits or Limits())
-        self._tree = TreeWriter(dest)
+        self._tree = TreeWriter(dest, trackFolders=recorder is not None)
+        self._recordedFolders = NameIndex()
         self._records = bytearray()
         self._keyedDigest = hashlib.blake2b(digest_size=_DIGEST_SIZE, key=os.urandom(16))
         self._dirs = FolderAttributes()
@@ -247,15 +256,23 @@ class StreamingExtractor:
         if kind is None:
             raise ArchiveError(f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
         self._central += 1
-        self._finalize(
-            parts, kind, mode, entryMtimeNs(record.extra, record.dosTime, record.dosDate)
-        )
+        mtimeNs = entryMtimeNs(record.extra, record.dosTime, record.dosDate)
+        target = self._finalize(parts, kind, mode, mtimeNs)
+        if self._recorder is not None:
+            path = "/".join(parts)
+            if kind == "dir":
+                self._recordedFolders.add(hash(path))
+                self._recorder.add(path, kind, 0, mtimeNs, mode)
+            else:
+                self._recorder.add(path, kind, record.usize, mtimeNs, mode, target, record.crc)
 
     def _finalize(self, parts, kind, mode, mtimeNs):
         """
         Give an entry what only the central directory holds: its mode and
         time, and for a link, its form (every entry's data has arrived,
         and none lies below a file or link).  Folders wait for the end.
+
+        @return: a link's target, else C{None}.
         """
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
@@ -267,7 +284,18 @@ class StreamingExtractor:
         else:
             if len(parts) == 1:
                 raise ArchiveError("archive's top-level entry is a link")
-            self._tree.makeLink(parts, mtimeNs)
+            return self._tree.makeLink(parts, mtimeNs)
+        return None
+
+    def impliedFolders(self):
+        """
+        @return: the paths of the folders made only because entries lie in
+            them (a zip need not list its folders), which the recorder has
+            not seen; only known once the zip is complete.
+        """
+        return [
+            path for path in self._tree.madeFolders() if hash(path) not in self._recordedFolders
+        ]
 
     def end(self):
         pass
@@ -339,11 +367,17 @@ class ExtractSink:
     raised at once.
     """
 
-    def __init__(self, dest, limits=None, progress=None):
+    def __init__(self, dest, limits=None, progress=None, recorder=None):
+        """
+        @param recorder: a L{backup_proto.archive.manifest.ManifestWriter}
+            that gets every entry as the central directory confirms it (the
+            sink discards it with the rest), or C{None}.
+        """
         self.dest = dest
         self.error = None
+        self.recorder = recorder
         self._made = False
-        self._extractor = StreamingExtractor(dest, limits, progress)
+        self._extractor = StreamingExtractor(dest, limits, progress, recorder)
 
     def write(self, data):
         if self.error is not None:
@@ -376,9 +410,14 @@ class ExtractSink:
             raise self.error
         return self._extractor.finish(applyDirs)
 
+    def impliedFolders(self):
+        return self._extractor.impliedFolders()
+
     def discard(self):
         """
-        Remove everything unpacked.
+        Remove everything unpacked (and the manifest recorded).
         """
         self._extractor.close()
+        if self.recorder is not None:
+            self.recorder.discard()
         shutil.rmtree(self.dest, ignore_errors=True)

@@ -80,9 +80,17 @@ class ArchiveReport:
     @ivar skipped: one line per special file (socket, FIFO, device) skipped.
     @ivar unreadable: one line per file or folder that could not be read.
     @ivar changed: one line per file that changed while it was read.
+    @ivar filesNew: files of an incremental backup not in its parent.
+    @ivar filesChanged: files in the parent that changed (and are sent).
+    @ivar filesUnchanged: files kept from the parent (not sent).
+    @ivar bytesUnchanged: their bytes.
     """
 
     files: int = 0
+    filesNew: int = 0
+    filesChanged: int = 0
+    filesUnchanged: int = 0
+    bytesUnchanged: int = 0
     dirs: int = 0
     links: int = 0
     size: int = 0

@@ -53,6 +53,7 @@ from backup_proto.archive.format import (
     wholeSeconds,
 )
 from backup_proto.archive.index import ArchiveReport
+from backup_proto.archive.manifest import KeepList
 from backup_proto.archive.policy import COPY_BLOCK, ArchiveError
 
 #: Threads that read and deflate files while a plan is made (the client is
@@ -246,6 +247,7 @@ class ArchivePlan:
     source: str
     rootName: str
     spool: object = None
+    keep: KeepList = None
 
     def pathOf(self, entry):
         """
@@ -315,6 +317,54 @@ def readBlocks(fd, size, direct=None):
         yield block
         if len(block) < want:
             return
+
+
+class ParentFiles:
+    """
+    The files of an incremental backup's parent, as the plan compares them
+    (fed its manifest's entries in order, L{add}): a file is unchanged when
+    its path, type, size, modification time to the nanosecond and
+    permission bits equal the parent's.  Content changed with size and time
+    put back is not seen; a full backup (C{--full}) reads everything.
+
+    @ivar snapshotId: the parent's id.
+    @ivar digest: its manifest's digest, once read.
+    @ivar entries: how many entries its manifest holds.
+    @ivar files: the regular files: path -> C{(index, size, mtimeNs, mode)}.
+    """
+
+    def __init__(self, snapshotId):
+        self.snapshotId = snapshotId
+        self.digest = None
+        self.entries = 0
+        self.files = {}
+
+    def add(self, entry):
+        path, kind, size, mtimeNs, mode, _target, _crc = entry
+        if kind == "file":
+            self.files[path] = (self.entries, size, mtimeNs, mode)
+        self.entries += 1
+
+
+def _compareWithParent(parent, keep, report, arcname, entry):
+    """
+    Look a file up among the parent's (L{ParentFiles}).
+
+    @param entry: its C{os.DirEntry}.
+    @return: whether it is unchanged (and so kept, not read).
+    """
+    known = parent.files.get(arcname)
+    if known is None:
+        report.filesNew += 1
+        return False
+    st = entry.stat(follow_symlinks=False)
+    if (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode) & 0o777) == known[1:]:
+        keep.keep(known[0])
+        report.filesUnchanged += 1
+        report.bytesUnchanged += st.st_size
+        return True
+    report.filesChanged += 1
+    return False
 
 
 @dataclass(frozen=True)
@@ -397,7 +447,14 @@ def _planFile(path, arcname, st, compression, spool, leaveLarge=False):
 
 
 def planArchive(
-    source, name=None, compression="auto", spool=None, stop=None, workers=None, threads=None
+    source,
+    name=None,
+    compression="auto",
+    spool=None,
+    stop=None,
+    workers=None,
+    threads=None,
+    parent=None,
 ):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
@@ -420,6 +477,9 @@ def planArchive(
     @param threads: the executor that reads and deflates a folder's files
         (owned by the caller, who may share it between plans); C{None}: a
         pool of L{PLAN_THREADS} for this plan alone.
+    @param parent: the L{ParentFiles} of an incremental backup of a folder:
+        the files unchanged since are left out of the zip (and not read),
+        and named in the plan's C{keep}.
     @return: an L{ArchivePlan}.
     """
     try:
@@ -430,16 +490,16 @@ def planArchive(
         report = ArchiveReport()
         st = os.stat(source)
         entries = []
+        keep = None if parent is None else KeepList(parent.entries)
         if stat.S_ISDIR(st.st_mode):
+            tree = (entries, source, name, st, compression, spool, report)
             if threads is not None:
-                _planTree(
-                    entries, source, name, st, compression, spool, report, threads, stop, workers
-                )
+                _planTree(*tree, threads, stop, workers, parent, keep)
             else:
                 with ThreadPoolExecutor(PLAN_THREADS) as pool:
-                    _planTree(
-                        entries, source, name, st, compression, spool, report, pool, stop, workers
-                    )
+                    _planTree(*tree, pool, stop, workers, parent, keep)
+        elif parent is not None:
+            raise ArchiveError(f"{name} is not a folder: only folders are backed up incrementally")
         elif stat.S_ISREG(st.st_mode):
             entries.append(_planFile(source, name, st, compression, spool))
             report.files += 1
@@ -459,11 +519,24 @@ def planArchive(
     centralSize = sum(entry.centralLength(at) for entry, at in zip(entries, offsets))
     size = centralOffset + centralSize + len(endRecords(len(entries), centralOffset, centralSize))
     return ArchivePlan(
-        entries, offsets, size, centralOffset, centralSize, report, source, name, spool
+        entries, offsets, size, centralOffset, centralSize, report, source, name, spool, keep
     )
 
 
-def _planTree(entries, top, name, topStat, compression, spool, report, pool, stop, workers=None):
+def _planTree(
+    entries,
+    top,
+    name,
+    topStat,
+    compression,
+    spool,
+    report,
+    pool,
+    stop,
+    workers=None,
+    parent=None,
+    keep=None,
+):
     """
     Plan a folder's entries, in the order they go into the zip; files are
     read and deflated by C{workers} if given, else by C{pool}, several at a
@@ -508,6 +581,10 @@ def _planTree(entries, top, name, topStat, compression, spool, report, pool, sto
             try:
                 childArc.encode("utf-8")
                 if child.is_file(follow_symlinks=False):
+                    if parent is not None and _compareWithParent(
+                        parent, keep, report, childArc, child
+                    ):
+                        continue
                     # its plan thread takes its status from the open file
                     batch.append(child.name)
                     if len(batch) == PLAN_BATCH:

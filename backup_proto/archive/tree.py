@@ -17,7 +17,7 @@ from backup_proto.archive.policy import MAX_LINK_TARGET, ArchiveError
 _MADE_CACHE = 1024
 
 
-def makeDirs(dest, parts, made):
+def makeDirs(dest, parts, made, created=None):
     """
     Make the folders C{parts} below C{dest}, each private (0700) until its
     attributes are applied; folders made before are found in C{made}.
@@ -25,6 +25,8 @@ def makeDirs(dest, parts, made):
     @param parts: a tuple of path components, already checked.
     @param made: a dict from the parts of each folder made to its path
         (shared between calls).
+    @param created: a C{bytearray} to which the path (below C{dest}) of
+        each folder made is added, NUL-terminated, or C{None}.
     @return: the path of the deepest folder.
     """
     path = made.get(parts)
@@ -42,6 +44,9 @@ def makeDirs(dest, parts, made):
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode):
                 raise ArchiveError("archive entry collides with another") from None
+        else:
+            if created is not None:
+                created += "/".join(parts[: i + 1]).encode("utf-8") + b"\0"
         made[parts[: i + 1]] = path
     return path
 
@@ -99,9 +104,14 @@ class TreeWriter:
     which arrive as files holding their target.  Blocking: one thread.
     """
 
-    def __init__(self, dest):
+    def __init__(self, dest, trackFolders=False):
+        """
+        @param trackFolders: keep the path of every folder made, packed
+            (L{madeFolders}).
+        """
         self.dest = dest
         self._made = {}  # folder parts -> path, see makeDirs
+        self._created = bytearray() if trackFolders else None
         self._fd = None
         self._folder = None  # (parts, descriptor) of the last folder used, see _folderFd
         self._writer = DirectWriter()
@@ -117,7 +127,15 @@ class TreeWriter:
         """
         if len(self._made) > _MADE_CACHE:
             self._made.clear()
-        return makeDirs(self.dest, parts, self._made)
+        return makeDirs(self.dest, parts, self._made, self._created)
+
+    def madeFolders(self):
+        """
+        @return: the paths of the folders made, if they were tracked.
+        """
+        if not self._created:
+            return []
+        return self._created[:-1].decode("utf-8").split("\0")
 
     def _folderFd(self, parts):
         """
@@ -175,6 +193,8 @@ class TreeWriter:
     def makeLink(self, parts, mtimeNs):
         """
         Turn the file C{parts}, which holds a link's target, into the link.
+
+        @return: the target.
         """
         # the entry's folder was made when the entry was placed: a lookup
         path = os.path.join(self.makeFolder(parts[:-1]), parts[-1])
@@ -182,6 +202,7 @@ class TreeWriter:
         os.unlink(path)
         os.symlink(target, path)
         os.utime(path, ns=(mtimeNs, mtimeNs), follow_symlinks=False)
+        return target
 
     @staticmethod
     def _linkTarget(path, parts):

@@ -28,9 +28,35 @@ CREATE TABLE IF NOT EXISTS snapshots (
     zip_size INTEGER NOT NULL,
     size     INTEGER NOT NULL,
     files    INTEGER NOT NULL,
+    parent   TEXT,
+    added    INTEGER NOT NULL DEFAULT 0,
+    manifest TEXT,
+    entries  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (username, id)
 );
 """
+
+#: Columns added since the first catalog, with their definitions: a catalog
+#: made before them gains them at start-up.  Older snapshots have no
+#: manifest (they cannot be a parent) and added all their bytes.
+ADDED_COLUMNS = {
+    "parent": "TEXT",
+    "added": "INTEGER NOT NULL DEFAULT 0",
+    "manifest": "TEXT",
+    "entries": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def migrate(conn):
+    """
+    Add the columns of L{ADDED_COLUMNS} that an older catalog lacks.
+    """
+    have = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
+    for name, definition in ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {definition}")
+            if name == "added":
+                conn.execute("UPDATE snapshots SET added = size")
 
 
 class Database:
@@ -60,6 +86,7 @@ class Database:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
+            migrate(conn)
             self._conn = conn
         return self._conn
 

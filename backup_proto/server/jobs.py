@@ -6,29 +6,77 @@ its resends, its receiver or sender and its cleanup; the session
 """
 
 import os
+from dataclasses import dataclass
 
 from twisted.internet.defer import succeed
 
 from backup_proto.archive.extract import ExtractSink
+from backup_proto.archive.manifest import KeepList, ManifestWriter
 from backup_proto.archive.policy import ArchiveError
-from backup_proto.archive.tree import syncTree
+from backup_proto.archive.tree import applyDirAttributes, syncTree
+from backup_proto.server.compose import KeptStats, linkKept
 from backup_proto.server.resources import clientError
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import MAX_RESENDS
 from backup_proto.wire.transfer import ChunkReceiver, ChunkSender, SinkFailed
 
 
-def finishUpload(sink, name, kind):
+@dataclass
+class Parent:
     """
-    Finish unpacking an upload and flush it to disk (runs in a thread).
+    The snapshot an incremental backup builds on, and what it keeps of it.
 
-    @return: the L{backup_proto.archive.index.ArchiveIndex}.
+    @ivar row: the parent's catalog row.
+    @ivar tree: its snapshot folder.
+    @ivar manifest: its manifest file, whose digest is C{digest}.
+    @ivar keep: the L{KeepList} the client sent.
     """
-    index = sink.finish()
+
+    row: dict
+    tree: str
+    manifest: str
+    digest: str
+    keep: KeepList
+
+
+@dataclass
+class Composed:
+    """
+    A new snapshot, complete in staging: what its catalog row and its
+    manifest need.
+    """
+
+    index: object
+    digest: str
+    entries: int
+    files: int
+    size: int
+    kept: KeptStats
+
+
+def finishUpload(sink, name, kind, parent=None, link=os.link):
+    """
+    Finish unpacking an upload, place the files kept from its parent, write
+    its manifest, and flush it all to disk (runs in a thread).
+
+    @return: a L{Composed}.
+    """
+    index = sink.finish(applyDirs=False)
     if index.root != name or index.kind != kind:
         raise ArchiveError("archive does not hold the declared name and kind")
+    recorder = sink.recorder
+    kept = KeptStats()
+    if parent is not None:
+        kept = linkKept(
+            parent.tree, parent.manifest, parent.digest, parent.keep, sink.dest, recorder, link
+        )
+    for path in sink.impliedFolders():
+        st = os.lstat(os.path.join(sink.dest, path))
+        recorder.add(path, "dir", 0, st.st_mtime_ns, 0o700)
+    applyDirAttributes(sink.dest, index)
+    digest = recorder.close()
     syncTree(sink.dest)
-    return index
+    return Composed(index, digest, recorder.entries, recorder.files, recorder.size, kept)
 
 
 class UploadJob:
@@ -42,11 +90,15 @@ class UploadJob:
         every chunk of it has arrived.
     """
 
-    def __init__(self, name, kind, size, staging):
+    def __init__(self, name, kind, size, staging, parent=None):
+        """
+        @param parent: the L{Parent} of an incremental backup, or C{None}.
+        """
         self.name = name
         self.kind = kind
         self.size = size
         self.staging = staging
+        self.parent = parent
         self.attempt = 0
         self.receiver = None
         self.result = None
@@ -62,8 +114,9 @@ class UploadJob:
         """
         self.attempt += 1
         self.result = None
+        recorder = ManifestWriter(os.path.join(self.staging, f"manifest-{self.attempt}"))
         self.receiver = ChunkReceiver(
-            ExtractSink(self.treePath, limits, flushAhead.counter(self.treePath)),
+            ExtractSink(self.treePath, limits, flushAhead.counter(self.treePath), recorder),
             self.size,
             cipher,
             transfer,
@@ -112,16 +165,16 @@ class UploadJob:
         if self.attempt > MAX_RESENDS:
             raise ProtocolError(Code.VERIFY_FAILED, "upload did not verify after all resends")
 
-    def unpack(self, runCPU):
+    def unpack(self, runCPU, link=os.link):
         """
-        Finish unpacking the verified attempt (in a CPU thread).
+        Finish the snapshot of the verified attempt (in a CPU thread):
+        L{finishUpload}.
 
-        @return: a L{Deferred} firing with its
-            L{backup_proto.archive.index.ArchiveIndex}.
+        @return: a L{Deferred} firing with its L{Composed}.
         """
-        return runCPU(finishUpload, self.receiver.sink, self.name, self.kind)
+        return runCPU(finishUpload, self.receiver.sink, self.name, self.kind, self.parent, link)
 
-    def snapshotMeta(self, index):
+    def snapshotMeta(self, composed):
         """
         @return: the catalog fields of the snapshot this upload makes.
         """
@@ -129,9 +182,17 @@ class UploadJob:
             "source": self.name,
             "kind": self.kind,
             "zip_size": self.size,
-            "size": index.size,
-            "files": index.files,
+            "size": composed.size,
+            "files": composed.files,
+            "parent": None if self.parent is None else self.parent.row["id"],
+            "added": composed.index.size + composed.kept.copiedBytes,
         }
+
+    def manifest(self, composed):
+        """
+        @return: the C{(path, digest, entries)} of the manifest made.
+        """
+        return self.receiver.sink.recorder.path, composed.digest, composed.entries
 
     def abort(self):
         """

@@ -10,6 +10,8 @@ it leads is the session's (L{backup_proto.server.session}); the factory
 holds what all sessions share, every part of it given to it.
 """
 
+import os
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -294,6 +296,9 @@ class BackupServerFactory(Factory):
     maxUploadSize = 1 << 40
     restoreCompression = "store"
     maxFrame = MAX_FRAME
+    #: How a kept file is linked from an incremental's parent (tests make
+    #: it refuse, as a file system without links would).
+    linkFile = staticmethod(os.link)
 
     def __init__(
         self,

@@ -16,15 +16,19 @@ in C{BUSY} with its input paused.
 
 import base64
 import enum
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from backup_proto.archive.manifest import KeepListDecoder, ManifestError
 from backup_proto.server.accounts import AUTH_FAILED_TEXT
-from backup_proto.server.jobs import RestoreJob, UploadJob
+from backup_proto.server.compose import ParentChanged
+from backup_proto.server.jobs import Parent, RestoreJob, UploadJob
 from backup_proto.server.resources import clientError
+from backup_proto.server.storage import manifestPages
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg, checkSourceName
@@ -37,6 +41,7 @@ class State(enum.Enum):
     UNAUTH = "UNAUTH"
     AUTHED = "AUTHED"
     KEYED = "KEYED"
+    KEEPING = "KEEPING"
     RECEIVING = "RECEIVING"
     VERIFYING = "VERIFYING"
     SENDING = "SENDING"
@@ -75,7 +80,9 @@ TRANSITIONS = {
     (State.UNAUTH, Msg.LOGIN): _row("_login", State.AUTHED, State.UNAUTH),
     (State.AUTHED, Msg.PUBKEY): _row("_pubkey", State.KEYED),
     (State.KEYED, Msg.LIST): _row("_list", State.KEYED),
-    (State.KEYED, Msg.BACKUP): _row("_backup", State.RECEIVING),
+    (State.KEYED, Msg.MANIFEST): _row("_manifest", State.KEYED),
+    (State.KEYED, Msg.BACKUP): _row("_backup", State.RECEIVING, State.KEEPING),
+    (State.KEEPING, Msg.KEEP): _row("_keep", State.KEEPING, State.RECEIVING, State.KEYED),
     (State.KEYED, Msg.RESTORE): _row("_restore", State.SENDING, State.KEYED),
     (State.RECEIVING, Msg.DATA): _row("_data", State.RECEIVING, State.VERIFYING),
     (State.VERIFYING, Msg.RESEND): _row("_resendUpload", State.RECEIVING),
@@ -142,6 +149,8 @@ class Session:
     @ivar failures: failed logins and registrations in this session.
     @ivar ciphers: the session's L{crypto.SessionCiphers} once KEYED.
     @ivar upload: the L{UploadJob} under way, if any.
+    @ivar keeping: the L{_Keeping} of an incremental backup whose keep list
+        is arriving.
     @ivar restore: the L{RestoreJob} under way, if any.
     @ivar _services: what all sessions share (the factory): C{accounts},
         C{store}, C{throttle}, C{flushAhead}, C{restores}, C{limits},
@@ -161,6 +170,7 @@ class Session:
         self.failures = 0
         self.ciphers = None
         self.upload = None
+        self.keeping = None
         self.restore = None
         self._connected = True
         self._transfers = {"up": 0, "down": 0}
@@ -299,10 +309,13 @@ class Session:
             return
         upload, self.upload = self.upload, None
         restore, self.restore = self.restore, None
+        keeping, self.keeping = self.keeping, None
         if restore is not None:
             restore.close()
         if upload is not None:
             upload.discard(self._services.runIO, self._services.store)
+        if keeping is not None:
+            self._services.runIO(self._services.store.removeStaging, keeping.staging)
 
     def _nextTransfer(self, direction):
         self._transfers[direction] += 1
@@ -389,6 +402,28 @@ class Session:
 
         self._busy(self._services.store.list(self.username), send)
 
+    def _manifest(self, fields):
+        services = self._services
+        d = services.store.manifestOf(self.username, fields["snapshot"])
+
+        def read(found):
+            if found is None:
+                return None
+            _row, path, digest, _entries = found
+            return services.runIO(manifestPages, path, digest)
+
+        d.addCallback(read)
+
+        def send(pages):
+            if pages is None:
+                self._error(ProtocolError(Code.NOT_FOUND, "no such snapshot manifest"), False)
+            else:
+                for body in pages:
+                    self._peer.sendFrame(body)
+            self._resume(State.KEYED)
+
+        self._busy(d, send)
+
     # ------------------------------------------------------------ backup
 
     def _backup(self, fields):
@@ -403,19 +438,80 @@ class Session:
             raise ProtocolError(
                 Code.TOO_LARGE, f"upload of {size} bytes is over the server's limit"
             )
-        d = services.runIO(services.store.newStaging, self.username)
+        parentId, digest = fields["parent"], fields["manifest"]
+        if (parentId is None) != (digest is None):
+            raise ProtocolError(Code.BAD_MESSAGE, "BACKUP names a parent without its manifest")
+        if parentId is not None and fields["kind"] != "dir":
+            raise ProtocolError(Code.BAD_MESSAGE, "only a folder's backup may have a parent")
+        self.log.info(
+            "backup of {size} bytes user={user} peer={peer} parent={parent}",
+            size=size,
+            user=self.username,
+            peer=self._peer.peer,
+            parent=parentId,
+        )
+        if parentId is None:
+            d = services.runIO(services.store.newStaging, self.username)
 
-        def staged(staging):
-            self.upload = UploadJob(name, fields["kind"], size, staging)
-            self.log.info(
-                "backup of {size} bytes user={user} peer={peer}",
-                size=size,
-                user=self.username,
-                peer=self._peer.peer,
+            def staged(staging):
+                self.upload = UploadJob(name, fields["kind"], size, staging)
+                self._beginUpload()
+
+            self._busy(d, staged)
+            return
+        d = services.store.manifestOf(self.username, parentId)
+
+        def stage(found):
+            usable = (
+                found is not None
+                and found[0]["source"] == name
+                and found[0]["kind"] == "dir"
+                and found[2] == digest
             )
-            self._beginUpload()
+            staging = services.runIO(services.store.newStaging, self.username)
+            return staging.addCallback(lambda path: (found if usable else None, path))
 
-        self._busy(d, staged)
+        d.addCallback(stage)
+
+        def keeping(result):
+            found, staging = result
+            self.keeping = _Keeping(name, size, staging, found)
+            self._resume(State.KEEPING)
+
+        self._busy(d, keeping)
+
+    def _keep(self, fields):
+        keeping = self.keeping
+        try:
+            keeping.feed(fields["bits"])
+        except ManifestError as e:
+            raise ProtocolError(Code.BAD_MESSAGE, str(e)) from None
+        if fields["more"]:
+            self._enter(State.KEEPING)
+            return
+        self.keeping = None
+        if keeping.found is None:
+            services = self._services
+            services.runIO(services.store.removeStaging, keeping.staging)
+            self._parentChanged()
+            self._enter(State.KEYED)
+            return
+        try:
+            parent = keeping.parent(self._services.store, self.username)
+        except ManifestError as e:
+            self._services.runIO(self._services.store.removeStaging, keeping.staging)
+            raise ProtocolError(Code.BAD_MESSAGE, str(e)) from None
+        self.upload = UploadJob(keeping.name, "dir", keeping.size, keeping.staging, parent)
+        self._beginUpload()
+
+    def _parentChanged(self):
+        self.log.info("incremental backup refused: parent changed user={user}", user=self.username)
+        self._error(
+            ProtocolError(
+                Code.PARENT_CHANGED, "the parent snapshot changed or is gone: send a full backup"
+            ),
+            False,
+        )
 
     def _beginUpload(self):
         services = self._services
@@ -452,12 +548,35 @@ class Session:
         upload = self.upload
         upload.checkCommit(fields["crc"])
         services = self._services
-        d = upload.unpack(services.runCPU)
-        d.addCallback(
-            lambda index: services.store.commit(
-                self.username, upload.receiver.sink.dest, upload.snapshotMeta(index)
+        d = upload.unpack(services.runCPU, services.linkFile)
+        parentDigest = None if upload.parent is None else upload.parent.digest
+
+        def commit(composed):
+            kept = composed.kept
+            if kept.copied:
+                self.log.warn(
+                    "hard links refused ({why}): copied {n} files ({size} bytes) of the"
+                    " parent user={user}",
+                    why=",".join(sorted(kept.refused)),
+                    n=kept.copied,
+                    size=kept.copiedBytes,
+                    user=self.username,
+                )
+            return services.store.commit(
+                self.username,
+                upload.receiver.sink.dest,
+                upload.snapshotMeta(composed),
+                upload.manifest(composed),
+                parentDigest,
             )
-        )
+
+        d.addCallback(commit)
+
+        def parentChanged(failure):
+            failure.trap(ParentChanged)
+            return None
+
+        d.addErrback(parentChanged)
 
         def cleanup(result):
             upload.removeStaging(services.runIO, services.store)
@@ -468,12 +587,19 @@ class Session:
         d.addBoth(cleanup)
 
         def done(row):
+            if row is None:
+                self._parentChanged()
+                self._resume(State.KEYED)
+                return
             self.log.info(
-                "snapshot {id} stored user={user} files={files} bytes={size}",
+                "snapshot {id} stored user={user} files={files} bytes={size} added={added}"
+                " parent={parent}",
                 id=row["id"],
                 user=self.username,
                 files=row["files"],
                 size=row["size"],
+                added=row["added"],
+                parent=row["parent"],
             )
             self._send(Msg.DONE, snapshot=row)
             self._resume(State.KEYED)
@@ -577,3 +703,39 @@ class Session:
     def _resendRestore(self, fields):
         self.restore.checkResend()
         self._beginRestore()
+
+
+class _Keeping:
+    """
+    An incremental backup whose keep list is arriving (state C{KEEPING}).
+
+    @ivar found: the parent's C{(row, manifest path, digest, entries)}, or
+        C{None} if it cannot be used (gone, another source, another
+        manifest): the list is then read and dropped, and the backup
+        refused with C{parent-changed} at its end.
+    """
+
+    def __init__(self, name, size, staging, found):
+        self.name = name
+        self.size = size
+        self.staging = staging
+        self.found = found
+        self._decoder = None if found is None else KeepListDecoder(found[3])
+
+    def feed(self, bits):
+        if self._decoder is not None:
+            self._decoder.feed(bits)
+
+    def parent(self, store, username):
+        """
+        @return: the L{Parent} for the upload.
+        @raise ManifestError: the list does not fit the parent's manifest.
+        """
+        row, path, digest, _entries = self.found
+        return Parent(
+            row,
+            os.path.join(store.userDir(username), row["id"]),
+            path,
+            digest,
+            self._decoder.finish(),
+        )

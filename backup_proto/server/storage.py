@@ -6,13 +6,15 @@ Layout under the data folder::
 
     user.db                          accounts and the snapshot catalog
     users/<username>/<snapshot-id>/<name>...   completed snapshots
+    users/<username>/.manifests/<snapshot-id>  their manifests
     users/<username>/.staging/<random>/        uploads and unpacks under way
 
-A snapshot appears in one step: the unpacked tree is flushed to disk, renamed
-from C{.staging} into place, the folder entry is flushed, and only then is
-the catalog row written.  At start-up L{SnapshotStore.recover} removes all
-staging data, snapshot folders without a row (never confirmed to a client)
-and rows without a folder, so the catalog and the disk agree.
+A snapshot appears in one step: the unpacked tree and its manifest are
+flushed to disk, renamed from C{.staging} into place, the folder entries are
+flushed, and only then is the catalog row written.  At start-up
+L{SnapshotStore.recover} removes all staging data, snapshot folders and
+manifests without a row (never confirmed to a client) and rows without a
+folder, so the catalog and the disk agree.
 
 Usernames are safe as folder names: L{backup_proto.server.accounts.checkUsername}
 allows only C{[a-z0-9._-]}, never C{.} or C{-} first.
@@ -24,10 +26,13 @@ import re
 import shutil
 import tempfile
 
+from backup_proto.archive.manifest import ManifestError, readLines
 from backup_proto.archive.tree import fsyncDir
-from backup_proto.wire.frames import SNAPSHOT_FIELDS
+from backup_proto.server.compose import ParentChanged
+from backup_proto.wire.frames import MAX_ENTRIES_PAGE, SNAPSHOT_FIELDS, Msg
 
 STAGING = ".staging"
+MANIFESTS = ".manifests"
 
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -39,6 +44,34 @@ def snapshotBaseId(source, when):
     """
     safe = _ID_UNSAFE.sub("_", source).lstrip(".-")[:64] or "snapshot"
     return f"{safe}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def manifestPages(path, digest, limit=MAX_ENTRIES_PAGE):
+    """
+    Read a manifest and cut it into C{ENTRIES} frames (blocking): the
+    entries are sent as they are stored, without decoding them.
+
+    @return: the frame bodies, or C{None} if the manifest is missing or
+        not the one its digest names.
+    """
+    head = bytes((Msg.ENTRIES,)) + b'{"entries":['
+    tails = (
+        f'],"more":true,"manifest":"{digest}"}}'.encode("ascii"),
+        f'],"more":false,"manifest":"{digest}"}}'.encode("ascii"),
+    )
+    room = limit - len(head) - len(tails[0]) + 1  # the type byte is not body
+    pages, page, used = [], [], 0
+    try:
+        for line in readLines(path, digest):
+            if page and used + len(line) + 1 > room:
+                pages.append(head + b",".join(page) + tails[0])
+                page, used = [], 0
+            page.append(line)
+            used += len(line) + 1
+    except (FileNotFoundError, ManifestError):
+        return None
+    pages.append(head + b",".join(page) + tails[1])
+    return pages
 
 
 def _row(r):
@@ -80,20 +113,37 @@ class SnapshotStore:
                 pass
         return tempfile.mkdtemp(dir=staging)
 
-    def commit(self, username, tree, meta):
+    def manifestPath(self, username, snapshotId):
+        return os.path.join(self.userDir(username), MANIFESTS, snapshotId)
+
+    def commit(self, username, tree, meta, manifest, parentDigest=None):
         """
-        Make an unpacked tree, already flushed to disk with
+        Make an unpacked tree and its manifest, already flushed to disk with
         L{backup_proto.archive.tree.syncTree}, a snapshot.  Runs on the database
-        thread, which serialises id allocation.
+        thread, which serialises id allocation, and checks there that the
+        parent, if any, is still the one the tree was built from.
 
         @param tree: a folder in this user's staging area holding the one
             top-level entry of the snapshot.
-        @param meta: C{source}, C{kind}, C{zip_size}, C{size}, C{files}.
+        @param meta: the L{SNAPSHOT_FIELDS} but C{id} and C{created}.
+        @param manifest: C{(path, digest, entries)} of its manifest, in the
+            same staging area.
+        @param parentDigest: the digest of the manifest of C{meta}'s
+            C{parent} that the tree was built from.
+        @raise ParentChanged: the parent's row is gone or names another
+            manifest.
         @return: a L{Deferred} with the catalog row as a C{dict}.
         """
-        return self.db.run(self._commit, username, tree, meta)
+        return self.db.run(self._commit, username, tree, meta, manifest, parentDigest)
 
-    def _commit(self, conn, username, tree, meta):
+    def _commit(self, conn, username, tree, meta, manifest, parentDigest):
+        if meta["parent"] is not None:
+            found = conn.execute(
+                "SELECT manifest FROM snapshots WHERE username = ? AND id = ?",
+                (username, meta["parent"]),
+            ).fetchone()
+            if found is None or found[0] != parentDigest:
+                raise ParentChanged("the parent snapshot changed")
         now = datetime.datetime.now(datetime.timezone.utc)
         base = snapshotBaseId(meta["source"], now)
         userDir = self.userDir(username)
@@ -106,17 +156,39 @@ class SnapshotStore:
         ):
             n += 1
             snapshotId = f"{base}-{n}"
+        manifestFile, digest, entries = manifest
+        manifests = os.path.join(userDir, MANIFESTS)
+        os.makedirs(manifests, mode=0o700, exist_ok=True)
+        os.rename(manifestFile, os.path.join(manifests, snapshotId))
         os.chmod(tree, 0o700)
         os.rename(tree, os.path.join(userDir, snapshotId))
+        fsyncDir(manifests)
         fsyncDir(userDir)
         created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         row = {**meta, "id": snapshotId, "created": created}
         values = [row[name] for name in SNAPSHOT_FIELDS]
         conn.execute(
-            f"INSERT INTO snapshots (username, {_COLUMNS}) VALUES (?{', ?' * len(values)})",
-            (username, *values),
+            f"INSERT INTO snapshots (username, {_COLUMNS}, manifest, entries)"
+            f" VALUES (?{', ?' * (len(values) + 2)})",
+            (username, *values, digest, entries),
         )
         return {name: row[name] for name in SNAPSHOT_FIELDS}
+
+    def manifestOf(self, username, snapshotId):
+        """
+        @return: a L{Deferred} with C{(row, path, digest, entries)} for one
+            of this user's snapshots that has a manifest, else C{None}.
+        """
+        return self.db.run(self._manifestOf, username, snapshotId)
+
+    def _manifestOf(self, conn, username, snapshotId):
+        r = conn.execute(
+            f"SELECT {_COLUMNS}, manifest, entries FROM snapshots WHERE username = ? AND id = ?",
+            (username, snapshotId),
+        ).fetchone()
+        if r is None or r[-2] is None:
+            return None
+        return _row(r), self.manifestPath(username, snapshotId), r[-2], r[-1]
 
     def list(self, username):
         """
@@ -188,7 +260,12 @@ class SnapshotStore:
                 continue
             for entry in sorted(os.listdir(userDir)):
                 path = os.path.join(userDir, entry)
-                if entry == STAGING:
+                if entry == MANIFESTS:
+                    for name in os.listdir(path):
+                        if (username, name) not in known:
+                            os.unlink(os.path.join(path, name))
+                            folders += 1
+                elif entry == STAGING:
                     for leftover in os.listdir(path):
                         shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
                         staging += 1
@@ -203,6 +280,10 @@ class SnapshotStore:
         def deleteRows(conn):
             for u, i in gone:
                 conn.execute("DELETE FROM snapshots WHERE username = ? AND id = ?", (u, i))
+                try:
+                    os.unlink(os.path.join(self.usersDir, u, MANIFESTS, i))
+                except FileNotFoundError:
+                    pass
 
         self.db.runSync(deleteRows)
         return staging, folders, len(gone)

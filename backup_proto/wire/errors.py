@@ -28,6 +28,7 @@ class Code:
     BAD_ARCHIVE = "bad-archive"  # the zip failed validation
     VERIFY_FAILED = "verify-failed"  # checksum mismatch after all resends
     NOT_FOUND = "not-found"  # no such snapshot (or not yours)
+    PARENT_CHANGED = "parent-changed"  # an incremental's parent changed or went
     STORAGE_FULL = "storage-full"
     BUSY = "busy"
     INTERNAL = "internal"

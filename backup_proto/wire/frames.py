@@ -19,6 +19,13 @@ from backup_proto.wire.errors import Code, ProtocolError
 
 #: Largest control message body (a JSON object).
 MAX_CONTROL = 16 * 1024
+#: Larger bodies some messages may have: a page of a manifest holds at
+#: least one entry of any length (a path and a link target of 4,096 bytes
+#: each, escaped).
+CONTROL_LIMITS = {}
+
+#: JSON's null, where a field may hold it.
+NULL = type(None)
 
 #: Largest frame: a full DATA chunk plus its tag and the type byte, with
 #: headroom.  Kept near 64 KiB: Twisted's IntNStringReceiver re-copies its
@@ -43,6 +50,8 @@ class Msg(enum.IntEnum):
     RESTORE = 0x06
     COMMIT = 0x07
     RESEND = 0x08
+    MANIFEST = 0x09
+    KEEP = 0x0A
     # both directions
     DATA = 0x10
     # server -> client
@@ -53,6 +62,7 @@ class Msg(enum.IntEnum):
     CKSUM = 0x84
     DONE = 0x85
     RESTORE_BEGIN = 0x86
+    ENTRIES = 0x87
     ERROR = 0xEE
 
 
@@ -88,9 +98,6 @@ def decodeFrame(frame):
     return kind, frame[1:]
 
 
-#: JSON's null, where a field may hold it.
-NULL = type(None)
-
 #: The TCP port a server listens on and a client connects to by default.
 DEFAULT_PORT = 40445
 
@@ -104,6 +111,8 @@ SNAPSHOT_FIELDS = {
     "zip_size": int,
     "size": int,
     "files": int,
+    "parent": (str, NULL),
+    "added": int,
 }
 
 #: The JSON object of every control message: each field and the types its
@@ -114,10 +123,18 @@ SCHEMAS = {
     Msg.LOGIN: {"user": str, "password": str},
     Msg.PUBKEY: {"key": str},
     Msg.LIST: {},
-    Msg.BACKUP: {"name": str, "size": int, "kind": str},
+    Msg.BACKUP: {
+        "name": str,
+        "size": int,
+        "kind": str,
+        "parent": (str, NULL),
+        "manifest": (str, NULL),
+    },
     Msg.RESTORE: {"snapshot": (str, NULL)},
     Msg.COMMIT: {"crc": int},
     Msg.RESEND: {},
+    Msg.MANIFEST: {"snapshot": str},
+    Msg.KEEP: {"bits": str, "more": bool},
     Msg.OK: {"user": str},
     Msg.SESSION_KEY: {"wrapped": str},
     Msg.SNAPSHOTS: {"snapshots": list, "more": bool},
@@ -132,8 +149,13 @@ SCHEMAS = {
         "transfer": int,
         "attempt": int,
     },
+    Msg.ENTRIES: {"entries": list, "more": bool, "manifest": str},
     Msg.ERROR: {"code": str, "message": str, "fatal": bool},
 }
+
+#: Largest C{ENTRIES} body: one frame.
+MAX_ENTRIES_PAGE = 65_000
+CONTROL_LIMITS[Msg.ENTRIES] = MAX_ENTRIES_PAGE
 
 
 def parseControl(kind, body):
@@ -147,7 +169,7 @@ def parseControl(kind, body):
     @return: the object as a C{dict}.
     """
     schema = SCHEMAS[kind]
-    if len(body) > MAX_CONTROL:
+    if len(body) > CONTROL_LIMITS.get(kind, MAX_CONTROL):
         raise ProtocolError(Code.BAD_MESSAGE, f"{kind.name} message too long")
     try:
         obj = json.loads(body.decode("utf-8"))

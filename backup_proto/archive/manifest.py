@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.test_manifest -*-
+"""
+Snapshot manifests: every entry of a snapshot with what an incremental
+backup compares and a restore needs, readable without walking the tree;
+and the keep list with which an incremental backup names the parent's
+files it keeps (C{docs/protocol.rst}, "Incremental backups").
+
+An entry is a tuple C{(path, kind, size, mtimeNs, mode, target, crc)}:
+
+ - C{path}: the components joined with C{/}, the first being the
+   snapshot's root name;
+ - C{kind}: C{"file"}, C{"dir"} or C{"link"};
+ - C{size}: a file's bytes, a link target's UTF-8 bytes, 0 for a folder;
+ - C{mtimeNs}: the modification time in nanoseconds;
+ - C{mode}: the permission bits (C{0o777} at most);
+ - C{target}: a link's target, else C{None};
+ - C{crc}: the CRC-32 of a file's content or a link's target, else
+   C{None}.
+
+On disk a manifest is one JSON array per entry, one per line, gzipped; on
+the wire (C{ENTRIES}) the same arrays.  Its digest is the SHA-256 of the
+uncompressed lines, so that it names the content, not one compressor's
+output.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import zlib
+
+from isal import igzip
+
+KINDS = ("file", "dir", "link")
+
+#: Base64 characters of the keep list per C{KEEP} message.
+KEEP_PAGE = 12_000
+
+#: Compression of a manifest on disk: it is written once, in the commit's
+#: critical path, and read whole each time a backup uses it as a parent.
+_LEVEL = 1
+
+
+class ManifestError(ValueError):
+    """
+    A manifest (from the disk or the wire) is malformed, or is not the one
+    its digest names.
+    """
+
+
+def encodeEntry(entry):
+    """
+    @return: the JSON text of one entry, as bytes (no newline).
+    """
+    return json.dumps(list(entry), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _isInt(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def checkEntry(obj):
+    """
+    @raise ManifestError: unless C{obj} (decoded JSON) is a well-formed
+        entry.
+    @return: the entry as a tuple.
+    """
+    if not isinstance(obj, list) or len(obj) != 7:
+        raise ManifestError("manifest entry is not a list of 7 fields")
+    path, kind, size, mtimeNs, mode, target, crc = obj
+    if (
+        not isinstance(path, str)
+        or not path
+        or kind not in KINDS
+        or not _isInt(size)
+        or size < 0
+        or not _isInt(mtimeNs)
+        or not _isInt(mode)
+        or not 0 <= mode <= 0o777
+        or not (target is None if kind != "link" else isinstance(target, str))
+        or not (crc is None if kind == "dir" else _isInt(crc) and 0 <= crc < 1 << 32)
+    ):
+        raise ManifestError("manifest entry has a malformed field")
+    return tuple(obj)
+
+
+class ManifestWriter:
+    """
+    Writes a manifest to a new file, an entry at a time (blocking), and
+    counts what it holds.
+
+    @ivar entries: entries written.
+    @ivar files: file entries written.
+    @ivar size: bytes of the files and link targets.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._out = igzip.open(path, "xb", compresslevel=_LEVEL)
+        self._digest = hashlib.sha256()
+        self.entries = self.files = self.size = 0
+
+    def add(self, path, kind, size, mtimeNs, mode, target=None, crc=None):
+        self.addEncoded(encodeEntry((path, kind, size, mtimeNs, mode, target, crc)), kind, size)
+
+    def addEncoded(self, line, kind, size):
+        """
+        Add an entry already encoded by L{encodeEntry} (one read from
+        another manifest, say).
+        """
+        line += b"\n"
+        self._out.write(line)
+        self._digest.update(line)
+        self.entries += 1
+        self.size += size if kind != "dir" else 0
+        self.files += kind == "file"
+
+    def close(self):
+        """
+        Finish the file (not flushed to disk: the caller syncs the tree).
+
+        @return: the manifest's digest, in hex.
+        """
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        return self._digest.hexdigest()
+
+    def discard(self):
+        """
+        Close and remove the file.
+        """
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def readLines(path, digest=None):
+    """
+    Yield the encoded entries of the manifest at C{path} (blocking), each
+    without its newline.
+
+    @param digest: the digest it must have, checked once it is all read.
+    @raise ManifestError: at the end, if C{digest} does not match.
+    @raise OSError: the file is missing or unreadable.
+    """
+    hasher = hashlib.sha256()
+    try:
+        with igzip.open(path, "rb") as f:
+            for line in f:
+                hasher.update(line)
+                yield line.rstrip(b"\n")
+    except (EOFError, igzip.BadGzipFile, zlib.error) as e:
+        raise ManifestError(f"manifest is damaged ({e})") from None
+    if digest is not None and hasher.hexdigest() != digest:
+        raise ManifestError("manifest does not match its digest")
+
+
+def readEntries(path, digest=None):
+    """
+    L{readLines}, decoded and checked: yield C{(line, entry)}.
+    """
+    for line in readLines(path, digest):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise ManifestError("manifest holds a line that is not JSON") from None
+        yield line, checkEntry(obj)
+
+
+class KeepList:
+    """
+    Which entries of a parent's manifest an incremental backup keeps: one
+    bit per entry, in the manifest's order (bit C{i} is bit C{i % 8} of
+    byte C{i // 8}).  Sent zlib-compressed: an unchanged tree's list is a
+    run of ones.
+
+    @ivar count: the parent manifest's entries.
+    @ivar kept: how many bits are set.
+    """
+
+    def __init__(self, count, bits=None):
+        self.count = count
+        self.bits = bytearray((count + 7) // 8) if bits is None else bits
+        self.kept = sum(bin(b).count("1") for b in self.bits) if bits is not None else 0
+
+    def keep(self, i):
+        if not self.bits[i >> 3] & (1 << (i & 7)):
+            self.bits[i >> 3] |= 1 << (i & 7)
+            self.kept += 1
+
+    def __contains__(self, i):
+        return bool(self.bits[i >> 3] & (1 << (i & 7)))
+
+    def pages(self):
+        """
+        @return: the C{bits} fields of the C{KEEP} messages that carry this
+            list: base64 pieces of its zlib stream, at least one.
+        """
+        text = base64.b64encode(zlib.compress(bytes(self.bits), 9)).decode("ascii")
+        return [text[i : i + KEEP_PAGE] for i in range(0, max(len(text), 1), KEEP_PAGE)]
+
+
+class KeepListDecoder:
+    """
+    Rebuilds a L{KeepList} of C{count} entries from its C{KEEP} pages,
+    never inflating more than the list's length (a small page cannot
+    expand into much memory).
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self._want = (count + 7) // 8
+        self._inflater = zlib.decompressobj()
+        self._bits = bytearray()
+
+    def feed(self, text):
+        """
+        @raise ManifestError: the page is not base64, not zlib, or holds
+            more than the list.
+        """
+        try:
+            data = base64.b64decode(text, validate=True)
+            out = self._inflater.decompress(data, self._want - len(self._bits) + 1)
+        except (ValueError, zlib.error):
+            raise ManifestError("keep list is not base64 of a zlib stream") from None
+        self._bits += out
+        if len(self._bits) > self._want or self._inflater.unconsumed_tail:
+            raise ManifestError("keep list is longer than the parent's manifest")
+
+    def finish(self):
+        """
+        @raise ManifestError: the list is short, its stream unfinished, or
+            it names entries past the manifest's end.
+        @return: the L{KeepList}.
+        """
+        inflater = self._inflater
+        if not inflater.eof or inflater.unused_data or len(self._bits) != self._want:
+            raise ManifestError("keep list does not match the parent's manifest")
+        if self.count % 8 and self._bits[-1] >> (self.count % 8):
+            raise ManifestError("keep list names entries past the parent's manifest")
+        return KeepList(self.count, self._bits)

@@ -1,0 +1,388 @@
+"""
+Incremental backups in process: the real client protocol and plan against
+the real server over TLS in memory (the parent's manifest, the keep list,
+the snapshot built from hard links), the link fallback, the parent race,
+and hostile keep lists on the wire.
+"""
+
+import errno
+import os
+import zlib
+
+from twisted.logger import globalLogPublisher
+
+from backup_client.protocol import IncrementalParent
+from backup_proto.archive.manifest import KeepList
+from backup_proto.archive.plan import ParentFiles, planArchive
+from backup_proto.archive.stream import ArchiveStream
+from backup_proto.wire.errors import Code, ProtocolError
+from backup_proto.wire.frames import Msg
+from tests.helpers import (
+    TestCase,
+    clientKey,
+    connectInMemory,
+    flush,
+    makeFactory,
+    makeTrickyTree,
+    treeSignature,
+)
+from tests.test_archive import D, F, L, craft
+from tests.wire import Wire
+
+
+class IncrementalCase(TestCase):
+    def setUp(self):
+        super().setUp()
+        self.data = os.path.abspath("data")
+        self.factory = self.makeFactory()
+        self.clock = self.factory.clock
+        self.src = makeTrickyTree(os.path.abspath("src"))
+
+    def makeFactory(self, **tunables):
+        return makeFactory(os.path.abspath("data"), **tunables)
+
+    def settle(self, d):
+        flush(self.pump, self.clock)
+        return d
+
+    def keyed(self):
+        client, _server, self.pump = connectInMemory(self.factory)
+        self.successResultOf(self.settle(client.register("alice", "pw")))
+        self.successResultOf(self.settle(client.login("alice", "pw")))
+        self.successResultOf(self.settle(client.exchangeKeys(clientKey())))
+        return client
+
+    def fullBackup(self, client):
+        plan = planArchive(self.src)
+        return self.successResultOf(
+            self.settle(client.backup(lambda: ArchiveStream(plan), plan.size, "src", "dir"))
+        )
+
+    def parentOf(self, client, snapshotId):
+        parent = ParentFiles(snapshotId)
+        parent.digest = self.successResultOf(
+            self.settle(client.fetchManifest(snapshotId, parent.add))
+        )
+        return parent
+
+    def incremental(self, client, parent, beforeSend=None):
+        plan = planArchive(self.src, parent=parent)
+
+        def openSource():
+            if beforeSend is not None:
+                beforeSend()
+            return ArchiveStream(plan)
+
+        incremental = IncrementalParent(parent.snapshotId, parent.digest, plan.keep.pages())
+        d = client.backup(openSource, plan.size, "src", "dir", parent=incremental)
+        return plan, self.settle(d)
+
+    def stored(self, snapshotId, *path):
+        return os.path.join(self.data, "users", "alice", snapshotId, "src", *path)
+
+
+class ManifestTests(IncrementalCase):
+    def test_manifestOfFullBackup(self):
+        """
+        A stored snapshot's manifest lists every entry of its tree with
+        kind, size, time to the nanosecond, mode, link target and content
+        CRC-32; its digest is the catalog's.
+        """
+        client = self.keyed()
+        snap = self.fullBackup(client)
+        entries = []
+        digest = self.successResultOf(self.settle(client.fetchManifest(snap["id"], entries.append)))
+        byPath = {e[0]: e for e in entries}
+        self.assertEqual(len(byPath), len(entries))
+        expected = {"src"} | {
+            "src/" + os.path.relpath(os.path.join(d, n), self.src)
+            for d, dirs, files in os.walk(self.src)
+            for n in dirs + files
+        }
+        self.assertEqual(set(byPath), expected)
+        for path, kind, size, mtimeNs, mode, target, crc in entries:
+            st = os.lstat(os.path.join(os.path.dirname(self.src), path))
+            self.assertEqual(mtimeNs, st.st_mtime_ns, path)
+            if kind == "file":
+                with open(os.path.join(os.path.dirname(self.src), path), "rb") as f:
+                    content = f.read()
+                self.assertEqual(
+                    (size, crc, mode), (len(content), zlib.crc32(content), st.st_mode & 0o777)
+                )
+            elif kind == "link":
+                self.assertEqual(target, os.readlink(os.path.join(os.path.dirname(self.src), path)))
+            else:
+                self.assertEqual((size, target, crc, mode), (0, None, None, st.st_mode & 0o777))
+        stored = self.factory.store.db.runSync(
+            lambda c: c.execute("SELECT manifest, entries FROM snapshots").fetchone()
+        )
+        self.assertEqual(stored, (digest, len(entries)))
+
+    def test_manifestNotFound(self):
+        """
+        An unknown id, or another user's, is a non-fatal not-found.
+        """
+        client = self.keyed()
+        snap = self.fullBackup(client)
+        failure = self.failureResultOf(self.settle(client.fetchManifest("nope", list)))
+        self.assertEqual(failure.value.code, Code.NOT_FOUND)
+        wire = Wire(self.factory).keyed("mallory")
+        wire.received()
+        wire.sendControl(Msg.MANIFEST, snapshot=snap["id"])
+        kind, fields = wire.last()
+        self.assertEqual(
+            (kind, fields["code"], fields["fatal"]), (Msg.ERROR, Code.NOT_FOUND, False)
+        )
+        self.assertFalse(wire.closed)
+
+
+class ComposeTests(IncrementalCase):
+    def test_keptFilesAreLinks(self):
+        """
+        The second backup sends only the changed file; the new snapshot is
+        whole, its unchanged files share the parent's inodes, and the
+        parent is untouched.
+        """
+        client = self.keyed()
+        first = self.fullBackup(client)
+        before = treeSignature(self.src)
+        with open(os.path.join(self.src, "notes.txt"), "a") as f:
+            f.write("more")
+        parent = self.parentOf(client, first["id"])
+        plan, d = self.incremental(client, parent)
+        second = self.successResultOf(d)
+        self.assertEqual(plan.report.filesChanged, 1)
+        self.assertEqual(plan.report.filesUnchanged, 6)
+        self.assertEqual(second["parent"], first["id"])
+        self.assertEqual(second["files"], first["files"])
+        self.assertEqual(treeSignature(self.stored(second["id"])), treeSignature(self.src))
+        self.assertEqual(treeSignature(self.stored(first["id"])), before)
+        for name, shared in (("random.bin", True), ("notes.txt", False)):
+            same = (
+                os.stat(self.stored(first["id"], name)).st_ino
+                == os.stat(self.stored(second["id"], name)).st_ino
+            )
+            self.assertEqual(same, shared, name)
+        self.assertLess(second["added"], 20_000)
+
+    def test_linkRefused(self):
+        """
+        Where the file system refuses a link (EMLINK here), the kept file is
+        copied with its mode and time, the snapshot is still whole, the
+        bytes copied count as added, and the server logs it.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EMLINK, "Too many links")
+
+        self.factory = self.makeFactory(linkFile=refuse)
+        self.clock = self.factory.clock
+        client = self.keyed()
+        first = self.fullBackup(client)
+        parent = self.parentOf(client, first["id"])
+        _plan, d = self.incremental(client, parent)
+        second = self.successResultOf(d)
+        self.assertEqual(treeSignature(self.stored(second["id"])), treeSignature(self.src))
+        self.assertNotEqual(
+            os.stat(self.stored(first["id"], "random.bin")).st_ino,
+            os.stat(self.stored(second["id"], "random.bin")).st_ino,
+        )
+        self.assertGreater(second["added"], 3 << 20)
+        logged = [e for e in events if "hard links refused" in e.get("log_format", "")]
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(logged[0]["why"], "EMLINK")
+        self.assertEqual(logged[0]["n"], 7)
+
+
+class RaceTests(IncrementalCase):
+    def removeParentRow(self, snapshotId):
+        self.factory.store.db.runSync(
+            lambda c: c.execute("DELETE FROM snapshots WHERE id = ?", (snapshotId,))
+        )
+
+    def assertNothingStaged(self):
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        self.assertEqual(os.listdir(staging), [])
+
+    def test_parentGoneBeforeBackup(self):
+        """
+        A parent gone between reading its manifest and BACKUP: after the
+        keep list the server answers a non-fatal parent-changed, and the
+        connection goes on.
+        """
+        client = self.keyed()
+        first = self.fullBackup(client)
+        parent = self.parentOf(client, first["id"])
+        self.removeParentRow(first["id"])
+        _plan, d = self.incremental(client, parent)
+        failure = self.failureResultOf(d, ProtocolError)
+        self.assertEqual(failure.value.code, Code.PARENT_CHANGED)
+        self.assertNothingStaged()
+        self.assertEqual(self.successResultOf(self.settle(client.listSnapshots())), [])
+
+    def test_parentGoneBeforeCommit(self):
+        """
+        A parent removed while the upload runs: the COMMIT is answered with
+        a non-fatal parent-changed, nothing is stored, and a full backup on
+        the same connection succeeds.
+        """
+        client = self.keyed()
+        first = self.fullBackup(client)
+        parent = self.parentOf(client, first["id"])
+        _plan, d = self.incremental(client, parent, lambda: self.removeParentRow(first["id"]))
+        failure = self.failureResultOf(d, ProtocolError)
+        self.assertEqual(failure.value.code, Code.PARENT_CHANGED)
+        self.assertNothingStaged()
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.data, "users", "alice"))),
+            sorted([".staging", ".manifests", first["id"]]),
+        )
+        again = self.fullBackup(client)
+        self.assertIsNone(again["parent"])
+        self.assertEqual(treeSignature(self.stored(again["id"])), treeSignature(self.src))
+
+    def test_parentFilesChanged(self):
+        """
+        A parent whose stored file no longer matches its manifest is not
+        linked from: parent-changed, nothing stored.
+        """
+        client = self.keyed()
+        first = self.fullBackup(client)
+        parent = self.parentOf(client, first["id"])
+
+        def damage():
+            path = self.stored(first["id"], "random.bin")
+            os.chmod(path, 0o600)
+            with open(path, "ab") as f:
+                f.write(b"x")
+
+        _plan, d = self.incremental(client, parent, damage)
+        self.assertEqual(self.failureResultOf(d, ProtocolError).value.code, Code.PARENT_CHANGED)
+        self.assertNothingStaged()
+
+
+class HostileKeepTests(IncrementalCase):
+    """
+    A client that sends keep lists and zips that do not fit together: each
+    is refused, and nothing is written outside the user's area.
+    """
+
+    def setUp(self):
+        super().setUp()
+        os.makedirs("sentinel")
+        self.sentinel = treeSignature("sentinel")
+        self.wire = Wire(self.factory).keyed("mallory")
+        self.wire.received()
+        honest = craft(
+            os.path.abspath("honest.zip"),
+            [("x/", b"", D), ("x/sub/", b"", D), ("x/sub/f", b"kept", F)],
+        )
+        with open(honest, "rb") as f:
+            kind, done = self.wire.backup(f.read(), name="x")
+        self.assertIs(kind, Msg.DONE, done)
+        self.parentId = done["snapshot"]["id"]
+        self.wire.sendControl(Msg.MANIFEST, snapshot=self.parentId)
+        kind, page = self.wire.last()
+        self.digest = page["manifest"]
+        self.entries = [e[0] for e in page["entries"]]
+
+    def keepOf(self, *paths):
+        keep = KeepList(len(self.entries))
+        for path in paths:
+            keep.keep(self.entries.index(path))
+        return keep
+
+    def send(self, entries, keep, **fields):
+        with open(craft(os.path.abspath("evil.zip"), entries), "rb") as f:
+            data = f.read()
+        wire = self.wire
+        backup = {"name": "x", "kind": "dir", "size": len(data), "parent": self.parentId}
+        backup["manifest"] = self.digest
+        backup.update(fields)
+        wire.sendControl(Msg.BACKUP, **backup)
+        pages = keep if isinstance(keep, list) else keep.pages()
+        for i, page in enumerate(pages):
+            wire.sendControl(Msg.KEEP, bits=page, more=i + 1 < len(pages))
+        frames = wire.received()
+        if frames and frames[-1][0] is Msg.READY:
+            wire.send(b"".join(wire.sealedChunks(data, frames[-1][1]["transfer"])))
+            kind, cksum = wire.last()
+            wire.sendControl(Msg.COMMIT, crc=cksum["crc"])
+            frames = wire.received()
+        return frames[-1]
+
+    def assertRefused(self, answer, code):
+        kind, fields = answer
+        self.assertIs(kind, Msg.ERROR, fields)
+        self.assertEqual(fields["code"], code, fields)
+        self.assertTrue(self.wire.closed)
+        self.wire.proto.connectionLost(None)
+        self.clock.advance(0)
+        self.assertEqual(treeSignature("sentinel"), self.sentinel)
+        mallory = os.path.join(self.data, "users", "mallory")
+        self.assertEqual(os.listdir(os.path.join(mallory, ".staging")), [])
+        self.assertEqual(sorted(os.listdir(mallory)), [".manifests", ".staging", self.parentId])
+
+    def test_honest(self):
+        """
+        The same exchange, honest: the kept file is linked in.
+        """
+        kind, done = self.send([("x/", b"", D), ("x/sub/", b"", D)], self.keepOf("x/sub/f"))
+        self.assertIs(kind, Msg.DONE, done)
+        self.assertEqual(done["snapshot"]["files"], 1)
+
+    def test_keepsAFolder(self):
+        self.assertRefused(
+            self.send([("x/", b"", D), ("x/sub/", b"", D)], self.keepOf("x/sub")), Code.BAD_ARCHIVE
+        )
+
+    def test_folderMadeALink(self):
+        """
+        The upload turns the kept file's folder into a link to a folder
+        outside: the file is not placed through it.
+        """
+        target = os.path.abspath("sentinel").encode()
+        self.assertRefused(
+            self.send([("x/", b"", D), ("x/sub", target, L)], self.keepOf("x/sub/f")),
+            Code.BAD_ARCHIVE,
+        )
+
+    def test_folderMissing(self):
+        self.assertRefused(self.send([("x/", b"", D)], self.keepOf("x/sub/f")), Code.BAD_ARCHIVE)
+
+    def test_sentAndKept(self):
+        self.assertRefused(
+            self.send(
+                [("x/", b"", D), ("x/sub/", b"", D), ("x/sub/f", b"new", F)], self.keepOf("x/sub/f")
+            ),
+            Code.BAD_ARCHIVE,
+        )
+
+    def test_badKeepList(self):
+        self.assertRefused(self.send([("x/", b"", D)], ["@@@"]), Code.BAD_MESSAGE)
+
+    def test_keepListTooLong(self):
+        self.assertRefused(self.send([("x/", b"", D)], KeepList(100)), Code.BAD_MESSAGE)
+
+    def test_parentOnAFile(self):
+        self.assertRefused(
+            self.send([("x", b"data", F)], self.keepOf("x/sub/f"), kind="file"), Code.BAD_MESSAGE
+        )
+
+    def test_parentWithoutManifest(self):
+        self.assertRefused(
+            self.send([("x/", b"", D)], self.keepOf("x/sub/f"), manifest=None), Code.BAD_MESSAGE
+        )
+
+    def test_otherSourceName(self):
+        """
+        A parent of another name is not used: parent-changed, non-fatal.
+        """
+        kind, fields = self.send([("y/", b"", D)], self.keepOf("x/sub/f"), name="y")
+        self.assertEqual(
+            (kind, fields["code"], fields["fatal"]), (Msg.ERROR, Code.PARENT_CHANGED, False)
+        )
+        self.assertFalse(self.wire.closed)

@@ -1,0 +1,157 @@
+"""
+Manifests and keep lists (L{backup_proto.archive.manifest}).
+"""
+
+import base64
+import hashlib
+import random
+import zlib
+
+from backup_proto.archive.manifest import (
+    KEEP_PAGE,
+    KeepList,
+    KeepListDecoder,
+    ManifestError,
+    ManifestWriter,
+    checkEntry,
+    encodeEntry,
+    readEntries,
+)
+from tests.helpers import TestCase
+
+ENTRIES = [
+    ("docs", "dir", 0, 1_700_000_000_000_000_001, 0o755, None, None),
+    ('docs/é "quoted".txt', "file", 12, -5, 0o644, None, 0xFFFFFFFF),
+    ("docs/link", "link", 3, 0, 0o777, "a\nb", 7),
+]
+
+
+class ManifestFileTests(TestCase):
+    def write(self, entries=ENTRIES):
+        writer = ManifestWriter("m")
+        for entry in entries:
+            writer.add(*entry)
+        return writer, writer.close()
+
+    def test_roundTrip(self):
+        """
+        Entries come back as written, in order; the digest is the SHA-256
+        of the compact JSON lines, and the writer counts entries, files
+        and the bytes of files and link targets.
+        """
+        writer, digest = self.write()
+        self.assertEqual([entry for _line, entry in readEntries("m", digest)], ENTRIES)
+        lines = b"".join(encodeEntry(e) + b"\n" for e in ENTRIES)
+        self.assertEqual(digest, hashlib.sha256(lines).hexdigest())
+        self.assertIn("é".encode(), lines)  # UTF-8, not \u escapes
+        self.assertEqual((writer.entries, writer.files, writer.size), (3, 1, 15))
+
+    def test_wrongDigest(self):
+        """
+        A manifest that is not the one its digest names fails once read.
+        """
+        self.write()
+        with self.assertRaises(ManifestError):
+            list(readEntries("m", "0" * 64))
+
+    def test_damaged(self):
+        """
+        A cut gzip file is a L{ManifestError}, not a crash.
+        """
+        self.write()
+        with open("m", "rb") as f:
+            data = f.read()
+        with open("m", "wb") as f:
+            f.write(data[: len(data) // 2])
+        with self.assertRaises(ManifestError):
+            list(readEntries("m"))
+
+    def test_checkEntry(self):
+        """
+        Entries of the wrong shape or types are refused.
+        """
+        for good in ENTRIES:
+            self.assertEqual(checkEntry(list(good)), good)
+        for bad in (
+            None,
+            ["a", "file", 1, 1, 0o644, None],
+            ["", "file", 1, 1, 0o644, None, 0],
+            ["a", "fifo", 1, 1, 0o644, None, 0],
+            ["a", "file", True, 1, 0o644, None, 0],
+            ["a", "file", -1, 1, 0o644, None, 0],
+            ["a", "file", 1, 1.5, 0o644, None, 0],
+            ["a", "file", 1, 1, 0o1777, None, 0],
+            ["a", "file", 1, 1, 0o644, "t", 0],
+            ["a", "file", 1, 1, 0o644, None, None],
+            ["a", "file", 1, 1, 0o644, None, 1 << 32],
+            ["a", "link", 1, 1, 0o777, None, 0],
+            ["a", "dir", 0, 1, 0o755, None, 0],
+        ):
+            self.assertRaises(ManifestError, checkEntry, bad)
+
+
+class KeepListTests(TestCase):
+    def roundTrip(self, keep):
+        decoder = KeepListDecoder(keep.count)
+        for page in keep.pages():
+            decoder.feed(page)
+        return decoder.finish()
+
+    def test_roundTrip(self):
+        """
+        Lists of every length through their pages come back bit for bit,
+        with their count of kept entries; a list too random to fit one
+        page takes several.
+        """
+        rng = random.Random(3)
+        for count in (0, 1, 7, 8, 9, 1000, 300_000):
+            keep = KeepList(count)
+            for i in range(count):
+                if rng.random() < 0.5:
+                    keep.keep(i)
+            back = self.roundTrip(keep)
+            self.assertEqual(back.bits, keep.bits)
+            self.assertEqual(back.kept, keep.kept)
+            self.assertEqual(
+                [i for i in range(count) if i in back][:50],
+                [i for i in range(count) if i in keep][:50],
+            )
+        self.assertGreater(len(keep.pages()), 2)
+        self.assertTrue(all(len(p) <= KEEP_PAGE for p in keep.pages()))
+
+    def test_unchangedIsSmall(self):
+        """
+        Keeping all of 200,000 entries takes well under a kilobyte.
+        """
+        keep = KeepList(200_000)
+        for i in range(200_000):
+            keep.keep(i)
+        self.assertEqual(len(keep.pages()), 1)
+        self.assertLess(len(keep.pages()[0]), 200)
+
+    def test_refused(self):
+        """
+        Not base64, not zlib, too short, too long, bits past the end,
+        data after the stream: each a L{ManifestError}.  A small page that
+        would inflate to much more than the list stops at the list's
+        length.
+        """
+
+        def pieces(data):
+            return [base64.b64encode(zlib.compress(data)).decode()]
+
+        cases = [
+            (9, ["!!!"]),
+            (9, [base64.b64encode(b"not zlib").decode()]),
+            (9, pieces(b"\x01")),
+            (9, pieces(b"\x01\x01\x01")),
+            (9, pieces(b"\x01\x02")),  # bit 9 of 9 entries
+            (8, [base64.b64encode(zlib.compress(b"\x01") + b"junk").decode()]),
+            (16, pieces(bytes(100 << 20))),
+        ]
+        for count, pages in cases:
+            decoder = KeepListDecoder(count)
+            with self.assertRaises(ManifestError, msg=(count, pages[0][:20])):
+                for page in pages:
+                    decoder.feed(page)
+                decoder.finish()
