@@ -10,8 +10,12 @@ The benchmark suite (run by hand; not part of the test suite):
 2. For each tree, starts the installed ``twistd backup-server`` on loopback
    (a fresh process, so its peak RSS is that tree's) and measures with the
    installed ``backup-client``: a full backup, a restore, and a second
-   backup after ``make_dataset.py change``: wall time, MB/s (tree bytes /
-   wall time), client and server peak RSS, bytes sent (the zip).  Each
+   backup of the unchanged tree ("unchanged"), and an incremental backup
+   after ``make_dataset.py change`` ("second"), both with the last full
+   backup as their parent: wall time, MB/s (tree bytes / wall time),
+   client and server peak RSS, bytes sent (``backup --json``), and for the
+   incremental steps the growth of the server's data folder (``du``, which
+   counts each inode once: folders and manifests included).  Each
    step, ours and the other tools', runs --repeat times (default 3): the
    median time gives MB/s and the ratios, and every time is printed
    (single runs of restic's backup of ``small`` took from 2.0 to 2.7 s).
@@ -71,6 +75,15 @@ class RunStopped(Exception):
     A step of the run failed: the run reports what it measured before, and
     this message, and exits with status 1.
     """
+
+
+def diskUsage(path):
+    """
+    @return: the bytes allocated under C{path}, each inode counted once
+        (C{du}), so that hard-linked snapshots count what they add.
+    """
+    out = subprocess.run(["du", "-s", "-B1", path], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
 
 
 def timed(argv, env=None, cwd=None):
@@ -194,17 +207,25 @@ class Ours:
     def client(self, *args):
         return timed([os.path.join(BIN, "backup-client"), "--quiet", *args], env=self.env)
 
-    def backup(self, tree):
-        seconds, rss, out = self.client("backup", tree, "--compression", self.compression)
-        snapshot = out.strip().splitlines()[-1]
-        listed = json.loads(self.client("list", "--json")[2])
-        zipSize = next(s["zip_size"] for s in listed if s["id"] == snapshot)
+    def backup(self, tree, parent=None):
+        """
+        A full backup, or an incremental one on C{parent}.
+        """
+        which = ("--full",) if parent is None else ("--parent", parent)
+        before = diskUsage(self.server.dataDir)
+        seconds, rss, out = self.client(
+            "backup", tree, "--compression", self.compression, "--json", *which
+        )
+        result = json.loads(out)
         return {
             "seconds": seconds,
             "client_rss": rss,
             "server_rss": self.server.peakRSS(),
-            "bytes_sent": zipSize,
-            "snapshot": snapshot,
+            "bytes_sent": result["bytes_sent"],
+            "bytes_stored": result["bytes_stored"],
+            "disk_growth": diskUsage(self.server.dataDir) - before,
+            "files_unchanged": result["files_unchanged"],
+            "snapshot": result["id"],
         }
 
     def restore(self, snapshot, dest):
@@ -470,6 +491,11 @@ def main():
                     if not args.no_baselines:
                         for tool, seconds in baselines(work, tree, name, sshd).items():
                             times.setdefault(tool, []).append({"seconds": seconds})
+                parent = full[-1]["snapshot"]
+                unchanged = []
+                for _ in range(args.repeat):
+                    settle(tree)
+                    unchanged.append(ours.backup(tree, parent))
                 generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
                 subprocess.run(
                     [
@@ -488,13 +514,14 @@ def main():
                 second = []
                 for _ in range(args.repeat):
                     settle(tree)
-                    second.append(ours.backup(tree))
+                    second.append(ours.backup(tree, parent))
             finally:
                 server.stop()
             entry = {
                 "bytes": size,
                 "full": summary(full, size),
                 "restore": summary(restore, size),
+                "unchanged": summary(unchanged, size),
                 "second": summary(second, size2),
                 "second_bytes": size2,
             }
@@ -544,7 +571,7 @@ def report(results):
     print(header)
     print("-" * len(header))
     for name, entry in results["trees"].items():
-        for step in ("full", "restore", "second"):
+        for step in ("full", "restore", "unchanged", "second"):
             m = entry[step]
             sent = f"{m['bytes_sent'] / mib:9.1f}" if "bytes_sent" in m else " " * 9
             print(
@@ -560,6 +587,17 @@ def report(results):
                 f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
                 f" {ours['mb_per_s'] / m['mb_per_s']:.2f}   per round {perRound(ours, m)}"
                 f"   times {spread(m)}"
+            )
+    print()
+    for name, entry in results["trees"].items():
+        for step in ("unchanged", "second"):
+            m = entry[step]
+            print(
+                f"{name:<7} {step:<9} sent {m['bytes_sent'] / mib:8.2f} MiB"
+                f" ({100 * m['bytes_sent'] / entry['bytes']:.2f} % of the tree),"
+                f" stored {m['bytes_stored'] / mib:8.2f} MiB,"
+                f" disk growth {m['disk_growth'] / mib:8.2f} MiB"
+                f" ({100 * m['disk_growth'] / entry['bytes']:.2f} %)"
             )
     print(
         f"\nmedians of {results['repeat']} runs of each step; 'per round' is the ratio"

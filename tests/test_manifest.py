@@ -4,6 +4,7 @@ Manifests and keep lists (L{backup_proto.archive.manifest}).
 
 import base64
 import hashlib
+import json
 import random
 import zlib
 
@@ -45,6 +46,16 @@ class ManifestFileTests(TestCase):
         self.assertEqual(digest, hashlib.sha256(lines).hexdigest())
         self.assertIn("é".encode(), lines)  # UTF-8, not \u escapes
         self.assertEqual((writer.entries, writer.files, writer.size), (3, 1, 15))
+
+    def test_encodingIsJSON(self):
+        """
+        L{encodeEntry} writes what C{json.dumps} would, compact and in
+        UTF-8, for names with quotes, backslashes, control and non-ASCII
+        characters.
+        """
+        for entry in ENTRIES + [('a"b\\é\u2028\x01', "link", 1, -5, 0o777, 't"\n\x7f', 0)]:
+            expected = json.dumps(list(entry), ensure_ascii=False, separators=(",", ":"))
+            self.assertEqual(encodeEntry(entry), expected.encode("utf-8"))
 
     def test_wrongDigest(self):
         """
