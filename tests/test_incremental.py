@@ -12,8 +12,10 @@ import zlib
 from twisted.logger import globalLogPublisher
 
 from backup_client.protocol import IncrementalParent
+from backup_client.restoring import placeRestore
 from backup_proto.archive.manifest import KeepList
 from backup_proto.archive.plan import ParentFiles, planArchive
+from backup_proto.archive.policy import Limits
 from backup_proto.archive.stream import ArchiveStream
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg
@@ -25,6 +27,7 @@ from tests.helpers import (
     makeFactory,
     makeTrickyTree,
     treeSignature,
+    zipSinks,
 )
 from tests.test_archive import D, F, L, craft
 from tests.wire import Wire
@@ -386,3 +389,34 @@ class HostileKeepTests(IncrementalCase):
             (kind, fields["code"], fields["fatal"]), (Msg.ERROR, Code.PARENT_CHANGED, False)
         )
         self.assertFalse(self.wire.closed)
+
+
+class RestoreAttributesTests(IncrementalCase):
+    def test_modesAndTimesFromManifest(self):
+        """
+        A restore gives entries the modes and times of the snapshot's
+        manifest, not those of the stored files (which hard links share
+        between snapshots); a damaged manifest still restores, with the
+        files' own.
+        """
+        client = self.keyed()
+        snap = self.fullBackup(client)
+        expected = treeSignature(self.src)
+        stored = self.stored(snap["id"], "notes.txt")
+        os.chmod(stored, 0o600)
+        os.utime(stored, ns=(1, 1))
+        os.makedirs("work")
+        begin, sink = self.successResultOf(
+            self.settle(client.restore(snap["id"], zipSinks("work")))
+        )
+        placeRestore(sink.path, "dest", "src", "dir", Limits())
+        self.assertEqual(treeSignature("dest/src"), expected)
+        manifest = self.factory.store.manifestPath("alice", snap["id"])
+        with open(manifest, "r+b") as f:
+            f.truncate(10)
+        os.makedirs("work2")
+        begin, sink = self.successResultOf(
+            self.settle(client.restore(snap["id"], zipSinks("work2")))
+        )
+        placeRestore(sink.path, "dest2", "src", "dir", Limits())
+        self.assertEqual(os.stat("dest2/src/notes.txt").st_mtime_ns, 1)

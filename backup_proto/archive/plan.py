@@ -455,6 +455,7 @@ def planArchive(
     workers=None,
     threads=None,
     parent=None,
+    attributes=None,
 ):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
@@ -480,6 +481,10 @@ def planArchive(
     @param parent: the L{ParentFiles} of an incremental backup of a folder:
         the files unchanged since are left out of the zip (and not read),
         and named in the plan's C{keep}.
+    @param attributes: C{path -> (mode, mtimeNs)}, the modes and times to
+        give the entries instead of their files' (a snapshot's manifest:
+        a file shared with other snapshots through a hard link must not be
+        what a restore trusts for them).
     @return: an L{ArchivePlan}.
     """
     try:
@@ -510,6 +515,8 @@ def planArchive(
         if spool is not None:
             spool.close()
         raise
+    if attributes is not None:
+        _applyAttributes(entries, attributes)
     offsets = array("Q")
     offset = 0
     for entry in entries:
@@ -521,6 +528,21 @@ def planArchive(
     return ArchivePlan(
         entries, offsets, size, centralOffset, centralSize, report, source, name, spool, keep
     )
+
+
+def _applyAttributes(entries, attributes):
+    """
+    Give each planned entry named in C{attributes} that mode and time (its
+    type stays the one found on disk).
+    """
+    for entry in entries:
+        known = attributes.get(entry.name.decode("utf-8").rstrip("/"))
+        if known is None:
+            continue
+        mode, mtimeNs = known
+        entry.external = externalAttributes(stat.S_IFMT(entry.external >> 16) | mode)
+        entry.mtimeNs = mtimeNs
+        entry.dosTime, entry.dosDate = dosTimeDate(wholeSeconds(mtimeNs))
 
 
 def _planTree(

@@ -7,6 +7,9 @@ may hold, and which restoring connections get the wider socket buffer and
 read further ahead.
 """
 
+from twisted.logger import Logger
+
+from backup_proto.archive.manifest import ManifestError, readEntries
 from backup_proto.archive.plan import planArchive
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.spool import Spool
@@ -59,6 +62,15 @@ def clientError(error):
     return None
 
 
+def manifestAttributes(path, digest):
+    """
+    @return: C{path -> (mode, mtimeNs)} of every entry of a manifest
+        (blocking).
+    @raise backup_proto.archive.manifest.ManifestError: it is damaged.
+    """
+    return {entry[0]: (entry[4], entry[3]) for _line, entry in readEntries(path, digest)}
+
+
 class RestoreArchives:
     """
     How the server makes a restore's zip: planned in a CPU thread from the
@@ -66,6 +78,8 @@ class RestoreArchives:
     C{spoolLimit} bytes in C{spoolDir}, and read from the files as it is
     sent.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -93,14 +107,24 @@ class RestoreArchives:
         self._plan = plan
         self._stream = stream
 
-    def plan(self, path, name, compression):
+    def plan(self, path, name, compression, manifest=None):
         """
         Plan the zip of the tree at C{path}, stored as C{name} (in a thread).
 
+        @param manifest: C{(path, digest)} of the snapshot's manifest, whose
+            modes and times the zip carries; C{None} (a snapshot stored
+            without one) takes them from the files.
         @return: the plan, to be closed once the restore ends.
         """
+        kwargs = {"threads": self._planThreads}
+        if manifest is not None:
+            try:
+                kwargs["attributes"] = manifestAttributes(*manifest)
+            except (ManifestError, FileNotFoundError):
+                # the files still restore, with their own modes and times
+                self.log.warn("manifest {path} is damaged or missing", path=manifest[0])
         spool = self._spool(self.spoolLimit, self.spoolDir)
-        return self._plan(path, name, compression, spool, threads=self._planThreads)
+        return self._plan(path, name, compression, spool, **kwargs)
 
     def open(self, plan):
         """

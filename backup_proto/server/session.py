@@ -617,13 +617,22 @@ class Session:
         d = services.store.lookup(self.username, fields["snapshot"])
         found = {}
 
-        def plan(row):
+        def manifest(row):
             if row is None:
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
             found["row"] = row
+            return services.store.manifestOf(self.username, row["id"])
+
+        d.addCallback(manifest)
+
+        def plan(withManifest):
+            row = found["row"]
             path = services.store.snapshotPath(self.username, row)
+            # modes and times come from the manifest (stored files share
+            # inodes between snapshots)
+            manifest = None if withManifest is None else withManifest[1:3]
             return services.runCPU(
-                services.restores.plan, path, row["source"], services.restoreCompression
+                services.restores.plan, path, row["source"], services.restoreCompression, manifest
             )
 
         d.addCallback(plan)
