@@ -7,6 +7,8 @@ and hostile keep lists on the wire.
 
 import errno
 import os
+import shutil
+import sqlite3
 import zlib
 
 from twisted.logger import globalLogPublisher
@@ -420,3 +422,48 @@ class RestoreAttributesTests(IncrementalCase):
         )
         placeRestore(sink.path, "dest2", "src", "dir", Limits())
         self.assertEqual(os.stat("dest2/src/notes.txt").st_mtime_ns, 1)
+
+
+class CatalogTests(TestCase):
+    def test_olderCatalogMigrated(self):
+        """
+        A catalog made before manifests gains the new columns at start-up;
+        its snapshots have no parent and no manifest, and added all their
+        bytes.
+        """
+        os.makedirs("data")
+        conn = sqlite3.connect("data/user.db")
+        conn.executescript(
+            """
+            CREATE TABLE snapshots (username TEXT NOT NULL, id TEXT NOT NULL,
+                source TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL,
+                zip_size INTEGER NOT NULL, size INTEGER NOT NULL, files INTEGER NOT NULL,
+                PRIMARY KEY (username, id));
+            INSERT INTO snapshots VALUES ('alice', 'old-1', 'old', 'dir', 't', 10, 7, 1);
+            """
+        )
+        conn.commit()
+        conn.close()
+        os.makedirs("data/users/alice/old-1/old")
+        factory = makeFactory(os.path.abspath("data"))
+        [row] = self.successResultOf(factory.store.list("alice"))
+        self.assertEqual((row["parent"], row["added"]), (None, 7))
+        self.assertIsNone(self.successResultOf(factory.store.manifestOf("alice", "old-1")))
+
+    def test_recoveryRemovesOrphanManifests(self):
+        """
+        At start-up a manifest without a catalog row goes, and so does the
+        manifest of a row whose folder is gone.
+        """
+        factory = makeFactory(os.path.abspath("data"))
+        wire = Wire(factory).keyed("alice")
+        path = craft(os.path.abspath("a.zip"), [("x/", b"", D), ("x/f", b"data", F)])
+        with open(path, "rb") as f:
+            data = f.read()
+        kept = wire.backup(data, name="x")[1]["snapshot"]["id"]
+        gone = wire.backup(data, name="x")[1]["snapshot"]["id"]
+        manifests = os.path.join("data", "users", "alice", ".manifests")
+        open(os.path.join(manifests, "orphan-1"), "wb").close()
+        shutil.rmtree(os.path.join("data", "users", "alice", gone))
+        factory.store.recover()
+        self.assertEqual(os.listdir(manifests), [kept])
