@@ -8,7 +8,8 @@ The benchmark suite (run by hand; not part of the test suite):
    --work (default /tmp/backup-proto-bench), or keeps them from an earlier
    run unless that run changed them (then they are built again).
 2. For each tree, starts the installed ``twistd backup-server`` on loopback
-   (a fresh process, so its peak RSS is that tree's) and measures with the
+   (a fresh process for each tree, whose peak RSS is reset before each
+   step, so that each step reports its own) and measures with the
    installed ``backup-client``: a full backup, a restore, and a second
    backup of the unchanged tree ("unchanged"), and an incremental backup
    after ``make_dataset.py change`` ("second"), both with the last full
@@ -24,7 +25,10 @@ The benchmark suite (run by hand; not part of the test suite):
 3. Where rsync (over ssh, to a private sshd on loopback), restic and borg
    are installed, runs them on the same trees in the same run: in each
    repetition right after our full backup and restore, on the same
-   unchanged tree (the change step comes after the last repetition).
+   unchanged tree (the change step comes after the last repetition); then
+   their next backup into the last repetition's destination or repository
+   right after each of our unchanged backups, and once after the change
+   (a second run would find the change stored already).
 4. Measures the transport ceiling (benchmarks/ceiling.py) in the same run.
 
 Prints a table with the ratios ours / theirs (of the medians, and of each
@@ -178,6 +182,14 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
 
+    def resetPeak(self):
+        """
+        Start the server's peak RSS afresh (Linux's C{clear_refs} 5), so
+        that each step reports its own peak rather than the largest yet.
+        """
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
+            f.write("5")
+
     def peakRSS(self):
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
@@ -213,6 +225,7 @@ class Ours:
         """
         which = ("--full",) if parent is None else ("--parent", parent)
         before = diskUsage(self.server.dataDir)
+        self.server.resetPeak()
         seconds, rss, out = self.client(
             "backup", tree, "--compression", self.compression, "--json", *which
         )
@@ -229,6 +242,7 @@ class Ours:
         }
 
     def restore(self, snapshot, dest):
+        self.server.resetPeak()
         seconds, rss, out = self.client("restore", dest, "--snapshot", snapshot)
         return {"seconds": seconds, "client_rss": rss, "server_rss": self.server.peakRSS()}
 
@@ -273,20 +287,24 @@ class SSHD:
         self.process.wait(10)
 
 
-def baselines(work, tree, name, sshd):
+_TOOL_ENV = dict(
+    RESTIC_PASSWORD="bench",
+    BORG_PASSPHRASE="",
+    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+)
+
+
+def baselines(work, tree, name, sshd, places):
     """
     Full backup (and restore, for restic) with the other tools installed,
     each into a new destination or repository.
 
+    @param places: filled with each tool's destination or repository, for
+        L{baselinesAgain}.
     @return: seconds by measurement name.
     """
     out = {}
-    env = dict(
-        os.environ,
-        RESTIC_PASSWORD="bench",
-        BORG_PASSPHRASE="",
-        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
-    )
+    env = dict(os.environ, **_TOOL_ENV)
     stamp = f"{name}-{time.time_ns()}"
     if sshd is not None and shutil.which("rsync"):
         dest = os.path.join(work, "rsync", stamp)
@@ -296,6 +314,7 @@ def baselines(work, tree, name, sshd):
             ["rsync", "-a", "-e", sshd.ssh, tree + "/", f"root@127.0.0.1:{dest}/"]
         )
         out["rsync_backup"] = seconds
+        places["rsync"] = dest
     if shutil.which("restic"):
         repo = os.path.join(work, "restic", stamp)
         subprocess.run(
@@ -303,6 +322,7 @@ def baselines(work, tree, name, sshd):
         )
         settle(tree)
         out["restic_backup"] = timed(["restic", "backup", "-q", "--repo", repo, tree], env=env)[0]
+        places["restic"] = repo
         dest = os.path.join(work, "restic-restore", stamp)
         settle()
         out["restic_restore"] = timed(
@@ -317,6 +337,44 @@ def baselines(work, tree, name, sshd):
         settle(tree)
         out["borg_backup"] = timed(
             ["borg", "create", "--compression", "lz4", f"{repo}::full", tree], env=env, cwd=tree
+        )[0]
+        places["borg"] = repo
+    return out
+
+
+def baselinesAgain(tree, sshd, places, step):
+    """
+    The other tools' next backup of C{tree} into what L{baselines} made:
+    rsync to the same destination (``--delete``), restic's and borg's next
+    archive (each finds its parent as it does by default).
+
+    @return: seconds by measurement name, C{<tool>_<step>}.
+    """
+    out = {}
+    env = dict(os.environ, **_TOOL_ENV)
+    if "rsync" in places:
+        settle(tree)
+        out[f"rsync_{step}"] = timed(
+            [
+                "rsync",
+                "-a",
+                "--delete",
+                "-e",
+                sshd.ssh,
+                tree + "/",
+                f"root@127.0.0.1:{places['rsync']}/",
+            ]
+        )[0]
+    if "restic" in places:
+        settle(tree)
+        out[f"restic_{step}"] = timed(
+            ["restic", "backup", "-q", "--repo", places["restic"], tree], env=env
+        )[0]
+    if "borg" in places:
+        settle(tree)
+        archive = f"{places['borg']}::{step}-{time.time_ns()}"
+        out[f"borg_{step}"] = timed(
+            ["borg", "create", "--compression", "lz4", archive, tree], env=env, cwd=tree
         )[0]
     return out
 
@@ -476,6 +534,7 @@ def main():
             try:
                 ours = Ours(work, server, args.compression)
                 full, restore = [], []
+                places = {}
                 for i in range(args.repeat):
                     # each repetition measures every tool back to back, on
                     # the same (unchanged) tree, so that a slow spell of the
@@ -489,13 +548,16 @@ def main():
                         )
                     )
                     if not args.no_baselines:
-                        for tool, seconds in baselines(work, tree, name, sshd).items():
+                        places.clear()
+                        for tool, seconds in baselines(work, tree, name, sshd, places).items():
                             times.setdefault(tool, []).append({"seconds": seconds})
                 parent = full[-1]["snapshot"]
                 unchanged = []
                 for _ in range(args.repeat):
                     settle(tree)
                     unchanged.append(ours.backup(tree, parent))
+                    for tool, seconds in baselinesAgain(tree, sshd, places, "unchanged").items():
+                        times.setdefault(tool, []).append({"seconds": seconds})
                 generation = len([f for f in os.listdir(data) if f.startswith(f".{name}.gen")])
                 subprocess.run(
                     [
@@ -512,9 +574,13 @@ def main():
                 open(os.path.join(data, f".{name}.gen{generation + 1}"), "w").close()
                 size2 = treeBytes(tree)
                 second = []
-                for _ in range(args.repeat):
+                for i in range(args.repeat):
                     settle(tree)
                     second.append(ours.backup(tree, parent))
+                    if i == 0:
+                        # their later runs would find the change stored already
+                        for tool, seconds in baselinesAgain(tree, sshd, places, "second").items():
+                            times.setdefault(tool, []).append({"seconds": seconds})
             finally:
                 server.stop()
             entry = {
@@ -526,7 +592,10 @@ def main():
                 "second_bytes": size2,
             }
             if times:
-                entry["baselines"] = {tool: summary(runs, size) for tool, runs in times.items()}
+                entry["baselines"] = {
+                    tool: summary(runs, size2 if tool.endswith("_second") else size)
+                    for tool, runs in times.items()
+                }
             results["trees"][name] = entry
             print(f"{name}: done", file=sys.stderr, flush=True)
     except (RunStopped, subprocess.CalledProcessError) as e:
@@ -582,7 +651,8 @@ def report(results):
     print()
     for name, entry in results["trees"].items():
         for tool, m in entry.get("baselines", {}).items():
-            ours = entry["restore" if tool.endswith("restore") else "full"]
+            step = tool.rsplit("_", 1)[1]
+            ours = entry[{"backup": "full"}.get(step, step)]
             print(
                 f"{name:<7} {tool:<15} {m['mb_per_s']:7.1f} MB/s   ours / theirs ="
                 f" {ours['mb_per_s'] / m['mb_per_s']:.2f}   per round {perRound(ours, m)}"
@@ -609,7 +679,8 @@ def perRound(ours, theirs):
     """
     The ratio ours / theirs of each repetition: both tools ran on the same
     data a minute apart at most, so the spread of these shows how much of
-    the ratio of the medians may be the machine's own variation.
+    the ratio of the medians may be the machine's own variation.  (The
+    other tools' incremental backup after the change runs once.)
     """
     return " ".join(f"{t / o:.2f}" for o, t in zip(ours["samples"], theirs["samples"]))
 

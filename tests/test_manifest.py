@@ -10,6 +10,7 @@ import zlib
 
 from backup_proto.archive.manifest import (
     KEEP_PAGE,
+    EntryAttributes,
     KeepList,
     KeepListDecoder,
     ManifestError,
@@ -99,6 +100,32 @@ class ManifestFileTests(TestCase):
             ["a", "dir", 0, 1, 0o755, None, 0],
         ):
             self.assertRaises(ManifestError, checkEntry, bad)
+
+
+class EntryAttributesTests(TestCase):
+    def test_lookup(self):
+        """
+        Modes and times come back by path, negative times too; a path not
+        added, and two paths whose hashes collide, get C{None}.
+        """
+        attributes = EntryAttributes()
+        for path, _kind, _size, mtimeNs, mode, _target, _crc in ENTRIES:
+            attributes.add(path, mode, mtimeNs)
+        for path, _kind, _size, mtimeNs, mode, _target, _crc in ENTRIES:
+            self.assertEqual(attributes.get(path), (mode, mtimeNs))
+        self.assertIsNone(attributes.get("docs/other"))
+        # -1 and -2 hash alike in CPython: a stand-in for a colliding pair
+        attributes.add(-1, 0o600, 5)
+        attributes.add(-2, 0o644, 6)
+        self.assertIsNone(attributes.get(-1))
+        self.assertIsNone(attributes.get(-2))
+
+    def test_fromManifest(self):
+        writer = ManifestWriter("m")
+        for entry in ENTRIES:
+            writer.add(*entry)
+        attributes = EntryAttributes.fromManifest("m", writer.close())
+        self.assertEqual(attributes.get("docs/link"), (0o777, 0))
 
 
 class KeepListTests(TestCase):

@@ -481,7 +481,9 @@ def planArchive(
     @param parent: the L{ParentFiles} of an incremental backup of a folder:
         the files unchanged since are left out of the zip (and not read),
         and named in the plan's C{keep}.
-    @param attributes: C{path -> (mode, mtimeNs)}, the modes and times to
+    @param attributes: C{.get(path) -> (mode, mtimeNs) | None} (a C{dict},
+        or an L{backup_proto.archive.manifest.EntryAttributes}), the modes
+        and times to
         give the entries instead of their files' (a snapshot's manifest:
         a file shared with other snapshots through a hard link must not be
         what a restore trusts for them).

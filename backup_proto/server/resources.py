@@ -9,7 +9,7 @@ read further ahead.
 
 from twisted.logger import Logger
 
-from backup_proto.archive.manifest import ManifestError, readEntries
+from backup_proto.archive.manifest import EntryAttributes, ManifestError
 from backup_proto.archive.plan import planArchive
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.spool import Spool
@@ -62,15 +62,6 @@ def clientError(error):
     return None
 
 
-def manifestAttributes(path, digest):
-    """
-    @return: C{path -> (mode, mtimeNs)} of every entry of a manifest
-        (blocking).
-    @raise backup_proto.archive.manifest.ManifestError: it is damaged.
-    """
-    return {entry[0]: (entry[4], entry[3]) for _line, entry in readEntries(path, digest)}
-
-
 class RestoreArchives:
     """
     How the server makes a restore's zip: planned in a CPU thread from the
@@ -119,7 +110,7 @@ class RestoreArchives:
         kwargs = {"threads": self._planThreads}
         if manifest is not None:
             try:
-                kwargs["attributes"] = manifestAttributes(*manifest)
+                kwargs["attributes"] = EntryAttributes.fromManifest(*manifest)
             except (ManifestError, FileNotFoundError):
                 # the files still restore, with their own modes and times
                 self.log.warn("manifest {path} is damaged or missing", path=manifest[0])
