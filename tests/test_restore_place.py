@@ -64,6 +64,7 @@ class MaliciousServerTests(TestCase):
         self.factory.restores = RestoreArchives(
             self.factory.store.dataDir,
             plan=lambda *args, **kw: CraftedPlan(),
+            planFromManifest=lambda *args, **kw: CraftedPlan(),
             stream=lambda plan, **kw: open(crafted, "rb"),
         )
         os.makedirs("work", exist_ok=True)

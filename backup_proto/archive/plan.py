@@ -519,6 +519,15 @@ def planArchive(
         raise
     if attributes is not None:
         _applyAttributes(entries, attributes)
+    return _layOut(entries, report, source, name, spool, keep)
+
+
+def _layOut(entries, report, source, name, spool=None, keep=None):
+    """
+    @return: the L{ArchivePlan} of C{entries} in this order: where each
+        one starts, where the central directory starts and how long it
+        is, and the zip's size.
+    """
     offsets = array("Q")
     offset = 0
     for entry in entries:
@@ -532,6 +541,55 @@ def planArchive(
     )
 
 
+_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
+
+
+def planFromManifest(source, name, entries):
+    """
+    Plan a stored snapshot's zip from its manifest, without looking at its
+    files (blocking): each entry's type, size, mode, time and link target
+    are the manifest's, every file is stored as it is.  A file whose size
+    is not the manifest's any more is sent as L{ArchiveStream} sends a file
+    that changed (cut or padded, and reported).
+
+    @param source: the snapshot's top-level entry on disk.
+    @param name: its name, the first component of every manifest path.
+    @param entries: the manifest's entries, in order.
+    @return: an L{ArchivePlan}.
+    """
+    report = ArchiveReport()
+    planned = []
+    for path, kind, size, mtimeNs, mode, target, crc in entries:
+        dosTime, dosDate = dosTimeDate(wholeSeconds(mtimeNs))
+        fields = {
+            "external": externalAttributes(_TYPES[kind] | mode),
+            "dosTime": dosTime,
+            "dosDate": dosDate,
+            "mtimeNs": mtimeNs,
+            "method": STORED,
+        }
+        if kind == "file":
+            entry = PlannedEntry(path.encode("utf-8"), usize=size, csize=size, **fields)
+            report.files += 1
+            report.size += size
+        elif kind == "dir":
+            entry = PlannedEntry(f"{path}/".encode(), usize=0, csize=0, content=b"", **fields)
+            report.dirs += 1
+        else:
+            content = target.encode("utf-8")
+            entry = PlannedEntry(
+                path.encode("utf-8"),
+                usize=len(content),
+                csize=len(content),
+                content=content,
+                crc=crc,
+                **fields,
+            )
+            report.links += 1
+        planned.append(entry)
+    return _layOut(planned, report, os.path.realpath(source), name)
+
+
 def _applyAttributes(entries, attributes):
     """
     Give each planned entry named in C{attributes} that mode and time (its
@@ -542,6 +600,8 @@ def _applyAttributes(entries, attributes):
         if known is None:
             continue
         mode, mtimeNs = known
+        if entry.mtimeNs == mtimeNs and (entry.external >> 16) & 0o777 == mode:
+            continue  # as it almost always is: nothing to work out again
         entry.external = externalAttributes(stat.S_IFMT(entry.external >> 16) | mode)
         entry.mtimeNs = mtimeNs
         entry.dosTime, entry.dosDate = dosTimeDate(wholeSeconds(mtimeNs))

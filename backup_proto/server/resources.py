@@ -9,8 +9,8 @@ read further ahead.
 
 from twisted.logger import Logger
 
-from backup_proto.archive.manifest import EntryAttributes, ManifestError
-from backup_proto.archive.plan import planArchive
+from backup_proto.archive.manifest import EntryAttributes, ManifestError, readEntries
+from backup_proto.archive.plan import planArchive, planFromManifest
 from backup_proto.archive.policy import ArchiveError
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
@@ -81,6 +81,7 @@ class RestoreArchives:
         spool=Spool,
         plan=planArchive,
         stream=ArchiveStream,
+        planFromManifest=planFromManifest,
     ):
         """
         @param readAhead: the executor of direct reads
@@ -96,6 +97,7 @@ class RestoreArchives:
         self.spoolLimit = spoolLimit
         self._spool = spool
         self._plan = plan
+        self._planFromManifest = planFromManifest
         self._stream = stream
 
     def plan(self, path, name, compression, manifest=None):
@@ -110,6 +112,10 @@ class RestoreArchives:
         kwargs = {"threads": self._planThreads}
         if manifest is not None:
             try:
+                if compression == "store":
+                    # nothing to read: the manifest says it all
+                    entries = (entry for _line, entry in readEntries(*manifest))
+                    return self._planFromManifest(path, name, entries)
                 kwargs["attributes"] = EntryAttributes.fromManifest(*manifest)
             except (ManifestError, FileNotFoundError):
                 # the files still restore, with their own modes and times
