@@ -77,7 +77,9 @@ class CrashTests(EndToEndCase):
         listed = json.loads(self.ok("list", "--json").stdout)
         self.assertEqual([s["id"] for s in listed], [self.kept])
         userDir = os.path.join(self.server.dataDir, "users", "alice")
-        self.assertEqual(sorted(os.listdir(userDir)), [".staging", self.kept])
+        self.assertEqual(sorted(os.listdir(userDir)), [".manifests", ".staging", self.kept])
+        # no manifest of the upload that was cut short
+        self.assertEqual(os.listdir(os.path.join(userDir, ".manifests")), [self.kept])
         self.ok("restore", "restored", "--snapshot", self.kept)
         self.assertEqual(treeSignature("keep"), treeSignature("restored/keep"))
 
