@@ -15,12 +15,13 @@ from twisted.logger import globalLogPublisher
 
 from backup_client.protocol import IncrementalParent
 from backup_client.restoring import placeRestore
-from backup_proto.archive.manifest import KeepList, readEntries
+from backup_proto.archive.manifest import KeepList, ManifestWriter, readEntries
 from backup_proto.archive.plan import ParentFiles, planArchive, planFromManifest
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.stream import ArchiveStream
+from backup_proto.server.storage import ManifestPages
 from backup_proto.wire.errors import Code, ProtocolError
-from backup_proto.wire.frames import Msg
+from backup_proto.wire.frames import Msg, decodeFrame, parseControl
 from tests.helpers import (
     TestCase,
     clientKey,
@@ -494,3 +495,74 @@ class ManifestPlanTests(IncrementalCase):
         fromManifest = planFromManifest(stored, "src", entries)
         self.assertEqual(fromManifest.size, walked.size)
         self.assertEqual(zipOf(fromManifest), zipOf(walked))
+
+
+class ManifestPagesTests(TestCase):
+    def write(self, count):
+        writer = ManifestWriter("m")
+        for i in range(count):
+            writer.add(
+                f"root/folder {i // 100}/file {i}" + "x" * (i % 300), "file", i, i, 0o644, None, i
+            )
+        return writer.close()
+
+    def test_batches(self):
+        """
+        Pages hold whole entries within the page limit, in order, all of
+        them; batches are about L{ManifestPages.BATCH} bytes; only the last
+        page says C{more} false, and then the file is closed.
+        """
+        digest = self.write(5000)
+        pages = ManifestPages("m", digest, limit=20_000)
+        pages.BATCH = 50_000
+        self.assertTrue(pages.open())
+        frames, batches, last = [], 0, False
+        while not last:
+            batch, last = pages.read()
+            batches += 1
+            self.assertLess(sum(len(f) for f in batch), 50_000 + 20_000)
+            frames.extend(batch)
+        entries = []
+        for i, frame in enumerate(frames):
+            self.assertLessEqual(len(frame) - 1, 20_000)
+            kind, body = decodeFrame(frame)
+            fields = parseControl(kind, body)
+            self.assertEqual(fields["more"], i + 1 < len(frames))
+            self.assertEqual(fields["manifest"], digest)
+            entries.extend(fields["entries"])
+        self.assertEqual([e[2] for e in entries], list(range(5000)))
+        self.assertGreater(batches, 5)
+        self.assertIsNone(pages._lines)
+
+    def test_emptyAndDamaged(self):
+        """
+        An empty manifest is one empty last page; a manifest that is not
+        the one its digest names does not open.
+        """
+        digest = self.write(0)
+        pages = ManifestPages("m", digest)
+        self.assertTrue(pages.open())
+        [frame], last = pages.read()
+        self.assertTrue(last)
+        self.assertEqual(parseControl(*decodeFrame(frame))["entries"], [])
+        self.assertFalse(ManifestPages("m", "0" * 64).open())
+        self.assertFalse(ManifestPages("missing", digest).open())
+
+
+class ManifestStreamTests(IncrementalCase):
+    def test_manyBatches(self):
+        """
+        A manifest sent one page per batch (each read in its own thread
+        job, as the transport drains) arrives whole, and the connection
+        goes on.
+        """
+        self.patch(ManifestPages, "BATCH", 1)
+        for i in range(400):
+            with open(os.path.join(self.src, f"extra {i} " + "n" * 200), "w") as f:
+                f.write("x")
+        client = self.keyed()
+        snap = self.fullBackup(client)
+        entries = []
+        self.successResultOf(self.settle(client.fetchManifest(snap["id"], entries.append)))
+        self.assertEqual(len(entries), snap["files"] + 16)  # folders and links too
+        self.assertEqual(len(self.successResultOf(self.settle(client.listSnapshots()))), 1)

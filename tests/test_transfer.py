@@ -23,6 +23,7 @@ from backup_proto.wire.transfer import (
     READ_BATCH,
     SEND_BUFFER,
     ChunkSender,
+    FrameSender,
     TransferAborted,
 )
 from tests.helpers import ManualRunner, TestCase, makeFactory, runNow, serverTLSOptions
@@ -648,3 +649,61 @@ class SendBufferTests(TestCase):
         factory.connectionClosed(pairs[0][0])
         self.assertEqual(factory.sendBuffers.widen(pairs[2][0], pairs[2][0].transport), READ_AHEAD)
         self.assertEqual(pairs[2][1].bufferSize, SEND_BUFFER)
+
+
+class _Batches:
+    """
+    A L{FrameSender} source: C{count} batches of two frames each.
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self.reads = 0
+        self.closed = 0
+
+    def read(self):
+        self.reads += 1
+        return [b"a%d" % self.reads, b"b%d" % self.reads], self.reads == self.count
+
+    def close(self):
+        self.closed += 1
+
+
+class FrameSenderTests(TestCase):
+    def test_pausedReadsNoMore(self):
+        """
+        While the transport is paused nothing more is read: at most one
+        batch waits.  Resumed, the rest goes out in order, the sender
+        leaves the transport, its L{Deferred} fires, and the source is
+        closed once.
+        """
+        source, runner, transport = _Batches(4), ManualRunner(), StringTransport()
+        touched = []
+        sender = FrameSender(source, transport.write, runner, lambda: touched.append(1))
+        done = sender.start(transport)
+        self.assertIs(transport.producer, sender)
+        runner.runRound()  # the first batch
+        self.assertEqual(transport.value(), b"a1b1")
+        sender.pauseProducing()
+        runner.runRound()  # the second batch, read ahead
+        runner.runRound()
+        self.assertEqual((source.reads, transport.value()), (2, b"a1b1"))
+        sender.resumeProducing()
+        runner.runAll()
+        self.assertEqual(transport.value(), b"a1b1a2b2a3b3a4b4")
+        self.assertIsNone(self.successResultOf(done))
+        self.assertIsNone(transport.producer)
+        self.assertEqual((source.closed, len(touched)), (1, 4))
+
+    def test_stopDuringRead(self):
+        """
+        Stopped while a read runs, the sender fails with
+        L{TransferAborted} and closes the source only after the read.
+        """
+        source, runner, transport = _Batches(4), ManualRunner(), StringTransport()
+        done = FrameSender(source, transport.write, runner).start(transport)
+        transport.producer.stopProducing()
+        self.failureResultOf(done, TransferAborted)
+        self.assertEqual(source.closed, 0)
+        runner.runAll()
+        self.assertEqual((source.reads, source.closed, transport.value()), (1, 1, b""))

@@ -28,10 +28,11 @@ from backup_proto.server.accounts import AUTH_FAILED_TEXT
 from backup_proto.server.compose import ParentChanged
 from backup_proto.server.jobs import Parent, RestoreJob, UploadJob
 from backup_proto.server.resources import clientError
-from backup_proto.server.storage import manifestPages
+from backup_proto.server.storage import ManifestPages
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg, checkSourceName
+from backup_proto.wire.transfer import FrameSender
 
 #: Snapshots per SNAPSHOTS frame.
 LIST_PAGE = 25
@@ -171,6 +172,7 @@ class Session:
         self.ciphers = None
         self.upload = None
         self.keeping = None
+        self.manifestSender = None
         self.restore = None
         self._connected = True
         self._transfers = {"up": 0, "down": 0}
@@ -236,6 +238,8 @@ class Session:
             self.upload.abort()
         if self.restore is not None:
             self.restore.stop()
+        if self.manifestSender is not None:
+            self.manifestSender.stop()
         self._peer.close(error)
 
     def internalError(self, why, failure=None):
@@ -406,21 +410,39 @@ class Session:
         services = self._services
         d = services.store.manifestOf(self.username, fields["snapshot"])
 
-        def read(found):
+        def check(found):
             if found is None:
                 return None
-            _row, path, digest, _entries = found
-            return services.runIO(manifestPages, path, digest)
+            pages = ManifestPages(found[1], found[2])
+            return services.runIO(pages.open).addCallback(lambda ok: pages if ok else None)
 
-        d.addCallback(read)
+        d.addCallback(check)
 
         def send(pages):
             if pages is None:
                 self._error(ProtocolError(Code.NOT_FOUND, "no such snapshot manifest"), False)
-            else:
-                for body in pages:
-                    self._peer.sendFrame(body)
-            self._resume(State.KEYED)
+                self._resume(State.KEYED)
+                return
+            # still BUSY, input paused: the pages go out as the client reads
+            # them, one batch read ahead (touch: a client that stops reading
+            # times out)
+            sender = self.manifestSender = FrameSender(
+                pages, self._peer.sendFrame, services.runIO, self._peer.touch
+            )
+            done = self._peer.startSending(sender)
+
+            def sent(_):
+                self.manifestSender = None
+                if not self.gone:
+                    self._peer.doneSending()
+                    self._resume(State.KEYED)
+
+            def failed(failure):
+                self.manifestSender = None
+                if not self.gone:
+                    self.internalError("could not send a manifest to {peer}", failure)
+
+            done.addCallbacks(sent, failed)
 
         self._busy(d, send)
 

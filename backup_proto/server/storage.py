@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_session,tests.test_incremental -*-
 """
 Where snapshots live on the server, and how one becomes visible.
 
@@ -46,32 +46,78 @@ def snapshotBaseId(source, when):
     return f"{safe}-{when.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def manifestPages(path, digest, limit=MAX_ENTRIES_PAGE):
+class ManifestPages:
     """
-    Read a manifest and cut it into C{ENTRIES} frames (blocking): the
-    entries are sent as they are stored, without decoding them.
+    A manifest cut into C{ENTRIES} frames a batch at a time (blocking
+    calls, from one thread at a time): the entries are sent as they are
+    stored, without decoding them, and what waits to be sent is one batch,
+    however large the manifest.
+    """
 
-    @return: the frame bodies, or C{None} if the manifest is missing or
-        not the one its digest names.
-    """
-    head = bytes((Msg.ENTRIES,)) + b'{"entries":['
-    tails = (
-        f'],"more":true,"manifest":"{digest}"}}'.encode("ascii"),
-        f'],"more":false,"manifest":"{digest}"}}'.encode("ascii"),
-    )
-    room = limit - len(head) - len(tails[0]) + 1  # the type byte is not body
-    pages, page, used = [], [], 0
-    try:
-        for line in readLines(path, digest):
-            if page and used + len(line) + 1 > room:
-                pages.append(head + b",".join(page) + tails[0])
-                page, used = [], 0
+    #: Bytes of frames per L{read}.
+    BATCH = 1 << 20
+
+    def __init__(self, path, digest, limit=MAX_ENTRIES_PAGE):
+        self.path = path
+        self.digest = digest
+        self._head = bytes((Msg.ENTRIES,)) + b'{"entries":['
+        self._tails = (
+            f'],"more":true,"manifest":"{digest}"}}'.encode("ascii"),
+            f'],"more":false,"manifest":"{digest}"}}'.encode("ascii"),
+        )
+        # the room for entries in a page; the type byte is not body
+        self._room = limit - len(self._head) - len(self._tails[0]) + 1
+        self._lines = None
+        self._next = None  # a line read but not yet placed in a page
+
+    def open(self):
+        """
+        Check the whole manifest against its digest (a first pass: pages
+        once sent cannot be taken back), then start reading it.
+
+        @return: C{False} if it is missing or not the one its digest names.
+        """
+        try:
+            for _line in readLines(self.path, self.digest):
+                pass
+        except (FileNotFoundError, ManifestError):
+            return False
+        self._lines = readLines(self.path)
+        return True
+
+    def read(self):
+        """
+        @return: C{(frames, last)}: about L{BATCH} bytes of frames, and
+            whether the last page is among them.
+        """
+        frames, size = [], 0
+        while size < self.BATCH:
+            frame, last = self._page()
+            frames.append(frame)
+            size += len(frame)
+            if last:
+                self.close()
+                return frames, True
+        return frames, False
+
+    def _page(self):
+        page, used = [], 0
+        while True:
+            line, self._next = self._next, None
+            if line is None:
+                line = next(self._lines, None)
+            if line is None:
+                return self._head + b",".join(page) + self._tails[1], True
+            if page and used + len(line) + 1 > self._room:
+                self._next = line
+                return self._head + b",".join(page) + self._tails[0], False
             page.append(line)
             used += len(line) + 1
-    except (FileNotFoundError, ManifestError):
-        return None
-    pages.append(head + b",".join(page) + tails[1])
-    return pages
+
+    def close(self):
+        if self._lines is not None:
+            self._lines.close()
+            self._lines = None
 
 
 def _row(r):

@@ -322,6 +322,115 @@ class ChunkSender:
         self._finish(Failure(TransferAborted("transfer stopped")))
 
 
+@implementer(IPushProducer)
+class FrameSender:
+    """
+    Writes frames that a thread reads a batch at a time (the pages of a
+    manifest, say), as a push producer: while the transport is paused
+    nothing more is read, so what waits is one batch at most.
+    """
+
+    def __init__(self, source, sendFrame, runIO, progress=None):
+        """
+        @param source: an object whose C{read()} (called in a thread)
+            returns C{(frames, last)}, and whose C{close()} (also in a
+            thread) is called once it is done or given up.
+        @param sendFrame: writes one frame body.
+        @param progress: called after each batch is written.
+        """
+        self._source = source
+        self._sendFrame = sendFrame
+        self._runIO = runIO
+        self._progress = progress
+        self._pending = collections.deque()
+        self._last = False
+        self._paused = False
+        self._reading = False
+        self._done = None
+        self._consumer = None
+
+    def start(self, consumer):
+        """
+        Register with C{consumer} (the transport) and start sending.
+
+        @return: a L{Deferred} that fires once the last frame is written.
+        """
+        done = self._done = Deferred()
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        self._pump()  # may finish at once, when reads are synchronous
+        return done
+
+    def _pump(self):
+        while not self._paused and self._pending and self._done is not None:
+            self._sendFrame(self._pending.popleft())
+            if not self._pending:
+                if self._progress is not None:
+                    self._progress()
+                if self._last:
+                    self._finish(None)
+                    return
+        if self._done is not None and not self._pending and not self._reading:
+            self._reading = True
+            self._runIO(self._source.read).addCallbacks(self._read, self._fail)
+
+    def _read(self, result):
+        self._reading = False
+        if self._done is None:
+            self._closeSource()
+            return
+        frames, self._last = result
+        self._pending.extend(frames)
+        self._pump()
+
+    def _fail(self, failure):
+        self._reading = False
+        if self._done is None:
+            self._closeSource()
+        self._finish(failure)
+
+    def _closeSource(self):
+        # never while a thread reads it
+        source, self._source = self._source, None
+        if source is not None:
+            self._runIO(source.close)
+
+    def _finish(self, failure):
+        done, self._done = self._done, None
+        if done is None:
+            return
+        self._pending.clear()
+        if not self._reading:
+            self._closeSource()
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+        if failure is None:
+            done.callback(None)
+        else:
+            done.errback(failure)
+
+    def stop(self):
+        """
+        Give up: leave the consumer and fail L{start}'s L{Deferred} with
+        L{TransferAborted}.
+        """
+        self._finish(Failure(TransferAborted("sending stopped")))
+
+    # IPushProducer
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self):
+        self._consumer = None
+        self._finish(Failure(TransferAborted("sending stopped")))
+
+
 class ChunkReceiver:
     """
     Receives the DATA chunks of one transfer into a sink (see the module
