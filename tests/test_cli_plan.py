@@ -9,8 +9,16 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from backup_client.cli import PLAN_SWITCH_INTERVAL, _planDone, _planInThread
-from backup_proto.archive.plan import planArchive
+from backup_client.cli import (
+    PLAN_SWITCH_INTERVAL,
+    _planDone,
+    _planInThread,
+    backupResult,
+    backupSummary,
+    humanSize,
+)
+from backup_proto.archive.index import ArchiveReport
+from backup_proto.archive.plan import ParentFiles, planArchive
 from tests.helpers import TestCase
 
 
@@ -106,3 +114,40 @@ class PlanWorkerLostTests(TestCase):
         code, message = _errorResult(BrokenProcessPool("a child process terminated"))
         self.assertEqual(code, EXIT_ERROR)
         self.assertIn("nothing was sent", message)
+
+
+class SummaryTests(TestCase):
+    def test_humanSize(self):
+        for n, text in (
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+            (2 << 40, "2.0 TiB"),
+            (4096 << 40, "4096.0 TiB"),
+        ):
+            self.assertEqual(humanSize(n), text)
+
+    def test_incrementalResult(self):
+        """
+        An incremental backup's result counts deleted files as the parent's
+        files neither kept nor changed; the summary line says the same.
+        """
+        parent = ParentFiles("docs-1")
+        for i in range(10):
+            parent.add((f"docs/f{i}", "file", 1, 1, 0o644, None, 0))
+        parent.add(("docs", "dir", 0, 1, 0o755, None, None))
+        report = ArchiveReport(filesNew=2, filesChanged=3, filesUnchanged=6)
+        snapshot = {"id": "docs-2", "parent": "docs-1", "added": 2048, "files": 11}
+        result = backupResult(snapshot, 1536, report, parent)
+        self.assertEqual(
+            [result[k] for k in ("files_new", "files_changed", "files_unchanged", "files_deleted")],
+            [2, 3, 6, 1],
+        )
+        self.assertEqual(
+            backupSummary(result),
+            "docs-2: 2 new, 3 changed, 6 unchanged, 1 deleted files; sent 1.5 KiB,"
+            " stored 2.0 KiB (parent: docs-1)",
+        )

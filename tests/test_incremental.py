@@ -566,3 +566,44 @@ class ManifestStreamTests(IncrementalCase):
         self.successResultOf(self.settle(client.fetchManifest(snap["id"], entries.append)))
         self.assertEqual(len(entries), snap["files"] + 16)  # folders and links too
         self.assertEqual(len(self.successResultOf(self.settle(client.listSnapshots()))), 1)
+
+
+class ChangeDetectionTests(TestCase):
+    def test_whatCounts(self):
+        """
+        A file is kept when its size, time to the nanosecond and mode are
+        the parent's: one nanosecond, one mode bit or one byte more makes
+        it changed; content rewritten with size and time put back is kept
+        (it is never read: the documented limit); a path the parent did
+        not have as a file is new.
+        """
+        os.makedirs("src/sub")
+        names = ("same", "ns", "mode", "size", "rewritten")
+        for name in names:
+            with open(f"src/sub/{name}", "w") as f:
+                f.write("data")
+            os.utime(f"src/sub/{name}", ns=(10**18 + 7, 10**18 + 7))
+        parent = ParentFiles("src-1")
+        parent.add(("src", "dir", 0, 0, 0o755, None, None))
+        parent.add(("src/sub", "dir", 0, 0, 0o755, None, None))
+        for name in names:
+            st = os.stat(f"src/sub/{name}")
+            parent.add((f"src/sub/{name}", "file", 4, st.st_mtime_ns, st.st_mode & 0o777, None, 0))
+        parent.add(("src/sub/new", "link", 1, 0, 0o777, "x", 0))
+        os.utime("src/sub/ns", ns=(10**18 + 8, 10**18 + 8))
+        os.chmod("src/sub/mode", 0o600)
+        with open("src/sub/size", "a") as f:
+            f.write("!")
+        os.utime("src/sub/size", ns=(10**18 + 7, 10**18 + 7))
+        with open("src/sub/rewritten", "w") as f:
+            f.write("DATA")
+        os.utime("src/sub/rewritten", ns=(10**18 + 7, 10**18 + 7))
+        with open("src/sub/new", "w") as f:
+            f.write("a file where the parent had a link")
+        plan = planArchive(os.path.abspath("src"), parent=parent)
+        report = plan.report
+        self.assertEqual((report.filesNew, report.filesChanged, report.filesUnchanged), (1, 3, 2))
+        kept = [i for i in range(parent.entries) if i in plan.keep]
+        self.assertEqual(kept, [2, 6])  # same, rewritten
+        sent = sorted(e.name.decode() for e in plan.entries if e.content is None)
+        self.assertEqual(sent, ["src/sub/mode", "src/sub/new", "src/sub/ns", "src/sub/size"])
