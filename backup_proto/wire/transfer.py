@@ -157,15 +157,94 @@ def _readBatch(source, lengths):
 
 
 @implementer(IPushProducer)
-class ChunkSender:
+class _ThreadFedProducer:
+    """
+    What a push producer whose source is read in threads does as it is
+    paused, resumed, stopped or done: it leaves its consumer once, fires
+    its L{Deferred} once, and closes its source in a thread, never while a
+    read of it runs (closing waits for that read otherwise).  Subclasses
+    pump (C{_pump}) and say what the L{Deferred} fires with (C{_result}).
+
+    @ivar _pending: what was read but not yet written.
+    @ivar _paused: whether the transport asked us to stop.
+    @ivar _reading: whether a read is under way in a thread.
+    """
+
+    def __init__(self, runIO):
+        self._runIO = runIO
+        self._pending = collections.deque()
+        self._paused = False
+        self._reading = False
+        self._source = None
+        self._done = None
+        self._consumer = None
+
+    def _register(self, consumer):
+        done = self._done = Deferred()
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        return done
+
+    def _result(self):
+        return None
+
+    def _fail(self, failure):
+        self._reading = False
+        if self._done is None:
+            self._closeSource()
+        self._finish(failure)
+
+    def _finish(self, failure):
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if not self._reading:
+            self._closeSource()
+        self._pending.clear()
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+        if failure is None:
+            done.callback(self._result())
+        else:
+            done.errback(failure)
+
+    def _closeSource(self):
+        # in a thread too: closing a zip stream midway waits for the disk
+        # read it has under way (backup_proto.archive.directio.DirectReadAhead)
+        source, self._source = self._source, None
+        if source is not None:
+            self._runIO(source.close).addErrback(
+                lambda failure: log.failure("could not close a sender's source", failure)
+            )
+
+    def stop(self):
+        """
+        Stop sending before the end (the sender's side gave up): leave the
+        consumer, and fail the L{Deferred} with L{TransferAborted}.
+        """
+        self._finish(Failure(TransferAborted("transfer stopped")))
+
+    # IPushProducer
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self):
+        self._consumer = None
+        self._finish(Failure(TransferAborted("transfer stopped")))
+
+
+class ChunkSender(_ThreadFedProducer):
     """
     Sends C{size} bytes of a source as the DATA chunks of one transfer.
 
     @ivar crc: the L{Cksum} of what was read and sent so far.
-    @ivar _pending: chunks read from disk but not yet sealed and sent.
     @ivar _index: the next chunk index to send.
-    @ivar _paused: whether the transport asked us to stop.
-    @ivar _reading: whether a read is under way in a thread.
     """
 
     def __init__(
@@ -190,23 +269,17 @@ class ChunkSender:
         @param readAhead: the next read starts while fewer chunks than this
             wait to be sent (L{READ_AHEAD}, or L{READ_BATCH} to hold less).
         """
+        super().__init__(runIO)
         self._openSource = openSource
         self.size = size
         self._cipher = cipher
         self._transfer = transfer
         self._sendFrame = sendFrame
-        self._runIO = runIO
         self._progress = progress
         self._readAhead = readAhead
         self._count = chunkCount(size)
         self._index = 0
         self._nextRead = 0
-        self._pending = collections.deque()
-        self._paused = False
-        self._reading = False
-        self._source = None
-        self._done = None
-        self._consumer = None
         self.crc = Cksum()
 
     def start(self, consumer):
@@ -216,13 +289,14 @@ class ChunkSender:
         @return: a L{Deferred} that fires with the C{cksum} CRC of the bytes
             sent once the last chunk is written, or fails.
         """
-        done = self._done = Deferred()
-        self._consumer = consumer
-        consumer.registerProducer(self, True)
+        done = self._register(consumer)
         self._reading = True
         d = self._runIO(self._openSource)
         d.addCallbacks(self._opened, self._fail)
         return done
+
+    def _result(self):
+        return self.crc.value()
 
     def _opened(self, source):
         self._reading = False
@@ -269,61 +343,8 @@ class ChunkSender:
         ):
             self._readMore()
 
-    def _finish(self, failure):
-        done, self._done = self._done, None
-        if done is None:
-            return
-        if not self._reading:
-            self._closeSource()
-        self._pending.clear()
-        if self._consumer is not None:
-            self._consumer.unregisterProducer()
-            self._consumer = None
-        if failure is None:
-            done.callback(self.crc.value())
-        else:
-            done.errback(failure)
 
-    def _closeSource(self):
-        # only when no read is under way in a thread; in a thread too, since
-        # closing a zip stream midway waits for the disk read it has under
-        # way (backup_proto.archive.directio.DirectReadAhead)
-        source, self._source = self._source, None
-        if source is not None:
-            self._runIO(source.close).addErrback(
-                lambda failure: log.failure("could not close a transfer's source", failure)
-            )
-
-    def _fail(self, failure):
-        self._reading = False
-        if self._done is None:
-            self._closeSource()
-        self._finish(failure)
-
-    def stop(self):
-        """
-        Stop sending before the end (the sender's side gave up on the
-        transfer): leave the consumer, and fail L{start}'s L{Deferred} with
-        L{TransferAborted}.
-        """
-        self._finish(Failure(TransferAborted("transfer stopped")))
-
-    # IPushProducer
-
-    def pauseProducing(self):
-        self._paused = True
-
-    def resumeProducing(self):
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self):
-        self._consumer = None
-        self._finish(Failure(TransferAborted("transfer stopped")))
-
-
-@implementer(IPushProducer)
-class FrameSender:
+class FrameSender(_ThreadFedProducer):
     """
     Writes frames that a thread reads a batch at a time (the pages of a
     manifest, say), as a push producer: while the transport is paused
@@ -338,16 +359,11 @@ class FrameSender:
         @param sendFrame: writes one frame body.
         @param progress: called after each batch is written.
         """
+        super().__init__(runIO)
         self._source = source
         self._sendFrame = sendFrame
-        self._runIO = runIO
         self._progress = progress
-        self._pending = collections.deque()
         self._last = False
-        self._paused = False
-        self._reading = False
-        self._done = None
-        self._consumer = None
 
     def start(self, consumer):
         """
@@ -355,9 +371,7 @@ class FrameSender:
 
         @return: a L{Deferred} that fires once the last frame is written.
         """
-        done = self._done = Deferred()
-        self._consumer = consumer
-        consumer.registerProducer(self, True)
+        done = self._register(consumer)
         self._pump()  # may finish at once, when reads are synchronous
         return done
 
@@ -382,53 +396,6 @@ class FrameSender:
         frames, self._last = result
         self._pending.extend(frames)
         self._pump()
-
-    def _fail(self, failure):
-        self._reading = False
-        if self._done is None:
-            self._closeSource()
-        self._finish(failure)
-
-    def _closeSource(self):
-        # never while a thread reads it
-        source, self._source = self._source, None
-        if source is not None:
-            self._runIO(source.close)
-
-    def _finish(self, failure):
-        done, self._done = self._done, None
-        if done is None:
-            return
-        self._pending.clear()
-        if not self._reading:
-            self._closeSource()
-        if self._consumer is not None:
-            self._consumer.unregisterProducer()
-            self._consumer = None
-        if failure is None:
-            done.callback(None)
-        else:
-            done.errback(failure)
-
-    def stop(self):
-        """
-        Give up: leave the consumer and fail L{start}'s L{Deferred} with
-        L{TransferAborted}.
-        """
-        self._finish(Failure(TransferAborted("sending stopped")))
-
-    # IPushProducer
-
-    def pauseProducing(self):
-        self._paused = True
-
-    def resumeProducing(self):
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self):
-        self._consumer = None
-        self._finish(Failure(TransferAborted("sending stopped")))
 
 
 class ChunkReceiver:
