@@ -270,10 +270,9 @@ class RaceTests(IncrementalCase):
         self.assertNothingStaged()
 
 
-class HostileKeepTests(IncrementalCase):
+class KeepWireCase(IncrementalCase):
     """
-    A client that sends keep lists and zips that do not fit together: each
-    is refused, and nothing is written outside the user's area.
+    Mallory, on the wire, with a parent snapshot C{x} holding C{x/sub/f}.
     """
 
     def setUp(self):
@@ -331,6 +330,13 @@ class HostileKeepTests(IncrementalCase):
         mallory = os.path.join(self.data, "users", "mallory")
         self.assertEqual(os.listdir(os.path.join(mallory, ".staging")), [])
         self.assertEqual(sorted(os.listdir(mallory)), [".manifests", ".staging", self.parentId])
+
+
+class HostileKeepTests(KeepWireCase):
+    """
+    A client that sends keep lists and zips that do not fit together: each
+    is refused, and nothing is written outside the user's area.
+    """
 
     def test_honest(self):
         """
@@ -607,3 +613,69 @@ class ChangeDetectionTests(TestCase):
         self.assertEqual(kept, [2, 6])  # same, rewritten
         sent = sorted(e.name.decode() for e in plan.entries if e.content is None)
         self.assertEqual(sent, ["src/sub/mode", "src/sub/new", "src/sub/ns", "src/sub/size"])
+
+
+class IncrementalWireTests(KeepWireCase):
+    """
+    The honest paths of an incremental upload at the wire: a resend, and a
+    connection lost while the keep list arrives.
+    """
+
+    def test_resend(self):
+        """
+        An attempt with a damaged chunk is resent; the keep list given once
+        still holds, and the committed snapshot has the kept file.
+        """
+        wire = self.wire
+        with open(
+            craft(os.path.abspath("inc.zip"), [("x/", b"", D), ("x/sub/", b"", D)]), "rb"
+        ) as f:
+            data = f.read()
+        wire.sendControl(
+            Msg.BACKUP,
+            name="x",
+            kind="dir",
+            size=len(data),
+            parent=self.parentId,
+            manifest=self.digest,
+        )
+        [page] = self.keepOf("x/sub/f").pages()
+        wire.sendControl(Msg.KEEP, bits=page, more=False)
+        kind, ready = wire.last()
+        self.assertIs(kind, Msg.READY, ready)
+        chunks = wire.sealedChunks(data, ready["transfer"])
+        damaged = bytearray(chunks[0])
+        damaged[-1] ^= 1
+        wire.send(bytes(damaged) + b"".join(chunks[1:]))
+        kind, cksum = wire.last()
+        self.assertEqual((kind, cksum["rejected"]), (Msg.CKSUM, 1))
+        wire.sendControl(Msg.RESEND)
+        kind, ready = wire.last()
+        self.assertEqual((kind, ready["attempt"]), (Msg.READY, 2))
+        wire.send(b"".join(wire.sealedChunks(data, ready["transfer"])))
+        kind, cksum = wire.last()
+        wire.sendControl(Msg.COMMIT, crc=cksum["crc"])
+        kind, done = wire.last()
+        self.assertIs(kind, Msg.DONE, done)
+        stored = os.path.join(
+            self.data, "users", "mallory", done["snapshot"]["id"], "x", "sub", "f"
+        )
+        with open(stored, "rb") as f:
+            self.assertEqual(f.read(), b"kept")
+        self.assertEqual(os.listdir(os.path.join(self.data, "users", "mallory", ".staging")), [])
+
+    def test_lostWhileKeeping(self):
+        """
+        A connection lost between BACKUP and the keep list's last page
+        leaves no staging behind.
+        """
+        wire = self.wire
+        wire.sendControl(
+            Msg.BACKUP, name="x", kind="dir", size=100, parent=self.parentId, manifest=self.digest
+        )
+        [page] = self.keepOf("x/sub/f").pages()
+        wire.sendControl(Msg.KEEP, bits=page[:5], more=True)
+        self.assertIs(wire.proto.session.state.name, "KEEPING")
+        wire.proto.connectionLost(None)
+        self.clock.advance(0)
+        self.assertEqual(os.listdir(os.path.join(self.data, "users", "mallory", ".staging")), [])

@@ -157,6 +157,24 @@ class KeepListTests(TestCase):
         self.assertGreater(len(keep.pages()), 2)
         self.assertTrue(all(len(p) <= KEEP_PAGE for p in keep.pages()))
 
+    def test_cutAnywhere(self):
+        """
+        The base64 text may be cut at any character, not only at whole
+        quanta of four.
+        """
+        keep = KeepList(1000)
+        for i in range(0, 1000, 3):
+            keep.keep(i)
+        text = "".join(keep.pages())
+        for cut in (1, 2, 3, 5, 7):
+            decoder = KeepListDecoder(1000)
+            for at in range(0, len(text), cut):
+                decoder.feed(text[at : at + cut])
+            self.assertEqual(decoder.finish().bits, keep.bits)
+        decoder = KeepListDecoder(1000)
+        decoder.feed(text[:-1])
+        self.assertRaises(ManifestError, decoder.finish)
+
     def test_unchangedIsSmall(self):
         """
         Keeping all of 200,000 entries takes well under a kilobyte.

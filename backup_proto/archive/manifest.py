@@ -274,12 +274,18 @@ class KeepListDecoder:
         self._want = (count + 7) // 8
         self._inflater = zlib.decompressobj()
         self._bits = bytearray()
+        self._tail = ""  # base64 characters not yet a whole quantum
 
     def feed(self, text):
         """
+        Take the next piece of the list's base64 text (cut anywhere).
+
         @raise ManifestError: the page is not base64, not zlib, or holds
             more than the list.
         """
+        text = self._tail + text
+        whole = len(text) - len(text) % 4
+        text, self._tail = text[:whole], text[whole:]
         try:
             data = base64.b64decode(text, validate=True)
             out = self._inflater.decompress(data, self._want - len(self._bits) + 1)
@@ -296,7 +302,7 @@ class KeepListDecoder:
         @return: the L{KeepList}.
         """
         inflater = self._inflater
-        if not inflater.eof or inflater.unused_data or len(self._bits) != self._want:
+        if self._tail or not inflater.eof or inflater.unused_data or len(self._bits) != self._want:
             raise ManifestError("keep list does not match the parent's manifest")
         if self.count % 8 and self._bits[-1] >> (self.count % 8):
             raise ManifestError("keep list names entries past the parent's manifest")
