@@ -3,6 +3,7 @@ Manifests and keep lists (L{backup_proto.archive.manifest}).
 """
 
 import base64
+import gzip
 import hashlib
 import json
 import random
@@ -57,6 +58,24 @@ class ManifestFileTests(TestCase):
         for entry in ENTRIES + [('a"b\\é\u2028\x01', "link", 1, -5, 0o777, 't"\n\x7f', 0)]:
             expected = json.dumps(list(entry), ensure_ascii=False, separators=(",", ":"))
             self.assertEqual(encodeEntry(entry), expected.encode("utf-8"))
+
+    def test_manyBatches(self):
+        """
+        Entries are decoded a batch of lines at a time: more than one batch
+        comes back whole and in order.
+        """
+        entries = [(f"d/f{i}", "file", i, i, 0o600, None, i) for i in range(2500)]
+        _writer, digest = self.write(entries)
+        self.assertEqual([e for _l, e in readEntries("m", digest)], entries)
+
+    def test_lineOfTwoValues(self):
+        """
+        A line holding two JSON values is refused, not read as two entries.
+        """
+        with gzip.open("m", "wb") as f:
+            f.write(b'["a","dir",0,0,0,null,null],["b","dir",0,0,0,null,null]\n')
+        with self.assertRaises(ManifestError):
+            list(readEntries("m"))
 
     def test_wrongDigest(self):
         """
