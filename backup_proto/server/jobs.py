@@ -61,20 +61,24 @@ def finishUpload(sink, name, kind, parent=None, link=os.link):
 
     @return: a L{Composed}.
     """
-    index = sink.finish(applyDirs=False)
-    if index.root != name or index.kind != kind:
-        raise ArchiveError("archive does not hold the declared name and kind")
     recorder = sink.recorder
-    kept = KeptStats()
-    if parent is not None:
-        kept = linkKept(
-            parent.tree, parent.manifest, parent.digest, parent.keep, sink.dest, recorder, link
-        )
-    for path in sink.impliedFolders():
-        st = os.lstat(os.path.join(sink.dest, path))
-        recorder.add(path, "dir", 0, st.st_mtime_ns, 0o700)
-    applyDirAttributes(sink.dest, index)
-    digest = recorder.close()
+    try:
+        index = sink.finish(applyDirs=False)
+        if index.root != name or index.kind != kind:
+            raise ArchiveError("archive does not hold the declared name and kind")
+        kept = KeptStats()
+        if parent is not None:
+            kept = linkKept(
+                parent.tree, parent.manifest, parent.digest, parent.keep, sink.dest, recorder, link
+            )
+        for path in sink.impliedFolders():
+            st = os.lstat(os.path.join(sink.dest, path))
+            recorder.add(path, "dir", 0, st.st_mtime_ns, 0o700)
+        applyDirAttributes(sink.dest, index)
+        digest = recorder.close()
+    except BaseException:
+        recorder.discard()  # the staging folder goes too; the file is closed now
+        raise
     syncTree(sink.dest)
     return Composed(index, digest, recorder.entries, recorder.files, recorder.size, kept)
 
