@@ -319,7 +319,7 @@ class Session:
         if upload is not None:
             upload.discard(self._services.runIO, self._services.store)
         if keeping is not None:
-            self._services.runIO(self._services.store.removeStaging, keeping.staging)
+            keeping.discard(self._services.runIO, self._services.store)
 
     def _nextTransfer(self, direction):
         self._transfers[direction] += 1
@@ -511,18 +511,19 @@ class Session:
         if fields["more"]:
             self._enter(State.KEEPING)
             return
-        self.keeping = None
+        services = self._services
         if keeping.found is None:
-            services = self._services
-            services.runIO(services.store.removeStaging, keeping.staging)
+            self.keeping = None
+            keeping.discard(services.runIO, services.store)
             self._parentChanged()
             self._enter(State.KEYED)
             return
         try:
-            parent = keeping.parent(self._services.store, self.username)
+            parent = keeping.parent(services.store, self.username)
         except ManifestError as e:
-            self._services.runIO(self._services.store.removeStaging, keeping.staging)
+            # fatal: the staging folder goes with the connection
             raise ProtocolError(Code.BAD_MESSAGE, str(e)) from None
+        self.keeping = None
         self.upload = UploadJob(keeping.name, "dir", keeping.size, keeping.staging, parent)
         self._beginUpload()
 
@@ -756,6 +757,12 @@ class _Keeping:
     def feed(self, bits):
         if self._decoder is not None:
             self._decoder.feed(bits)
+
+    def discard(self, runIO, store):
+        """
+        Give the backup up: remove its staging folder (in an I/O thread).
+        """
+        return runIO(store.removeStaging, self.staging)
 
     def parent(self, store, username):
         """
