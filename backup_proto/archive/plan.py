@@ -264,16 +264,23 @@ class ArchivePlan:
             self.spool.close()
 
 
-def _entryFor(arcname, st, **fields):
-    dosTime, dosDate = dosTimeDate(wholeSeconds(st.st_mtime_ns))
+def _entry(name, mode, mtimeNs, **fields):
+    """
+    @param mode: the entry's full mode, type bits included.
+    """
+    dosTime, dosDate = dosTimeDate(wholeSeconds(mtimeNs))
     return PlannedEntry(
-        name=arcname.encode("utf-8"),
-        external=externalAttributes(st.st_mode),
+        name=name,
+        external=externalAttributes(mode),
         dosTime=dosTime,
         dosDate=dosDate,
-        mtimeNs=st.st_mtime_ns,
+        mtimeNs=mtimeNs,
         **fields,
     )
+
+
+def _entryFor(arcname, st, **fields):
+    return _entry(arcname.encode("utf-8"), st.st_mode, st.st_mtime_ns, **fields)
 
 
 def blockSizes(size, first=SAMPLE_SIZE):
@@ -482,11 +489,10 @@ def planArchive(
         the files unchanged since are left out of the zip (and not read),
         and named in the plan's C{keep}.
     @param attributes: C{.get(path) -> (mode, mtimeNs) | None} (a C{dict},
-        or an L{backup_proto.archive.manifest.EntryAttributes}), the modes
-        and times to
-        give the entries instead of their files' (a snapshot's manifest:
-        a file shared with other snapshots through a hard link must not be
-        what a restore trusts for them).
+        or an L{backup_proto.archive.manifest.EntryAttributes}): the modes
+        and times to give the entries instead of their files' (from a
+        snapshot's manifest: a file shared with other snapshots through a
+        hard link is not what a restore trusts for them).
     @return: an L{ArchivePlan}.
     """
     try:
@@ -560,30 +566,28 @@ def planFromManifest(source, name, entries):
     report = ArchiveReport()
     planned = []
     for path, kind, size, mtimeNs, mode, target, crc in entries:
-        dosTime, dosDate = dosTimeDate(wholeSeconds(mtimeNs))
-        fields = {
-            "external": externalAttributes(_TYPES[kind] | mode),
-            "dosTime": dosTime,
-            "dosDate": dosDate,
-            "mtimeNs": mtimeNs,
-            "method": STORED,
-        }
+        full = _TYPES[kind] | mode
         if kind == "file":
-            entry = PlannedEntry(path.encode("utf-8"), usize=size, csize=size, **fields)
+            entry = _entry(
+                path.encode("utf-8"), full, mtimeNs, method=STORED, usize=size, csize=size
+            )
             report.files += 1
             report.size += size
         elif kind == "dir":
-            entry = PlannedEntry(f"{path}/".encode(), usize=0, csize=0, content=b"", **fields)
+            folder = f"{path}/".encode()
+            entry = _entry(folder, full, mtimeNs, method=STORED, usize=0, csize=0, content=b"")
             report.dirs += 1
         else:
             content = target.encode("utf-8")
-            entry = PlannedEntry(
+            entry = _entry(
                 path.encode("utf-8"),
+                full,
+                mtimeNs,
+                method=STORED,
                 usize=len(content),
                 csize=len(content),
                 content=content,
                 crc=crc,
-                **fields,
             )
             report.links += 1
         planned.append(entry)
