@@ -279,6 +279,22 @@ def _entry(name, mode, mtimeNs, **fields):
     )
 
 
+def _linkEntry(name, mode, mtimeNs, target, crc):
+    """
+    A link's entry: its target, stored, is its content.
+    """
+    return _entry(
+        name,
+        mode,
+        mtimeNs,
+        method=STORED,
+        usize=len(target),
+        csize=len(target),
+        content=target,
+        crc=crc,
+    )
+
+
 def _entryFor(arcname, st, **fields):
     return _entry(arcname.encode("utf-8"), st.st_mode, st.st_mtime_ns, **fields)
 
@@ -578,17 +594,7 @@ def planFromManifest(source, name, entries):
             entry = _entry(folder, full, mtimeNs, method=STORED, usize=0, csize=0, content=b"")
             report.dirs += 1
         else:
-            content = target.encode("utf-8")
-            entry = _entry(
-                path.encode("utf-8"),
-                full,
-                mtimeNs,
-                method=STORED,
-                usize=len(content),
-                csize=len(content),
-                content=content,
-                crc=crc,
-            )
+            entry = _linkEntry(path.encode("utf-8"), full, mtimeNs, target.encode("utf-8"), crc)
             report.links += 1
         planned.append(entry)
     return _layOut(planned, report, os.path.realpath(source), name)
@@ -693,14 +699,12 @@ def _planTree(
                     target = os.readlink(child.path).encode("utf-8", "surrogateescape")
                     flush()
                     planned.append(
-                        _entryFor(
-                            childArc,
-                            cst,
-                            method=STORED,
-                            usize=len(target),
-                            csize=len(target),
-                            content=target,
-                            crc=isal_zlib.crc32(target),
+                        _linkEntry(
+                            childArc.encode("utf-8"),
+                            cst.st_mode,
+                            cst.st_mtime_ns,
+                            target,
+                            isal_zlib.crc32(target),
                         )
                     )
                     report.links += 1
