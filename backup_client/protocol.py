@@ -281,14 +281,13 @@ class BackupClientProtocol(Int32StringReceiver):
             fields.update(parent=parent.snapshotId, manifest=parent.digest)
         request = (Msg.BACKUP, fields)
         for attempt in range(1 + MAX_RESENDS):
+            self.sendString(encodeControl(request[0], **request[1]))
             if attempt == 0 and parent is not None:
-                self.sendString(encodeControl(request[0], **request[1]))
+                # the keep list follows BACKUP at once, and only BACKUP
                 for i, page in enumerate(parent.pages):
                     more = i + 1 < len(parent.pages)
                     self.sendString(encodeControl(Msg.KEEP, bits=page, more=more))
-                _, ready = await self._expect(Msg.READY)
-            else:
-                _, ready = await self._call(*request, Msg.READY)
+            _, ready = await self._expect(Msg.READY)
             sender = ChunkSender(
                 openSource,
                 size,

@@ -52,7 +52,6 @@ class KeptStats:
     linked: int = 0
     copied: int = 0
     copiedBytes: int = 0
-    keptBytes: int = 0
     refused: set = field(default_factory=set)
 
 
@@ -174,7 +173,6 @@ def linkKept(parentTree, parentManifest, digest, keep, tree, recorder, link=os.l
                     ) from None
                 _place(link, name, source, dest, mode, mtimeNs, size, path, stats)
                 recorder.addEncoded(line, kind, size)
-                stats.keptBytes += size
         except ManifestError:
             raise ParentChanged("the parent snapshot's manifest changed") from None
         except OSError as e:

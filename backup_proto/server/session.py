@@ -413,7 +413,7 @@ class Session:
         def check(found):
             if found is None:
                 return None
-            pages = ManifestPages(found[1], found[2])
+            pages = ManifestPages(found.path, found.digest)
             return services.runIO(pages.open).addCallback(lambda ok: pages if ok else None)
 
         d.addCallback(check)
@@ -486,9 +486,9 @@ class Session:
         def stage(found):
             usable = (
                 found is not None
-                and found[0]["source"] == name
-                and found[0]["kind"] == "dir"
-                and found[2] == digest
+                and found.row["source"] == name
+                and found.row["kind"] == "dir"
+                and found.digest == digest
             )
             staging = services.runIO(services.store.newStaging, self.username)
             return staging.addCallback(lambda path: (found if usable else None, path))
@@ -653,7 +653,7 @@ class Session:
             path = services.store.snapshotPath(self.username, row)
             # modes and times come from the manifest (stored files share
             # inodes between snapshots)
-            manifest = None if withManifest is None else withManifest[1:3]
+            manifest = None if withManifest is None else (withManifest.path, withManifest.digest)
             return services.runCPU(
                 services.restores.plan, path, row["source"], services.restoreCompression, manifest
             )
@@ -741,7 +741,7 @@ class _Keeping:
     """
     An incremental backup whose keep list is arriving (state C{KEEPING}).
 
-    @ivar found: the parent's C{(row, manifest path, digest, entries)}, or
+    @ivar found: the parent's L{backup_proto.server.storage.StoredManifest}, or
         C{None} if it cannot be used (gone, another source, another
         manifest): the list is then read and dropped, and the backup
         refused with C{parent-changed} at its end.
@@ -752,7 +752,7 @@ class _Keeping:
         self.size = size
         self.staging = staging
         self.found = found
-        self._decoder = None if found is None else KeepListDecoder(found[3])
+        self._decoder = None if found is None else KeepListDecoder(found.entries)
 
     def feed(self, bits):
         if self._decoder is not None:
@@ -769,11 +769,11 @@ class _Keeping:
         @return: the L{Parent} for the upload.
         @raise ManifestError: the list does not fit the parent's manifest.
         """
-        row, path, digest, _entries = self.found
+        found = self.found
         return Parent(
-            row,
-            os.path.join(store.userDir(username), row["id"]),
-            path,
-            digest,
+            found.row,
+            os.path.join(store.userDir(username), found.row["id"]),
+            found.path,
+            found.digest,
             self._decoder.finish(),
         )

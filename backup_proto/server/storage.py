@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from typing import NamedTuple
 
 from backup_proto.archive.manifest import ManifestError, readLines
 from backup_proto.archive.tree import fsyncDir
@@ -118,6 +119,18 @@ class ManifestPages:
         if self._lines is not None:
             self._lines.close()
             self._lines = None
+
+
+class StoredManifest(NamedTuple):
+    """
+    A snapshot's catalog row, and the file, digest and entry count of its
+    manifest.
+    """
+
+    row: dict
+    path: str
+    digest: str
+    entries: int
 
 
 def _row(r):
@@ -222,8 +235,8 @@ class SnapshotStore:
 
     def manifestOf(self, username, snapshotId):
         """
-        @return: a L{Deferred} with C{(row, path, digest, entries)} for one
-            of this user's snapshots that has a manifest, else C{None}.
+        @return: a L{Deferred} with the L{StoredManifest} of one of this
+            user's snapshots that has a manifest, else C{None}.
         """
         return self.db.run(self._manifestOf, username, snapshotId)
 
@@ -234,7 +247,7 @@ class SnapshotStore:
         ).fetchone()
         if r is None or r[-2] is None:
             return None
-        return _row(r), self.manifestPath(username, snapshotId), r[-2], r[-1]
+        return StoredManifest(_row(r), self.manifestPath(username, snapshotId), r[-2], r[-1])
 
     def list(self, username):
         """
@@ -290,7 +303,8 @@ class SnapshotStore:
         """
         Bring disk and catalog into agreement after a crash (blocking; call
         before serving).  Removes every staging folder, every snapshot folder
-        without a catalog row, and every row without a folder.
+        and manifest without a catalog row, and every row without a folder
+        (with its manifest).
 
         @return: C{(stagingRemoved, foldersRemoved, rowsRemoved)}.
         """
@@ -327,7 +341,7 @@ class SnapshotStore:
             for u, i in gone:
                 conn.execute("DELETE FROM snapshots WHERE username = ? AND id = ?", (u, i))
                 try:
-                    os.unlink(os.path.join(self.usersDir, u, MANIFESTS, i))
+                    os.unlink(self.manifestPath(u, i))
                 except FileNotFoundError:
                     pass
 
