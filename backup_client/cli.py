@@ -12,6 +12,9 @@ Exit codes (stable; also in README.rst):
  5. transfer verification failed after all resends
  6. finished with warnings
  7. server storage full
+ 8. over the account's quota
+ 9. local disk full
+ 10. removal refused by the account's delete protection
 """
 
 import argparse
@@ -41,6 +44,8 @@ from backup_client.exitcodes import (
     EXIT_ERROR,
     EXIT_LOCAL_FULL,
     EXIT_OK,
+    EXIT_PROTECTED,
+    EXIT_QUOTA,
     EXIT_STORAGE_FULL,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -63,9 +68,11 @@ from backup_proto.archive.plan import ParentFiles, planArchive
 from backup_proto.archive.policy import ArchiveError, Limits
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
+from backup_proto.units import humanSize
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import DEFAULT_PORT
+from backup_proto.wire.policy import addPolicyOptions, policyFromOptions
 from backup_proto.wire.transfer import SinkFailed, diskFull
 
 CONNECT_TIMEOUT = 15
@@ -79,6 +86,7 @@ _AUTH_CODES = {
     Code.NAME_TAKEN,
     Code.BAD_USERNAME,
     Code.BAD_PASSWORD,
+    Code.ACCOUNT_DISABLED,
 }
 
 #: What a restore may unpack on this machine.
@@ -125,7 +133,9 @@ def buildParser():
         "list your snapshots and restore them.",
         epilog="Exit codes: 0 success, 1 other error, 2 usage error, 3 authentication "
         "or account refused, 4 server unreachable or not trusted, 5 verification failed "
-        "after all resends, 6 finished with warnings, 7 server storage full.",
+        "after all resends, 6 finished with warnings, 7 server storage full, 8 over the "
+        "account's quota, 9 local disk full, 10 removal refused by the account's delete "
+        "protection.",
     )
     env = os.environ.get
     parser.add_argument(
@@ -189,16 +199,43 @@ def buildParser():
     restore.add_argument(
         "-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS
     )
+    forget = sub.add_parser(
+        "forget",
+        help="remove snapshots by id, or those a --keep-* policy does not keep",
+        description="Remove snapshots: the ones named, or those the --keep-* rules do not"
+        " keep (restic's rules: each source's snapshots on their own, newest first, in UTC)."
+        " The server may keep them in its trash for a while, and may refuse (exit 10) if"
+        " the account is protected.",
+    )
+    forget.add_argument("ids", metavar="ID", nargs="*", help="snapshots to remove")
+    addPolicyOptions(forget)
+    forget.add_argument("--source", metavar="NAME", help="apply the policy to this source only")
+    forget.add_argument(
+        "--dry-run", action="store_true", help="only show what would be kept and removed"
+    )
+    forget.add_argument("--json", action="store_true", help="print a JSON result object")
+    usage = sub.add_parser("usage", help="what your account stores, and its quota")
+    usage.add_argument("--json", action="store_true", help="print a JSON object")
+    passwd = sub.add_parser("passwd", help="change your password (the old one is asked first)")
+    passwd.add_argument(
+        "--new-password-file",
+        metavar="FILE",
+        help="read the new password from the first line of FILE (or env BACKUP_NEW_PASSWORD)",
+    )
     return parser
+
+
+def _firstLine(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise Fatal(EXIT_USAGE, f"cannot read {what}: {e.strerror}") from None
 
 
 def _readPassword(args, confirm):
     if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise Fatal(EXIT_USAGE, f"cannot read password file: {e.strerror}") from None
+        return _firstLine(args.password_file, "password file")
     if os.environ.get("BACKUP_PASSWORD") is not None:
         return os.environ["BACKUP_PASSWORD"]
     if not sys.stdin.isatty():
@@ -424,19 +461,6 @@ def _planInThread(runInThread, *args, **kwargs):
         return result
 
     return runInThread(planArchive, *args, **kwargs).addBoth(planned)
-
-
-def humanSize(n):
-    """
-    @return: C{n} bytes for a person: C{"812 B"}, C{"1.4 KiB"}, C{"3.0 GiB"}.
-    """
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1024:.1f} TiB"
 
 
 class _Planner:
@@ -718,7 +742,115 @@ async def cmdRestore(reactor, args):
     return EXIT_OK
 
 
-COMMANDS = {"register": cmdRegister, "list": cmdList, "backup": cmdBackup, "restore": cmdRestore}
+async def cmdForget(reactor, args):
+    user = _needUser(args)
+    try:
+        policy = policyFromOptions(vars(args))
+    except ValueError as e:
+        raise Fatal(EXIT_USAGE, f"--keep-within: {e}") from None
+    if args.ids and not policy.empty:
+        raise Fatal(EXIT_USAGE, "give snapshot ids or --keep-* rules, not both")
+    if not args.ids and policy.empty:
+        raise Fatal(
+            EXIT_USAGE,
+            "no snapshot ids and no --keep-* rule: refusing to remove everything",
+        )
+    if args.ids and args.source:
+        raise Fatal(EXIT_USAGE, "--source goes with --keep-* rules, not with ids")
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    decisions, state = await proto.forget(
+        args.ids,
+        None if args.ids else policy.toFields(),
+        args.source,
+        args.dry_run,
+    )
+    proto.transport.loseConnection()
+    kept = [d for d in decisions if d["keep"]]
+    removed = [d for d in decisions if not d["keep"]]
+    if args.json:
+        print(
+            json.dumps(
+                {"dry_run": args.dry_run, "state": state, "keep": kept, "remove": removed},
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not args.ids:
+        print(f"policy: {policy.describe()}")
+        print(f"keep {len(kept)} snapshots:")
+        for d in kept:
+            print(f"  {d['id']:<40} {d['created']:<21} {', '.join(d['reasons'])}")
+    verb = "would remove" if args.dry_run else "remove"
+    print(f"{verb} {len(removed)} snapshots:")
+    for d in removed:
+        print(f"  {d['id']:<40} {d['created']}")
+    if removed and state == "trash":
+        print("moved to the server's trash: the operator can bring them back for a while")
+    return EXIT_OK
+
+
+async def cmdUsage(reactor, args):
+    user = _needUser(args)
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    info = await proto.usage()
+    proto.transport.loseConnection()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    quota = "none" if info["quota"] is None else humanSize(info["quota"])
+    lines = [
+        ("snapshots", str(info["snapshots"])),
+        ("size", f"{humanSize(info['size'])} (all snapshots, as restored)"),
+        ("on disk", f"{humanSize(info['used'])} (files shared between snapshots once)"),
+        ("quota", quota),
+        ("newest backup", info["newest"] or "none"),
+        ("in trash", str(info["trash"])),
+        ("policy", info["policy"] or "none"),
+    ]
+    protection = []
+    if info["append_only"]:
+        protection.append("append-only")
+    if info["min_age_days"]:
+        protection.append(f"minimum age {info['min_age_days']} days")
+    lines.append(("protection", ", ".join(protection) or "none"))
+    for name, value in lines:
+        print(f"{name + ':':<15}{value}")
+    return EXIT_OK
+
+
+async def cmdPasswd(reactor, args):
+    user = _needUser(args)
+    old = _readPassword(args, False)
+    if args.new_password_file:
+        new = _firstLine(args.new_password_file, "new password file")
+    elif os.environ.get("BACKUP_NEW_PASSWORD") is not None:
+        new = os.environ["BACKUP_NEW_PASSWORD"]
+    elif sys.stdin.isatty():
+        new = getpass.getpass("New password: ")
+        if getpass.getpass("New password (again): ") != new:
+            raise Fatal(EXIT_USAGE, "passwords do not match")
+    else:
+        raise Fatal(
+            EXIT_USAGE,
+            "no new password: use --new-password-file or BACKUP_NEW_PASSWORD"
+            " (or run on a terminal to be asked)",
+        )
+    proto = await _session(reactor, args, user, old)
+    await proto.changePassword(old, new)
+    proto.transport.loseConnection()
+    print(f"password changed for {user}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "register": cmdRegister,
+    "list": cmdList,
+    "backup": cmdBackup,
+    "restore": cmdRestore,
+    "forget": cmdForget,
+    "usage": cmdUsage,
+    "passwd": cmdPasswd,
+}
 
 
 def _errorResult(error):
@@ -734,6 +866,10 @@ def _errorResult(error):
             return EXIT_VERIFY, error.message
         if error.code == Code.STORAGE_FULL:
             return EXIT_STORAGE_FULL, error.message
+        if error.code == Code.QUOTA_EXCEEDED:
+            return EXIT_QUOTA, error.message
+        if error.code == Code.PROTECTED:
+            return EXIT_PROTECTED, error.message
         if error.code == Code.TIMEOUT:
             return EXIT_UNREACHABLE, f"server closed the connection: {error.message}"
         return EXIT_ERROR, error.message

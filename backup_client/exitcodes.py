@@ -12,9 +12,9 @@ EXIT_UNREACHABLE = 4
 EXIT_VERIFY = 5
 EXIT_WARNINGS = 6
 EXIT_STORAGE_FULL = 7
-#: Kept for a server refusing a backup over the account's quota.
 EXIT_QUOTA = 8
 EXIT_LOCAL_FULL = 9
+EXIT_PROTECTED = 10
 
 #: Every exit code the client uses, with what it means (one line).
 MEANINGS = {
@@ -26,5 +26,7 @@ MEANINGS = {
     EXIT_VERIFY: "transfer verification failed after all resends",
     EXIT_WARNINGS: "finished with warnings",
     EXIT_STORAGE_FULL: "server storage full",
+    EXIT_QUOTA: "over the account's quota",
     EXIT_LOCAL_FULL: "local disk full",
+    EXIT_PROTECTED: "removal refused by the account's delete protection",
 }

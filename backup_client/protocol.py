@@ -245,6 +245,42 @@ class BackupClientProtocol(Int32StringReceiver):
         """
         return ensureDeferred(self._list())
 
+    # ------------------------------------------------------------ lifecycle
+
+    async def _forget(self, ids, policy, source, dryRun):
+        fields = {"ids": list(ids), "policy": policy, "source": source, "dry_run": dryRun}
+        self.sendString(encodeControl(Msg.FORGET, **fields))
+        decisions = []
+        while True:
+            _, answer = await self._expect(Msg.FORGOTTEN)
+            decisions.extend(answer["snapshots"])
+            if not answer["more"]:
+                return decisions, answer["state"]
+
+    def forget(self, ids=(), policy=None, source=None, dryRun=False):
+        """
+        Remove snapshots by id, or by a policy (its JSON object).
+
+        @return: a L{Deferred} with C{(decisions, state)}: a dict per
+            snapshot considered (C{id}, C{source}, C{created}, C{keep},
+            C{reasons}) and where the removed ones went (C{trash},
+            C{removing}, or C{None} for a dry run).
+        """
+        return ensureDeferred(self._forget(ids, policy, source, dryRun))
+
+    def usage(self):
+        """
+        @return: a L{Deferred} with the account's C{USAGE_INFO} fields.
+        """
+        d = ensureDeferred(self._call(Msg.USAGE, {}, Msg.USAGE_INFO))
+        return d.addCallback(lambda answer: answer[1])
+
+    def changePassword(self, old, new):
+        """
+        @return: a L{Deferred} firing once the new password is set.
+        """
+        return ensureDeferred(self._call(Msg.PASSWD, {"old": old, "new": new}, Msg.OK))
+
     # ------------------------------------------------------------ backup
 
     async def _manifest(self, snapshotId, consume):

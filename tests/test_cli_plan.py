@@ -15,10 +15,10 @@ from backup_client.cli import (
     _planInThread,
     backupResult,
     backupSummary,
-    humanSize,
 )
 from backup_proto.archive.index import ArchiveReport
 from backup_proto.archive.plan import ParentFiles, planArchive
+from backup_proto.units import humanSize, parseSize
 from tests.helpers import TestCase
 
 
@@ -129,6 +129,18 @@ class SummaryTests(TestCase):
             (4096 << 40, "4096.0 TiB"),
         ):
             self.assertEqual(humanSize(n), text)
+
+    def test_parseSize(self):
+        for text, n in (
+            ("123", 123),
+            ("10G", 10 << 30),
+            ("1.5k", 1536),
+            ("512MiB", 512 << 20),
+            ("2 TB", 2 << 40),
+        ):
+            self.assertEqual(parseSize(text), n)
+        for bad in ("", "G", "-1G", "10X", "1e3"):
+            self.assertRaises(ValueError, parseSize, bad)
 
     def test_incrementalResult(self):
         """

@@ -20,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from backup_client.restoring import placeRestore
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.stream import writeArchive
+from backup_proto.server.session import TRANSITIONS
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg
 from tests.helpers import (
@@ -217,7 +218,7 @@ class MessageTests(HostileCase):
         """
         for keyed, allowed in (
             (False, {Msg.REGISTER, Msg.LOGIN}),
-            (True, {Msg.LIST, Msg.BACKUP, Msg.RESTORE, Msg.MANIFEST}),
+            (True, {kind for (state, kind) in TRANSITIONS if state.name == "KEYED"}),
         ):
             for kind in Msg:
                 if kind in allowed:

@@ -51,19 +51,21 @@ class SingleSourceTests(TestCase):
             lambda conn: [row[1] for row in conn.execute("PRAGMA table_info(snapshots)")]
         )
         db.close()
-        # and two of its own: the manifest's digest and entry count
-        self.assertEqual(columns, ["username", *SNAPSHOT_FIELDS, "manifest", "entries"])
+        # and its own: the manifest's digest and entry count, the state and
+        # when it last changed
+        self.assertEqual(
+            columns, ["username", *SNAPSHOT_FIELDS, "manifest", "entries", "state", "changed"]
+        )
 
     def test_exitCodes(self):
         """
         README's exit code table lists exactly the codes the client uses,
-        and says which one is kept for quotas.
+        with their meanings.
         """
         readme = read("README.rst")
         section = readme[readme.index("Exit codes\n----------") :]
         table = section[: section.index("How it works")]
-        rows = re.findall(r"^(\d+)  ", table, re.M)
+        rows = re.findall(r"^(\d+) +\S", table, re.M)
         self.assertEqual([int(code) for code in rows], sorted(exitcodes.MEANINGS))
         for code, meaning in exitcodes.MEANINGS.items():
-            self.assertRegex(table, rf"(?m)^{code}  {re.escape(meaning)}")
-        self.assertIn(f"{exitcodes.EXIT_QUOTA} is kept for", table)
+            self.assertRegex(table, rf"(?m)^{code} +{re.escape(meaning)}")

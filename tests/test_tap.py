@@ -239,7 +239,10 @@ class ServiceTests(TestCase):
 
         db = Database(os.path.abspath("data/user.db"), runNow)
         db.runSync(
-            lambda c: c.execute("INSERT INTO users VALUES ('alice', x'00', x'00', 1, 'now')")
+            lambda c: c.execute(
+                "INSERT INTO users (username, salt, key, iterations, created)"
+                " VALUES ('alice', x'00', x'00', 1, 'now')"
+            )
         )
         os.makedirs("data/users/alice/.staging/tmp1/tree")
         os.makedirs("data/users/alice/kept-1/kept")

@@ -27,6 +27,12 @@ class ArchiveError(Exception):
     """
 
 
+class OverQuota(ArchiveError):
+    """
+    An archive unpacks to more than its account may still store.
+    """
+
+
 @dataclass
 class Limits:
     """
@@ -36,12 +42,14 @@ class Limits:
     @ivar maxUnpacked: total bytes of file contents and link targets.
     @ivar maxRatio: the most an entry larger than C{ratioFloor} may expand
         (uncompressed / compressed size).
+    @ivar maxStored: what the account's quota leaves room for, or C{None}.
     """
 
     maxEntries: int = 1_000_000
     maxUnpacked: int = 1 << 40
     maxRatio: int = 200
     ratioFloor: int = 1 << 20
+    maxStored: int = None
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -212,6 +220,8 @@ class TreeRules:
         limits = self.limits
         if self.total > limits.maxUnpacked:
             raise ArchiveError(f"archive unpacks to more than {limits.maxUnpacked} bytes")
+        if limits.maxStored is not None and self.total > limits.maxStored:
+            raise OverQuota(f"it unpacks to more than the {limits.maxStored} bytes left")
         if written > limits.ratioFloor and written > limits.maxRatio * max(csize, 1):
             what = "/".join(parts)[:200]
             raise ArchiveError(f"entry '{what}' expands more than {limits.maxRatio} times")

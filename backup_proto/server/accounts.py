@@ -18,6 +18,7 @@ import sqlite3
 
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks
 
+from backup_proto.server.catalog import setPassword
 from backup_proto.wire.errors import Code, ProtocolError
 
 DEFAULT_ITERATIONS = 600_000
@@ -89,8 +90,17 @@ def _userExists(conn, name):
 
 def _fetchUser(conn, name):
     return conn.execute(
-        "SELECT salt, key, iterations FROM users WHERE username = ?", (name,)
+        "SELECT salt, key, iterations, disabled FROM users WHERE username = ?", (name,)
     ).fetchone()
+
+
+def newKey(password, iterations):
+    """
+    @return: C{(salt, key)} for a new password (bytes), hashing now
+        (blocking).
+    """
+    salt = os.urandom(SALT_SIZE)
+    return salt, deriveKey(password, salt, iterations)
 
 
 class AccountStore:
@@ -145,9 +155,11 @@ class AccountStore:
         """
         Check a login.  A malformed name is not revealed as such: it is
         hashed against the dummy key and refused like any other failure.
+        That an account is disabled is said only to who knows its password.
 
         @raise ProtocolError: (L{Code.BAD_PASSWORD}) for an over-long
-            password, refused before hashing.
+            password, refused before hashing; (L{Code.ACCOUNT_DISABLED})
+            for the right password of a disabled account.
         @return: a L{Deferred} firing C{True} or C{False}.
         """
         data = checkPassword(password)
@@ -157,7 +169,26 @@ class AccountStore:
         if row is None:
             salt, stored, iterations = self._dummy[0], self._dummy[1], self.iterations
         else:
-            salt, stored, iterations = row
+            salt, stored, iterations, _disabled = row
         derived = yield self._hash(data, salt, iterations)
         ok = hmac.compare_digest(derived, stored) and row is not None
+        if ok and row[3]:
+            raise ProtocolError(
+                Code.ACCOUNT_DISABLED, "this account is disabled: ask the server's operator"
+            )
         return ok
+
+    @inlineCallbacks
+    def changePassword(self, name, old, new):
+        """
+        Set a new password for an account, given its old one.
+
+        @raise ProtocolError: C{bad-password} for an unfit new password,
+            C{auth-failed} for a wrong old one.
+        """
+        data = checkPassword(new)
+        if not (yield self.authenticate(name, old)):
+            raise ProtocolError(Code.AUTH_FAILED, "the old password is wrong")
+        salt = os.urandom(SALT_SIZE)
+        key = yield self._hash(data, salt, self.iterations)
+        yield self._db.run(setPassword, name, salt, key, self.iterations)

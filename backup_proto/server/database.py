@@ -17,7 +17,14 @@ CREATE TABLE IF NOT EXISTS users (
     salt       BLOB NOT NULL,
     key        BLOB NOT NULL,
     iterations INTEGER NOT NULL,
-    created    TEXT NOT NULL
+    created    TEXT NOT NULL,
+    quota         INTEGER,
+    used          INTEGER NOT NULL DEFAULT 0,
+    usage_changes INTEGER NOT NULL DEFAULT 0,
+    policy        TEXT,
+    append_only   INTEGER NOT NULL DEFAULT 0,
+    min_age_days  INTEGER NOT NULL DEFAULT 0,
+    disabled      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     username TEXT NOT NULL REFERENCES users(username),
@@ -32,31 +39,65 @@ CREATE TABLE IF NOT EXISTS snapshots (
     added    INTEGER NOT NULL DEFAULT 0,
     manifest TEXT,
     entries  INTEGER NOT NULL DEFAULT 0,
+    state    TEXT NOT NULL DEFAULT 'live',
+    changed  TEXT,
     PRIMARY KEY (username, id)
 );
+CREATE TABLE IF NOT EXISTS pins (
+    token    INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    holder   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pins_snapshot ON pins (username, id);
 """
 
-#: Columns added since the first catalog, with their definitions: a catalog
-#: made before them gains them at start-up.  Older snapshots have no
-#: manifest (they cannot be a parent) and added all their bytes.
+#: Columns added since the first catalog, by table, with their definitions:
+#: a catalog made before them gains them at start-up.  Older snapshots have
+#: no manifest (they cannot be a parent) and added all their bytes.
 ADDED_COLUMNS = {
-    "parent": "TEXT",
-    "added": "INTEGER NOT NULL DEFAULT 0",
-    "manifest": "TEXT",
-    "entries": "INTEGER NOT NULL DEFAULT 0",
+    "snapshots": {
+        "parent": "TEXT",
+        "added": "INTEGER NOT NULL DEFAULT 0",
+        "manifest": "TEXT",
+        "entries": "INTEGER NOT NULL DEFAULT 0",
+        "state": "TEXT NOT NULL DEFAULT 'live'",
+        "changed": "TEXT",
+    },
+    "users": {
+        "quota": "INTEGER",
+        "used": "INTEGER NOT NULL DEFAULT 0",
+        "usage_changes": "INTEGER NOT NULL DEFAULT 0",
+        "policy": "TEXT",
+        "append_only": "INTEGER NOT NULL DEFAULT 0",
+        "min_age_days": "INTEGER NOT NULL DEFAULT 0",
+        "disabled": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
+
+#: What an added column starts as, where its default is not it.  Before
+#: removals existed, each snapshot's added bytes were its own on disk.
+_BACKFILL = {
+    ("snapshots", "added"): "UPDATE snapshots SET added = size",
+    ("users", "used"): (
+        "UPDATE users SET used = (SELECT COALESCE(SUM(added), 0) FROM snapshots"
+        " WHERE snapshots.username = users.username)"
+    ),
 }
 
 
 def migrate(conn):
     """
-    Add the columns of L{ADDED_COLUMNS} that an older catalog lacks.
+    Add the columns of L{ADDED_COLUMNS} that an older catalog lacks (the
+    snapshots' first: the users' usage is backfilled from them).
     """
-    have = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
-    for name, definition in ADDED_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {definition}")
-            if name == "added":
-                conn.execute("UPDATE snapshots SET added = size")
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, definition in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+                if (table, name) in _BACKFILL:
+                    conn.execute(_BACKFILL[table, name])
 
 
 class Database:

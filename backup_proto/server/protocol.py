@@ -20,6 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from backup_proto.archive.flushahead import FlushAhead
+from backup_proto.server.lifecycle import Lifecycle
 from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.session import Session, State
 from backup_proto.server.throttle import LoginThrottle
@@ -313,6 +314,7 @@ class BackupServerFactory(Factory):
         flushAhead=None,
         restores=None,
         sendBuffers=None,
+        lifecycle=None,
         **tunables,
     ):
         """
@@ -329,6 +331,8 @@ class BackupServerFactory(Factory):
         @param restores: the L{RestoreArchives} (default: spooled in
             C{store.dataDir}).
         @param sendBuffers: the L{SendBuffers} policy (default: 4 wide).
+        @param lifecycle: the L{Lifecycle} of snapshots and quotas
+            (default: one on C{store}, without a trash).
         @param tunables: class attributes to override (C{idleTimeout}...).
         """
         self.accounts = accounts
@@ -341,6 +345,7 @@ class BackupServerFactory(Factory):
         self.flushAhead = flushAhead if flushAhead is not None else FlushAhead()
         self.restores = restores if restores is not None else RestoreArchives(store.dataDir)
         self.sendBuffers = sendBuffers if sendBuffers is not None else SendBuffers()
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(store, runIO, clock)
         for name, value in tunables.items():
             if not hasattr(type(self), name):
                 raise TypeError(f"unknown tunable {name}")

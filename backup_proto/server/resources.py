@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from backup_proto.archive.manifest import EntryAttributes, ManifestError, readEntries
 from backup_proto.archive.plan import planArchive, planFromManifest
-from backup_proto.archive.policy import ArchiveError
+from backup_proto.archive.policy import ArchiveError, OverQuota
 from backup_proto.archive.spool import Spool
 from backup_proto.archive.stream import ArchiveStream
 from backup_proto.wire.errors import Code, ProtocolError
@@ -53,6 +53,8 @@ def clientError(error):
     """
     if isinstance(error, ProtocolError):
         return error
+    if isinstance(error, OverQuota):
+        return ProtocolError(Code.QUOTA_EXCEEDED, f"quota exceeded: {error}")
     if isinstance(error, ArchiveError):
         return ProtocolError(Code.BAD_ARCHIVE, f"archive refused: {error}")
     if isinstance(error, SinkFailed):

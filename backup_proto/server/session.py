@@ -15,6 +15,7 @@ in C{BUSY} with its input paused.
 """
 
 import base64
+import dataclasses
 import enum
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from backup_proto.server.storage import ManifestPages
 from backup_proto.wire import crypto
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg, checkSourceName
+from backup_proto.wire.policy import KeepPolicy
 from backup_proto.wire.transfer import FrameSender
 
 #: Snapshots per SNAPSHOTS frame.
@@ -82,6 +84,9 @@ TRANSITIONS = {
     (State.AUTHED, Msg.PUBKEY): _row("_pubkey", State.KEYED),
     (State.KEYED, Msg.LIST): _row("_list", State.KEYED),
     (State.KEYED, Msg.MANIFEST): _row("_manifest", State.KEYED),
+    (State.KEYED, Msg.FORGET): _row("_forget", State.KEYED),
+    (State.KEYED, Msg.USAGE): _row("_usage", State.KEYED),
+    (State.KEYED, Msg.PASSWD): _row("_passwd", State.KEYED),
     (State.KEYED, Msg.BACKUP): _row("_backup", State.RECEIVING, State.KEEPING),
     (State.KEEPING, Msg.KEEP): _row("_keep", State.KEEPING, State.RECEIVING, State.KEYED),
     (State.KEYED, Msg.RESTORE): _row("_restore", State.SENDING, State.KEYED),
@@ -153,6 +158,9 @@ class Session:
     @ivar keeping: the L{_Keeping} of an incremental backup whose keep list
         is arriving.
     @ivar restore: the L{RestoreJob} under way, if any.
+    @ivar uploadHolds: the L{_UploadHolds} of the upload under way: its
+        quota reservation and its parent's pin.
+    @ivar restorePin: the pin token of the snapshot being restored.
     @ivar _services: what all sessions share (the factory): C{accounts},
         C{store}, C{throttle}, C{flushAhead}, C{restores}, C{limits},
         C{clock}, C{runCPU}, C{runIO} and the tunables.
@@ -174,6 +182,8 @@ class Session:
         self.keeping = None
         self.manifestSender = None
         self.restore = None
+        self.uploadHolds = None
+        self.restorePin = None
         self._connected = True
         self._transfers = {"up": 0, "down": 0}
         self._jobs = 0
@@ -314,12 +324,35 @@ class Session:
         upload, self.upload = self.upload, None
         restore, self.restore = self.restore, None
         keeping, self.keeping = self.keeping, None
+        services = self._services
         if restore is not None:
             restore.close()
+        self._releaseRestorePin()
+        discarded = None
         if upload is not None:
-            upload.discard(self._services.runIO, self._services.store)
+            discarded = upload.discard(services.runIO, services.store)
         if keeping is not None:
-            keeping.discard(self._services.runIO, self._services.store)
+            discarded = keeping.discard(services.runIO, services.store)
+        # a parent's files go only once the staging links to them are gone
+        self._releaseUploadHolds(discarded)
+
+    def _releaseUploadHolds(self, after=None):
+        """
+        Give back the upload's quota reservation and parent pin, once
+        C{after} (its staging's removal) has fired.
+        """
+        holds, self.uploadHolds = self.uploadHolds, None
+        if holds is None:
+            return
+        if after is None:
+            holds.release(self._services.lifecycle)
+        else:
+            after.addBoth(lambda _: holds.release(self._services.lifecycle))
+
+    def _releaseRestorePin(self):
+        token, self.restorePin = self.restorePin, None
+        if token is not None:
+            _logFailure(self._services.lifecycle.release(token), "releasing a restore's pin")
 
     def _nextTransfer(self, direction):
         self._transfers[direction] += 1
@@ -446,6 +479,76 @@ class Session:
 
         self._busy(d, send)
 
+    # ------------------------------------------------------------ lifecycle
+
+    def _forget(self, fields):
+        ids = fields["ids"]
+        if not all(isinstance(i, str) for i in ids):
+            raise ProtocolError(Code.BAD_MESSAGE, "FORGET ids must be strings")
+        policy = None if fields["policy"] is None else KeepPolicy.fromFields(fields["policy"])
+        lifecycle = self._services.lifecycle
+        d = lifecycle.forget(self.username, ids, policy, fields["source"], fields["dry_run"])
+
+        def send(result):
+            rows = [
+                {
+                    "id": decision.row["id"],
+                    "source": decision.row["source"],
+                    "created": decision.row["created"],
+                    "keep": decision.keep,
+                    "reasons": decision.reasons,
+                }
+                for decision in result.decisions
+            ]
+            for start in range(0, max(len(rows), 1), LIST_PAGE):
+                self._send(
+                    Msg.FORGOTTEN,
+                    snapshots=rows[start : start + LIST_PAGE],
+                    state=result.state,
+                    more=start + LIST_PAGE < len(rows),
+                )
+            self._resume(State.KEYED)
+
+        self._busy(d.addErrback(self._refusedHere), lambda result: self._answered(result, send))
+
+    def _refusedHere(self, failure):
+        """
+        A request refused for a reason the client can act on (unknown id,
+        protected snapshot) is answered non-fatally; the session goes on.
+        """
+        failure.trap(ProtocolError)
+        if failure.value.code not in (Code.NOT_FOUND, Code.PROTECTED):
+            return failure
+        self._error(failure.value, False)
+        return _REFUSED
+
+    def _answered(self, result, send):
+        if result is _REFUSED:
+            self._resume(State.KEYED)
+        else:
+            send(result)
+
+    def _usage(self, fields):
+        def send(info):
+            self._send(Msg.USAGE_INFO, **info)
+            self._resume(State.KEYED)
+
+        self._busy(self._services.lifecycle.usage(self.username), send)
+
+    def _passwd(self, fields):
+        user = self.username
+        d = self._services.accounts.changePassword(user, fields["old"], fields["new"])
+
+        def changed(_):
+            self.log.info(
+                "password changed user={user} peer={peer}", user=user, peer=self._peer.peer
+            )
+            self._send(Msg.OK, user=user)
+            return True
+
+        d.addCallbacks(changed, self._accountFailed)
+        self._busy(d, lambda _: self._resume(State.KEYED))
+
     # ------------------------------------------------------------ backup
 
     def _backup(self, fields):
@@ -472,16 +575,21 @@ class Session:
             peer=self._peer.peer,
             parent=parentId,
         )
-        if parentId is None:
-            d = services.runIO(services.store.newStaging, self.username)
+        lifecycle = services.lifecycle
+        holds = self.uploadHolds = _UploadHolds()
+        d = lifecycle.admit(self.username, size)
 
-            def staged(staging):
-                self.upload = UploadJob(name, fields["kind"], size, staging)
-                self._beginUpload()
+        def admitted(admission):
+            holds.admission = admission
+            if parentId is None:
+                return None
+            return lifecycle.pin(self.username, parentId).addCallback(pinned)
 
-            self._busy(d, staged)
-            return
-        d = services.store.manifestOf(self.username, parentId)
+        def pinned(found):
+            if found is None:
+                return None
+            holds.pin = found[1]
+            return services.store.manifestOf(self.username, parentId)
 
         def stage(found):
             usable = (
@@ -493,14 +601,19 @@ class Session:
             staging = services.runIO(services.store.newStaging, self.username)
             return staging.addCallback(lambda path: (found if usable else None, path))
 
+        d.addCallback(admitted)
         d.addCallback(stage)
 
-        def keeping(result):
+        def ready(result):
             found, staging = result
+            if parentId is None:
+                self.upload = UploadJob(name, fields["kind"], size, staging)
+                self._beginUpload()
+                return
             self.keeping = _Keeping(name, size, staging, found)
             self._resume(State.KEEPING)
 
-        self._busy(d, keeping)
+        self._busy(d, ready)
 
     def _keep(self, fields):
         keeping = self.keeping
@@ -514,7 +627,7 @@ class Session:
         services = self._services
         if keeping.found is None:
             self.keeping = None
-            keeping.discard(services.runIO, services.store)
+            self._releaseUploadHolds(keeping.discard(services.runIO, services.store))
             self._parentChanged()
             self._enter(State.KEYED)
             return
@@ -539,10 +652,11 @@ class Session:
     def _beginUpload(self):
         services = self._services
         transfer = self._nextTransfer("up")
+        room = self.uploadHolds.admission.room
         self.upload.begin(
             transfer,
             self.ciphers.upload,
-            services.limits,
+            dataclasses.replace(services.limits, maxStored=room),
             services.flushAhead,
             services.runIO,
             self._peer.holdInput,
@@ -602,9 +716,10 @@ class Session:
         d.addErrback(parentChanged)
 
         def cleanup(result):
-            upload.removeStaging(services.runIO, services.store)
+            removed = upload.removeStaging(services.runIO, services.store)
             if self.upload is upload:
                 self.upload = None
+                self._releaseUploadHolds(removed)
             return result
 
         d.addBoth(cleanup)
@@ -626,6 +741,10 @@ class Session:
             )
             self._send(Msg.DONE, snapshot=row)
             self._resume(State.KEYED)
+            # the account's own policy, if any, now that it has one more
+            _logFailure(
+                services.lifecycle.applyRetention(self.username), "retention after a backup"
+            )
 
         self._busy(d, done)
 
@@ -637,14 +756,14 @@ class Session:
 
     def _restore(self, fields):
         services = self._services
-        d = services.store.lookup(self.username, fields["snapshot"])
+        d = services.lifecycle.pin(self.username, fields["snapshot"])
         found = {}
 
-        def manifest(row):
-            if row is None:
+        def manifest(pinned):
+            if pinned is None:
                 raise ProtocolError(Code.NOT_FOUND, "no such snapshot")
-            found["row"] = row
-            return services.store.manifestOf(self.username, row["id"])
+            found["row"], self.restorePin = pinned
+            return services.store.manifestOf(self.username, found["row"]["id"])
 
         d.addCallback(manifest)
 
@@ -680,6 +799,7 @@ class Session:
 
         def ready(plan):
             if plan is None:
+                self._releaseRestorePin()
                 self._resume(State.KEYED)
                 return
             self.restore = RestoreJob(found["row"], plan)
@@ -727,6 +847,7 @@ class Session:
         self.restore.checkCommit(fields["crc"])
         restore, self.restore = self.restore, None
         restore.close()
+        self._releaseRestorePin()
         self._peer.narrowSendBuffer()
         self.log.info("restore of {id} done user={user}", id=restore.row["id"], user=self.username)
         self._send(Msg.DONE, snapshot=restore.row)
@@ -735,6 +856,34 @@ class Session:
     def _resendRestore(self, fields):
         self.restore.checkResend()
         self._beginRestore()
+
+
+#: What L{Session._refusedHere} answers with: the refusal is sent.
+_REFUSED = object()
+
+
+def _logFailure(d, what):
+    """
+    Log a background job's failure (nobody waits for its result).
+    """
+    d.addErrback(lambda f: Session.log.failure("{what} failed", f, what=what))
+
+
+class _UploadHolds:
+    """
+    What an upload holds until it ends: its quota reservation (an
+    L{backup_proto.server.lifecycle.Admission}) and the pin token of its
+    parent.
+    """
+
+    admission = None
+    pin = None
+
+    def release(self, lifecycle):
+        if self.admission is not None:
+            lifecycle.unreserve(self.admission)
+        if self.pin is not None:
+            _logFailure(lifecycle.release(self.pin), "releasing a parent's pin")
 
 
 class _Keeping:

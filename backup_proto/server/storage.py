@@ -24,12 +24,16 @@ import datetime
 import os
 import re
 import shutil
+import stat
 import tempfile
 from typing import NamedTuple
 
 from backup_proto.archive.manifest import ManifestError, readLines
 from backup_proto.archive.tree import fsyncDir
+from backup_proto.server import catalog
+from backup_proto.server.catalog import LIVE, PURGING, transaction
 from backup_proto.server.compose import ParentChanged
+from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import MAX_ENTRIES_PAGE, SNAPSHOT_FIELDS, Msg
 
 STAGING = ".staging"
@@ -45,6 +49,58 @@ def snapshotBaseId(source, when):
     """
     safe = _ID_UNSAFE.sub("_", source).lstrip(".-")[:64] or "snapshot"
     return f"{safe}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _walkStats(top):
+    """
+    Yield the C{lstat} of everything below C{top} (not C{top}), never
+    following a link.
+    """
+    stack = [top]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                yield st
+
+
+def removeTree(top):
+    """
+    Remove a snapshot's folder and everything in it (blocking), making its
+    folders writable first (a stored folder keeps its source's mode).
+
+    @return: the bytes freed: regular files with no other link, and link
+        targets.
+    """
+    freed = 0
+    folders = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            os.chmod(folder, 0o700)  # only ever a folder: scandir said so
+            entries = os.scandir(folder)
+        except FileNotFoundError:
+            continue
+        folders.append(folder)
+        with entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                    continue
+                if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+                    freed += st.st_size
+                os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)
+    return freed
 
 
 class ManifestPages:
@@ -196,6 +252,13 @@ class SnapshotStore:
         return self.db.run(self._commit, username, tree, meta, manifest, parentDigest)
 
     def _commit(self, conn, username, tree, meta, manifest, parentDigest):
+        with transaction(conn):
+            return self._commitIn(conn, username, tree, meta, manifest, parentDigest)
+
+    def _commitIn(self, conn, username, tree, meta, manifest, parentDigest):
+        account = catalog.account(conn, username)
+        if account is None:
+            raise ProtocolError(Code.AUTH_FAILED, "the account was deleted")
         if meta["parent"] is not None:
             found = conn.execute(
                 "SELECT manifest FROM snapshots WHERE username = ? AND id = ?",
@@ -203,6 +266,7 @@ class SnapshotStore:
             ).fetchone()
             if found is None or found[0] != parentDigest:
                 raise ParentChanged("the parent snapshot changed")
+        catalog.checkQuota(account, meta["added"])
         now = datetime.datetime.now(datetime.timezone.utc)
         base = snapshotBaseId(meta["source"], now)
         userDir = self.userDir(username)
@@ -231,6 +295,7 @@ class SnapshotStore:
             f" VALUES (?{', ?' * (len(values) + 2)})",
             (username, *values, digest, entries),
         )
+        catalog.addUsed(conn, username, meta["added"])
         return {name: row[name] for name in SNAPSHOT_FIELDS}
 
     def manifestOf(self, username, snapshotId):
@@ -242,8 +307,9 @@ class SnapshotStore:
 
     def _manifestOf(self, conn, username, snapshotId):
         r = conn.execute(
-            f"SELECT {_COLUMNS}, manifest, entries FROM snapshots WHERE username = ? AND id = ?",
-            (username, snapshotId),
+            f"SELECT {_COLUMNS}, manifest, entries FROM snapshots"
+            " WHERE username = ? AND id = ? AND state = ?",
+            (username, snapshotId, LIVE),
         ).fetchone()
         if r is None or r[-2] is None:
             return None
@@ -251,47 +317,58 @@ class SnapshotStore:
 
     def list(self, username):
         """
-        @return: a L{Deferred} firing with this user's snapshots, oldest
-            first.
+        @return: a L{Deferred} firing with this user's live snapshots,
+            oldest first.
         """
         return self.db.run(self._list, username)
 
     @staticmethod
     def _list(conn, username):
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? ORDER BY created, rowid",
-            (username,),
+            f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? AND state = ?"
+            " ORDER BY created, rowid",
+            (username, LIVE),
         ).fetchall()
         return [_row(r) for r in rows]
-
-    def lookup(self, username, snapshotId):
-        """
-        @param snapshotId: an id, or C{None} for the newest snapshot.
-        @return: a L{Deferred} with the row of one of I{this user's}
-            snapshots, or C{None}: another user's id is not found.
-        """
-        return self.db.run(self._lookup, username, snapshotId)
-
-    @staticmethod
-    def _lookup(conn, username, snapshotId):
-        if snapshotId is None:
-            r = conn.execute(
-                f"SELECT {_COLUMNS} FROM snapshots WHERE username = ?"
-                " ORDER BY created DESC, rowid DESC LIMIT 1",
-                (username,),
-            ).fetchone()
-        else:
-            r = conn.execute(
-                f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? AND id = ?",
-                (username, snapshotId),
-            ).fetchone()
-        return None if r is None else _row(r)
 
     def snapshotPath(self, username, row):
         """
         @return: the path of the top-level entry of a snapshot.
         """
         return os.path.join(self.userDir(username), row["id"], row["source"])
+
+    def removeSnapshotFiles(self, username, snapshotId):
+        """
+        Remove a snapshot's folder and manifest (blocking).
+
+        @return: the bytes freed on disk: files no other snapshot links
+            (link count 1), and link targets.
+        """
+        freed = removeTree(os.path.join(self.userDir(username), snapshotId))
+        try:
+            os.unlink(self.manifestPath(username, snapshotId))
+        except FileNotFoundError:
+            pass
+        return freed
+
+    def countUsed(self, username, snapshotIds):
+        """
+        Count what snapshots cost on disk, each inode once (blocking).
+
+        @return: bytes of distinct regular files, plus link targets.
+        """
+        seen = set()
+        total = 0
+        for snapshotId in snapshotIds:
+            for st in _walkStats(os.path.join(self.userDir(username), snapshotId)):
+                if stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if key not in seen:
+                        seen.add(key)
+                        total += st.st_size
+                elif stat.S_ISLNK(st.st_mode):
+                    total += st.st_size
+        return total
 
     def removeStaging(self, path):
         """
@@ -306,9 +383,19 @@ class SnapshotStore:
         and manifest without a catalog row, and every row without a folder
         (with its manifest).
 
+        Snapshots whose removal was under way (C{purging}) are removed
+        now, every pin is dropped (whoever held them is gone), and each
+        account a removal touched is counted again from disk.
+
         @return: C{(stagingRemoved, foldersRemoved, rowsRemoved)}.
         """
         os.makedirs(self.usersDir, mode=0o700, exist_ok=True)
+        self.db.runSync(catalog.dropPins)
+        recount = set()
+        for username, snapshotId in self.db.runSync(catalog.waiting, PURGING):
+            self.removeSnapshotFiles(username, snapshotId)
+            self.db.runSync(catalog.finishRemoval, username, snapshotId, 0)
+            recount.add(username)
         rows = self.db.runSync(
             lambda conn: conn.execute("SELECT username, id FROM snapshots").fetchall()
         )
@@ -346,4 +433,33 @@ class SnapshotStore:
                     pass
 
         self.db.runSync(deleteRows)
+        recount.update(u for u, _i in gone)
+        for username in sorted(recount):
+            self.recount(username)
         return staging, folders, len(gone)
+
+    def recount(self, username, tries=3):
+        """
+        Count an account's usage from disk and store it (blocking).  A
+        commit or removal during the count changes the usage first; the
+        count is then made again.
+
+        @return: the bytes counted, or C{None} if the account is gone or
+            kept changing.
+        """
+        for _ in range(tries):
+            found = self.db.runSync(catalog.account, username)
+            if found is None:
+                return None
+            ids = self.db.runSync(
+                lambda conn: [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM snapshots WHERE username = ?", (username,)
+                    )
+                ]
+            )
+            used = self.countUsed(username, ids)
+            if self.db.runSync(catalog.setUsed, username, used, found.usageChanges):
+                return used
+        return None

@@ -8,8 +8,9 @@ import resource
 
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -18,6 +19,7 @@ from backup_proto.archive.compression import COMPRESSION_CHOICES
 from backup_proto.archive.policy import Limits
 from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.server.database import Database
+from backup_proto.server.lifecycle import Lifecycle
 from backup_proto.server.protocol import BackupServerFactory
 from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.storage import SnapshotStore
@@ -38,6 +40,17 @@ def _positive(kind):
         return number
 
     convert.__doc__ = f"a positive {kind.__name__}"
+    return convert
+
+
+def _notNegative(kind):
+    def convert(value):
+        number = kind(value)
+        if number < 0:
+            raise ValueError("must not be negative")
+        return number
+
+    convert.__doc__ = f"a {kind.__name__} of 0 or more"
     return convert
 
 
@@ -131,6 +144,22 @@ class Options(usage.Options):
             " slow links) or deflate.",
         ],
         [
+            "trash-days",
+            None,
+            0,
+            "Days a snapshot a client forgets (or the account's policy drops) stays in the"
+            " trash, from which backup-admin undelete brings it back (0: removed at once).",
+            _notNegative(int),
+        ],
+        [
+            "maintenance-interval",
+            None,
+            3600.0,
+            "Seconds between runs of the accounts' retention policies and the emptying of"
+            " expired trash (also run at start).",
+            _positive(float),
+        ],
+        [
             "cpu-threads",
             None,
             os.cpu_count() or 2,
@@ -217,6 +246,40 @@ def raiseOpenFileLimit(maxConnections, getrlimit=resource.getrlimit, setrlimit=r
     return soft
 
 
+class MaintenanceService(Service):
+    """
+    Run L{Lifecycle.maintain} every C{interval} seconds, the first time
+    once the reactor runs (a removal left waiting by the last run is
+    finished at start).  A run that fails is logged; the schedule goes on,
+    and a run never overlaps the one before.
+    """
+
+    def __init__(self, lifecycle, interval, clock):
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.clock = clock
+        self._loop = None
+        self._first = None
+
+    def _run(self):
+        d = self.lifecycle.maintain()
+        d.addErrback(lambda f: log.failure("maintenance failed", f))
+        return d
+
+    def startService(self):
+        super().startService()
+        self._loop = LoopingCall(self._run)
+        self._loop.clock = self.clock
+        self._first = self.clock.callLater(0, self._loop.start, self.interval)
+
+    def stopService(self):
+        super().stopService()
+        if self._first.active():
+            self._first.cancel()
+        if self._loop.running:
+            self._loop.stop()
+
+
 def makeService(options, reactor=None):
     """
     Build the server: pools, database, crash recovery, listeners.
@@ -257,6 +320,7 @@ def makeService(options, reactor=None):
         freeFailures=options["login-free-failures"],
         maxDelay=options["login-max-delay"],
     )
+    lifecycle = Lifecycle(store, pools.runIO, reactor, trashDays=options["trash-days"])
     factory = BackupServerFactory(
         accounts,
         store,
@@ -268,6 +332,7 @@ def makeService(options, reactor=None):
         flushAhead=pools.flushAhead,
         restores=RestoreArchives(dataDir, pools.readAhead, pools.plan),
         sendBuffers=SendBuffers(),
+        lifecycle=lifecycle,
         idleTimeout=options["idle-timeout"],
         loginTimeout=options["login-timeout"],
         maxConnections=options["max-connections"],
@@ -278,6 +343,7 @@ def makeService(options, reactor=None):
     )
     top = MultiService()
     pools.setServiceParent(top)
+    MaintenanceService(lifecycle, options["maintenance-interval"], reactor).setServiceParent(top)
     for description in options["listen"]:
         try:
             endpoint = serverFromString(reactor, description)

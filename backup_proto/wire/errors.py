@@ -30,6 +30,9 @@ class Code:
     NOT_FOUND = "not-found"  # no such snapshot (or not yours)
     PARENT_CHANGED = "parent-changed"  # an incremental's parent changed or went
     STORAGE_FULL = "storage-full"
+    QUOTA_EXCEEDED = "quota-exceeded"  # the account's quota would be passed
+    PROTECTED = "protected"  # the account's delete protection refuses a removal
+    ACCOUNT_DISABLED = "account-disabled"  # the operator disabled the account
     BUSY = "busy"
     INTERNAL = "internal"
 

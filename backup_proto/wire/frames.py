@@ -52,6 +52,9 @@ class Msg(enum.IntEnum):
     RESEND = 0x08
     MANIFEST = 0x09
     KEEP = 0x0A
+    FORGET = 0x0B
+    USAGE = 0x0C
+    PASSWD = 0x0D
     # both directions
     DATA = 0x10
     # server -> client
@@ -63,6 +66,8 @@ class Msg(enum.IntEnum):
     DONE = 0x85
     RESTORE_BEGIN = 0x86
     ENTRIES = 0x87
+    FORGOTTEN = 0x88
+    USAGE_INFO = 0x89
     ERROR = 0xEE
 
 
@@ -135,6 +140,9 @@ SCHEMAS = {
     Msg.RESEND: {},
     Msg.MANIFEST: {"snapshot": str},
     Msg.KEEP: {"bits": str, "more": bool},
+    Msg.FORGET: {"ids": list, "policy": (dict, NULL), "source": (str, NULL), "dry_run": bool},
+    Msg.USAGE: {},
+    Msg.PASSWD: {"old": str, "new": str},
     Msg.OK: {"user": str},
     Msg.SESSION_KEY: {"wrapped": str},
     Msg.SNAPSHOTS: {"snapshots": list, "more": bool},
@@ -150,6 +158,18 @@ SCHEMAS = {
         "attempt": int,
     },
     Msg.ENTRIES: {"entries": list, "more": bool, "manifest": str},
+    Msg.FORGOTTEN: {"snapshots": list, "state": (str, NULL), "more": bool},
+    Msg.USAGE_INFO: {
+        "snapshots": int,
+        "size": int,
+        "used": int,
+        "quota": (int, NULL),
+        "newest": (str, NULL),
+        "trash": int,
+        "append_only": bool,
+        "min_age_days": int,
+        "policy": (str, NULL),
+    },
     Msg.ERROR: {"code": str, "message": str, "fatal": bool},
 }
 
