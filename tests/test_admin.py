@@ -299,3 +299,44 @@ class KilledRemovalTests(TestCase):
         self.assertEqual(len(os.listdir(os.path.join(data, "users/alice/small-1/tree/0"))), 10)
         self.assertEqual(db.runSync(catalog.account, "alice").used, 100)
         db.close()
+
+
+@pytest.mark.slow
+class ClientCommandTests(EndToEndCase):
+    serverArgs = ("--trash-days", "7")
+
+    def test_forgetUsagePasswd(self):
+        """
+        forget (dry run, JSON, through the trash), usage and passwd through
+        the installed client.
+        """
+        os.makedirs("src")
+        with open("src/a", "wb") as f:
+            f.write(b"a" * 1000)
+        self.ok("register")
+        refused = self.client("forget")
+        self.assertEqual(refused.returncode, 2)
+        self.assertIn("refusing to remove everything", refused.stderr)
+        first = self.ok("backup", "src").stdout.strip()
+        second = self.ok("backup", "src").stdout.strip()
+        dry = self.ok("forget", "--keep-last", "1", "--dry-run").stdout
+        self.assertIn("policy: keep 1 last", dry)
+        self.assertIn(f"{second}", dry)
+        self.assertIn(f"would remove 1 snapshots:\n  {first}", dry)
+        result = json.loads(self.ok("forget", "--keep-last", "1", "--json").stdout)
+        self.assertEqual(
+            ([d["id"] for d in result["keep"]], [d["id"] for d in result["remove"]]),
+            ([second], [first]),
+        )
+        self.assertEqual(result["state"], "trash")
+        usage = json.loads(self.ok("usage", "--json").stdout)
+        self.assertEqual((usage["snapshots"], usage["trash"]), (1, 1))
+        self.assertIn("in trash:      1", self.ok("usage").stdout)
+        gone = self.client("forget", first)
+        self.assertEqual(gone.returncode, 1)
+        self.assertIn(f"no such snapshot: {first}", gone.stderr)
+        os.environ["BACKUP_NEW_PASSWORD"] = "second"
+        self.addCleanup(os.environ.pop, "BACKUP_NEW_PASSWORD", None)
+        self.ok("passwd")
+        self.assertEqual(self.client("list").returncode, 3)
+        self.assertIn(second, self.ok("list", password="second").stdout)
