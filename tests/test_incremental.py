@@ -19,6 +19,7 @@ from backup_proto.archive.manifest import KeepList, ManifestWriter, readEntries
 from backup_proto.archive.plan import ParentFiles, planArchive, planFromManifest
 from backup_proto.archive.policy import Limits
 from backup_proto.archive.stream import ArchiveStream
+from backup_proto.server import catalog
 from backup_proto.server.storage import ManifestPages
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg, decodeFrame, parseControl
@@ -436,12 +437,15 @@ class CatalogTests(TestCase):
         """
         A catalog made before manifests gains the new columns at start-up;
         its snapshots have no parent and no manifest, and added all their
-        bytes.
+        bytes; its accounts' usage is theirs, with no quota or protection.
         """
         os.makedirs("data")
         conn = sqlite3.connect("data/user.db")
         conn.executescript(
             """
+            CREATE TABLE users (username TEXT PRIMARY KEY, salt BLOB NOT NULL,
+                key BLOB NOT NULL, iterations INTEGER NOT NULL, created TEXT NOT NULL);
+            INSERT INTO users VALUES ('alice', x'00', x'00', 1, 't');
             CREATE TABLE snapshots (username TEXT NOT NULL, id TEXT NOT NULL,
                 source TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL,
                 zip_size INTEGER NOT NULL, size INTEGER NOT NULL, files INTEGER NOT NULL,
@@ -456,6 +460,11 @@ class CatalogTests(TestCase):
         [row] = self.successResultOf(factory.store.list("alice"))
         self.assertEqual((row["parent"], row["added"]), (None, 7))
         self.assertIsNone(self.successResultOf(factory.store.manifestOf("alice", "old-1")))
+        account = factory.store.db.runSync(catalog.account, "alice")
+        self.assertEqual(
+            (account.used, account.quota, account.policy, account.appendOnly, account.disabled),
+            (7, None, None, False, False),
+        )
 
     def test_recoveryRemovesOrphanManifests(self):
         """

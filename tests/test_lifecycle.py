@@ -160,6 +160,36 @@ class ForgetTests(LifecycleCase):
         self.assertEqual((kind, fields["code"], fields["fatal"]), (Msg.ERROR, "bad-message", True))
 
 
+class HostileForgetTests(LifecycleCase):
+    def test_badForgets(self):
+        """
+        Ids that are not strings, a malformed policy, ids with a policy, or
+        neither: bad-message, fatal, and nothing is removed.
+        """
+        client = self.keyed()
+        (first,) = self.backups(client, 1)
+        policy = KeepPolicy(last=1).toFields()
+        for fields in (
+            dict(ids=[1], policy=None),
+            dict(ids=[{"id": first}], policy=None),
+            dict(ids=[], policy={**policy, "last": "1"}),
+            dict(ids=[], policy={**policy, "within": "1w"}),
+            dict(ids=[], policy={"last": 1}),
+            dict(ids=[first], policy=policy),
+            dict(ids=[], policy=None),
+            dict(ids=[first] * 2000, policy=None),
+        ):
+            wire = Wire(self.factory).keyed(register=False)
+            wire.received()
+            wire.sendControl(Msg.FORGET, source=None, dry_run=False, **fields)
+            kind, answer = wire.last()
+            self.assertEqual(
+                (kind, answer["code"], answer["fatal"]), (Msg.ERROR, "bad-message", True)
+            )
+            self.assertTrue(wire.closed)
+        self.assertEqual([r["id"] for r in self.rows()], [first])
+
+
 class ProtectionTests(LifecycleCase):
     def test_appendOnly(self):
         """
@@ -307,6 +337,23 @@ class PinTests(LifecycleCase):
         self.assertFalse(os.path.exists(self.folder(first)))
         self.assertEqual(self.db(catalog.waiting), [])
         self.assertEqual(self.account().used, 0)
+
+    def test_droppedRestoreReleases(self):
+        """
+        A restore whose connection drops releases its pin: a removal that
+        waited for it goes ahead.
+        """
+        client = self.keyed()
+        (first,) = self.backups(client, 1)
+        wire = Wire(self.factory).keyed(register=False)
+        wire.received()
+        wire.sendControl(Msg.RESTORE, snapshot=first)
+        self.successResultOf(self.forget(client, first))
+        self.assertTrue(os.path.exists(self.folder(first)))
+        wire.proto.connectionLost(None)
+        self.clock.advance(0)
+        self.assertFalse(os.path.exists(self.folder(first)))
+        self.assertEqual(self.db(lambda c: c.execute("SELECT * FROM pins").fetchall()), [])
 
     def test_removalRacingIncrementalParent(self):
         """

@@ -198,11 +198,18 @@ class ServiceTests(TestCase):
             "5",
             "--login-max-delay",
             "9",
+            "--trash-days",
+            "4",
+            "--maintenance-interval",
+            "60",
         )
         before = set(threading.enumerate())
         service.startService()
         factory = self.reactor.sslServers[0][1]
         self.assertEqual((factory.throttle.freeFailures, factory.throttle.maxDelay), (5, 9))
+        self.assertEqual(factory.lifecycle.trashDays, 4)
+        (maintenance,) = [s for s in service if isinstance(s, tap.MaintenanceService)]
+        self.assertEqual((maintenance.interval, maintenance.lifecycle), (60, factory.lifecycle))
         os.mkdir("tree")
         factory.flushAhead.request(os.path.abspath("tree"))
         self.reactor.callFromThread = lambda f, *args: None  # results are not needed
