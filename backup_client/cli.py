@@ -747,7 +747,7 @@ async def cmdForget(reactor, args):
     try:
         policy = policyFromOptions(vars(args))
     except ValueError as e:
-        raise Fatal(EXIT_USAGE, f"--keep-within: {e}") from None
+        raise Fatal(EXIT_USAGE, str(e)) from None
     if args.ids and not policy.empty:
         raise Fatal(EXIT_USAGE, "give snapshot ids or --keep-* rules, not both")
     if not args.ids and policy.empty:

@@ -176,12 +176,16 @@ def cmdQuota(op, args):
     return EXIT_OK
 
 
+def _policyOption(args):
+    try:
+        return policyFromOptions(vars(args))
+    except ValueError as e:
+        raise Failed(str(e), EXIT_USAGE) from None
+
+
 def cmdPolicy(op, args):
     _user(op, args.user)
-    try:
-        policy = policyFromOptions(vars(args))
-    except ValueError as e:
-        raise Failed(f"--keep-within: {e}", EXIT_USAGE) from None
+    policy = _policyOption(args)
     if bool(args.none) == (not policy.empty):
         raise Failed("give --keep-* rules, or 'none' to remove the policy", EXIT_USAGE)
     policy = None if args.none else policy
@@ -277,10 +281,7 @@ def cmdUndelete(op, args):
 
 def cmdForget(op, args):
     _user(op, args.user)
-    try:
-        policy = policyFromOptions(vars(args))
-    except ValueError as e:
-        raise Failed(f"--keep-within: {e}", EXIT_USAGE) from None
+    policy = _policyOption(args)
     if bool(args.ids) == (not policy.empty):
         raise Failed("give snapshot ids or --keep-* rules (not both, not neither)", EXIT_USAGE)
     try:

@@ -153,12 +153,16 @@ def policyFromOptions(options):
     @param options: a mapping with C{keep_last}... C{keep_yearly} (counts
         or C{None}) and C{keep_within} (a string or C{None}), as argparse
         makes them.
-    @raise ValueError: for a bad duration.
+    @raise ValueError: for a bad duration, worded for the command line.
     @return: the L{KeepPolicy} (maybe empty).
     """
     counts = {name: options.get(f"keep_{name}") or 0 for name in COUNTED}
     within = options.get("keep_within")
-    return KeepPolicy(**counts, within=None if within is None else Duration.parse(within))
+    try:
+        within = None if within is None else Duration.parse(within)
+    except ValueError as e:
+        raise ValueError(f"--keep-within: {e}") from None
+    return KeepPolicy(**counts, within=within)
 
 
 def addPolicyOptions(parser):
