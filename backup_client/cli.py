@@ -30,7 +30,14 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.defer import TimeoutError as NoAnswer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    NoRouteError,
+    TimeoutError,
+)
 from twisted.internet.ssl import (
     Certificate,
     TLSVersion,
@@ -39,6 +46,17 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.threads import deferToThread
 
+import backup_proto
+from backup_client.browse import (
+    RestoreCheck,
+    conflictReport,
+    diff,
+    entryObject,
+    longLine,
+    matches,
+    normalisePath,
+    under,
+)
 from backup_client.exitcodes import (
     EXIT_AUTH,
     EXIT_ERROR,
@@ -139,6 +157,9 @@ def buildParser():
     )
     env = os.environ.get
     parser.add_argument(
+        "--version", action="version", version=f"backup-client {backup_proto.__version__}"
+    )
+    parser.add_argument(
         "--server",
         default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
         help=f"HOST[:PORT] (env BACKUP_SERVER; default localhost:{DEFAULT_PORT})",
@@ -193,7 +214,21 @@ def buildParser():
     backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS)
     restore = sub.add_parser("restore", help="restore a snapshot into DEST")
     restore.add_argument("dest", metavar="DEST")
-    restore.add_argument("--snapshot", metavar="ID", help="snapshot id (default: the newest)")
+    restore.add_argument("--snapshot", metavar="ID", help="snapshot id")
+    restore.add_argument(
+        "--source",
+        metavar="NAME",
+        help="the newest snapshot of this folder or file name (the default, when all"
+        " snapshots are of one name)",
+    )
+    restore.add_argument(
+        "--include",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="restore only PATH (a file or folder, as 'ls' shows it) and what is below it"
+        " (repeatable)",
+    )
     restore.add_argument("--overwrite", action="store_true", help="replace existing files in DEST")
     restore.add_argument("--json", action="store_true", help="print a JSON result object")
     restore.add_argument(
@@ -214,6 +249,24 @@ def buildParser():
         "--dry-run", action="store_true", help="only show what would be kept and removed"
     )
     forget.add_argument("--json", action="store_true", help="print a JSON result object")
+    browse = sub.add_parser("ls", help="list a snapshot's files, from its manifest")
+    browse.add_argument("id", metavar="ID", nargs="?", help="snapshot (default: the newest)")
+    browse.add_argument("path", metavar="PATH", nargs="?", help="only this path and below")
+    browse.add_argument("--source", metavar="NAME", help="the newest snapshot of NAME")
+    browse.add_argument("--long", "-l", action="store_true", help="mode, size and time too")
+    browse.add_argument("--json", action="store_true", help="print a JSON object")
+    find = sub.add_parser("find", help="which snapshots hold paths matching PATTERN")
+    find.add_argument(
+        "pattern",
+        metavar="PATTERN",
+        help="shell wildcards, matched against names (or whole paths if it has a '/')",
+    )
+    find.add_argument("--source", metavar="NAME", help="only snapshots of NAME")
+    find.add_argument("--json", action="store_true", help="print a JSON array")
+    diffing = sub.add_parser("diff", help="what changed between two snapshots")
+    diffing.add_argument("first", metavar="ID1")
+    diffing.add_argument("second", metavar="ID2")
+    diffing.add_argument("--json", action="store_true", help="print a JSON object")
     usage = sub.add_parser("usage", help="what your account stores, and its quota")
     usage.add_argument("--json", action="store_true", help="print a JSON object")
     passwd = sub.add_parser("passwd", help="change your password (the old one is asked first)")
@@ -325,6 +378,25 @@ def _describeLoss(reason):
     return EXIT_UNREACHABLE, "connection to the server was lost"
 
 
+def connectFailure(error):
+    """
+    @return: why a connection could not be made, for a person.
+    """
+    if isinstance(error, DNSLookupError):
+        return "no such host (the name did not resolve)"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is the server running, on that port?)"
+    if isinstance(error, (TimeoutError, ConnectingCancelledError)):
+        return f"no answer within {CONNECT_TIMEOUT} s"
+    if isinstance(error, NoRouteError):
+        return "no route to the host"
+    if isinstance(error, ConnectError) and isinstance(error.osError, int):
+        return os.strerror(error.osError).lower()
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return "the connection failed"
+
+
 async def _connect(reactor, args):
     try:
         host, port = parseServer(args.server)
@@ -342,8 +414,7 @@ async def _connect(reactor, args):
     try:
         await connectProtocol(endpoint, proto)
     except (ConnectError, ConnectingCancelledError, TimeoutError, OSError) as e:
-        why = e.__class__.__name__
-        raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {why}") from None
+        raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {connectFailure(e)}") from None
     return proto
 
 
@@ -712,9 +783,21 @@ async def cmdRestore(reactor, args):
 
     try:
         proto = await _session(reactor, args, user, password)
+        row = pickSnapshot(await proto.listSnapshots(), args.snapshot, args.source)
+        include = [includePath(row["source"], p) for p in args.include]
+        if not quiet:
+            print(
+                f"restoring {row['id']} ({row['source']}, {row['created']})",
+                file=sys.stderr,
+            )
+        await _checkRestore(proto, row, dest, args.overwrite, include)
         try:
             begin, sink = await proto.restore(
-                args.snapshot, openSink, progress=lambda n: bars[0](n), beginHook=began
+                row["id"],
+                openSink,
+                progress=lambda n: bars[0](n),
+                beginHook=began,
+                include=include,
             )
         finally:
             for bar in bars:
@@ -739,6 +822,190 @@ async def cmdRestore(reactor, args):
         )
     else:
         print(f"restored {begin['snapshot']} to {target}")
+    return EXIT_OK
+
+
+def pickSnapshot(snapshots, snapshotId, source):
+    """
+    The snapshot a restore (or C{ls}) means: C{--snapshot}, else the newest
+    of C{--source}, else the newest if all are of one source.
+
+    @raise Fatal: none fits, or several sources and neither option.
+    """
+    if snapshotId is not None:
+        rows = [s for s in snapshots if s["id"] == snapshotId]
+        if not rows:
+            raise Fatal(EXIT_ERROR, f"no such snapshot: {snapshotId}")
+        return rows[0]
+    if source is not None:
+        rows = [s for s in snapshots if s["source"] == source]
+        if not rows:
+            raise Fatal(EXIT_ERROR, f"no snapshot of {source!r}")
+        return rows[-1]
+    if not snapshots:
+        raise Fatal(EXIT_ERROR, "no snapshots")
+    sources = sorted({s["source"] for s in snapshots})
+    if len(sources) > 1:
+        names = ", ".join(sources[:10]) + (", ..." if len(sources) > 10 else "")
+        raise Fatal(
+            EXIT_USAGE,
+            f"snapshots of {len(sources)} sources ({names}): name one with --source NAME"
+            " or --snapshot ID",
+        )
+    return snapshots[-1]
+
+
+def includePath(source, path):
+    """
+    @return: an C{--include} path as the manifest spells it: relative to
+        the snapshot's top-level name, which may be given or left out.
+    """
+    path = normalisePath(path)
+    if path == source or path.startswith(source + "/"):
+        return path
+    return f"{source}/{path}" if path else source
+
+
+async def _checkRestore(proto, row, dest, overwrite, include):
+    """
+    Before any data moves: read the snapshot's manifest and refuse a
+    restore that would meet paths in the way in DEST (naming them), or
+    C{--include} paths the snapshot lacks.  Skipped when nothing is in the
+    way and nothing included (most restores: no manifest to read).
+    """
+    if not include and not os.path.lexists(os.path.join(dest, row["source"])):
+        return
+    check = RestoreCheck(dest, overwrite, include)
+    try:
+        await proto.fetchManifest(row["id"], check.add)
+    except ProtocolError as e:
+        if e.code != Code.NOT_FOUND:
+            raise
+        if include:
+            raise Fatal(
+                EXIT_ERROR,
+                f"snapshot {row['id']} has no manifest (an older server stored it):"
+                " only a whole restore is possible",
+            ) from None
+        return  # checked after the download instead
+    if check.unmatched:
+        missing = ", ".join(sorted(check.unmatched))
+        raise Fatal(EXIT_ERROR, f"not in snapshot {row['id']}: {missing}")
+    if check.conflicts:
+        raise Fatal(EXIT_ERROR, "refusing to restore: " + conflictReport(check.conflicts))
+
+
+async def cmdLs(reactor, args):
+    user = _needUser(args)
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    snapshotId, path = args.id, args.path
+    if args.source is not None and path is None:
+        snapshotId, path = None, snapshotId  # ls --source NAME [PATH]
+    row = pickSnapshot(await proto.listSnapshots(), snapshotId, args.source)
+    entries = []
+    await _manifestOf(proto, row, entries.append)
+    proto.transport.loseConnection()
+    chosen = under(entries, includePath(row["source"], path) if path else "")
+    if path and not chosen:
+        raise Fatal(EXIT_ERROR, f"not in snapshot {row['id']}: {path}")
+    if args.json:
+        print(json.dumps({"snapshot": row, "entries": [entryObject(e) for e in chosen]}))
+        return EXIT_OK
+    if not _quiet(args):
+        print(f"snapshot {row['id']} ({row['source']}, {row['created']})", file=sys.stderr)
+    for entry in chosen:
+        print(longLine(entry) if args.long else entry[0] + ("/" if entry[1] == "dir" else ""))
+    return EXIT_OK
+
+
+async def _manifestOf(proto, row, consume):
+    try:
+        await proto.fetchManifest(row["id"], consume)
+    except ProtocolError as e:
+        if e.code != Code.NOT_FOUND:
+            raise
+        raise Fatal(
+            EXIT_ERROR,
+            f"snapshot {row['id']} has no manifest (an older server stored it): nothing to show",
+        ) from None
+
+
+async def cmdFind(reactor, args):
+    user = _needUser(args)
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    snapshots = await proto.listSnapshots()
+    if args.source is not None:
+        snapshots = [s for s in snapshots if s["source"] == args.source]
+    found = []
+    for row in reversed(snapshots):
+        hits = []
+
+        def consume(entry, hits=hits):
+            if matches(args.pattern, entry[0]):
+                hits.append(entry)
+
+        try:
+            await proto.fetchManifest(row["id"], consume)
+        except ProtocolError as e:
+            if e.code != Code.NOT_FOUND:
+                raise
+            continue  # no manifest, or removed meanwhile
+        if hits:
+            found.append((row, sorted(hits, key=lambda e: e[0])))
+    proto.transport.loseConnection()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"snapshot": row, "matches": [entryObject(e) for e in hits]}
+                    for row, hits in found
+                ]
+            )
+        )
+        return EXIT_OK
+    for row, hits in found:
+        print(f"{row['id']} ({row['created']}):")
+        for entry in hits:
+            print(f"  {longLine(entry)}")
+    if not found:
+        print(f"no snapshot holds a path matching {args.pattern!r}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+async def cmdDiff(reactor, args):
+    user = _needUser(args)
+    proto = await _session(reactor, args, user, _readPassword(args, False))
+    snapshots = await proto.listSnapshots()
+    rows = [pickSnapshot(snapshots, i, None) for i in (args.first, args.second)]
+    sides = []
+    for row in rows:
+        entries = []
+        await _manifestOf(proto, row, entries.append)
+        sides.append(entries)
+    proto.transport.loseConnection()
+    added, removed, changed = diff(*sides)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "from": rows[0]["id"],
+                    "to": rows[1]["id"],
+                    "added": added,
+                    "removed": removed,
+                    "changed": [{"path": p, "what": what} for p, what in changed],
+                }
+            )
+        )
+        return EXIT_OK
+    lines = [(p, f"+ {p}") for p in added] + [(p, f"- {p}") for p in removed]
+    lines += [(p, f"M {p} ({', '.join(what)})") for p, what in changed]
+    for _path, line in sorted(lines):
+        print(line)
+    print(
+        f"{len(added)} added, {len(removed)} removed, {len(changed)} changed",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -848,6 +1115,9 @@ COMMANDS = {
     "backup": cmdBackup,
     "restore": cmdRestore,
     "forget": cmdForget,
+    "ls": cmdLs,
+    "find": cmdFind,
+    "diff": cmdDiff,
     "usage": cmdUsage,
     "passwd": cmdPasswd,
 }

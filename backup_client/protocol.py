@@ -384,16 +384,18 @@ class BackupClientProtocol(Int32StringReceiver):
         if self._lost is None and self.paused:
             self.resumeProducing()
 
-    async def _restore(self, snapshotId, openSink, maxSize, progress, beginHook):
+    async def _restore(self, snapshotId, openSink, maxSize, progress, beginHook, include):
         # the socket reads RECEIVE_BUFFER at a time while the restore runs
         setSocketBuffer(self.transport, RECEIVE_BUFFER)
         try:
-            return await self._restoreAttempts(snapshotId, openSink, maxSize, progress, beginHook)
+            return await self._restoreAttempts(
+                snapshotId, openSink, maxSize, progress, beginHook, include
+            )
         finally:
             setSocketBuffer(self.transport, DEFAULT_SOCKET_BUFFER)
 
-    async def _restoreAttempts(self, snapshotId, openSink, maxSize, progress, beginHook):
-        request = (Msg.RESTORE, {"snapshot": snapshotId})
+    async def _restoreAttempts(self, snapshotId, openSink, maxSize, progress, beginHook, include):
+        request = (Msg.RESTORE, {"snapshot": snapshotId, "include": list(include)})
         for attempt in range(1 + MAX_RESENDS):
             _, begin = await self._call(*request, Msg.RESTORE_BEGIN)
             checkSourceName(begin["name"])
@@ -429,7 +431,9 @@ class BackupClientProtocol(Int32StringReceiver):
             request = (Msg.RESEND, {})
         raise VerificationFailed(f"restore failed verification after {MAX_RESENDS} resends")
 
-    def restore(self, snapshotId, openSink, maxSize=1 << 42, progress=None, beginHook=None):
+    def restore(
+        self, snapshotId, openSink, maxSize=1 << 42, progress=None, beginHook=None, include=()
+    ):
         """
         Download a snapshot's zip into a sink, resending until the C{cksum}
         matches.
@@ -441,6 +445,10 @@ class BackupClientProtocol(Int32StringReceiver):
             L{backup_proto.archive.extract.ExtractSink} unpacking as it goes.
         @param beginHook: called with the C{RESTORE_BEGIN} fields of each
             attempt (the CLI sizes its progress bar with it).
+        @param include: manifest paths to restore (with what is below them);
+            empty for the whole snapshot.
         @return: a L{Deferred} with C{(beginFields, sink)}.
         """
-        return ensureDeferred(self._restore(snapshotId, openSink, maxSize, progress, beginHook))
+        return ensureDeferred(
+            self._restore(snapshotId, openSink, maxSize, progress, beginHook, include)
+        )

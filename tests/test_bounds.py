@@ -162,7 +162,7 @@ class AnswerGateTests(TestCase):
         wire = self.wire
         snapshot = self.backupSomething()
         wire.transport.producer.pauseProducing()
-        wire.sendControl(Msg.RESTORE, snapshot=snapshot)
+        wire.sendControl(Msg.RESTORE, snapshot=snapshot, include=[])
         self.assertEqual(wire.transport.producerState, "producing")
         frames = wire.received()
         self.assertEqual(frames[-1][0], Msg.CKSUM)

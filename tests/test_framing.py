@@ -118,8 +118,14 @@ class ParseControlTests(TestCase):
         A field whose types include L{NULL} may be null, but not absent:
         C{RESTORE {}} is refused (it once meant "the newest").
         """
-        self.assertEqual(parseControl(Msg.RESTORE, b'{"snapshot":null}'), {"snapshot": None})
-        self.assertEqual(parseControl(Msg.RESTORE, b'{"snapshot":"x"}'), {"snapshot": "x"})
+        self.assertEqual(
+            parseControl(Msg.RESTORE, b'{"snapshot":null,"include":[]}'),
+            {"snapshot": None, "include": []},
+        )
+        self.assertEqual(
+            parseControl(Msg.RESTORE, b'{"snapshot":"x","include":["x/a"]}'),
+            {"snapshot": "x", "include": ["x/a"]},
+        )
         e = self.check(b"{}", Msg.RESTORE)
         self.assertEqual(e.message, "RESTORE lacks the field 'snapshot'")
 

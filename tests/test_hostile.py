@@ -299,10 +299,10 @@ class MessageTests(HostileCase):
         Mallory asks for alice's snapshot by id: not found, nothing sent.
         """
         wire = self.hostile()
-        wire.sendControl(Msg.RESTORE, snapshot=self.aliceSnapshot)
+        wire.sendControl(Msg.RESTORE, snapshot=self.aliceSnapshot, include=[])
         kind, fields = wire.last()
         self.assertEqual(fields["code"], Code.NOT_FOUND)
-        wire.sendControl(Msg.RESTORE, snapshot="../alice/" + self.aliceSnapshot)
+        wire.sendControl(Msg.RESTORE, snapshot="../alice/" + self.aliceSnapshot, include=[])
         self.assertEqual(wire.last()[1]["code"], Code.NOT_FOUND)
         self.settle(wire, None)
 
@@ -412,7 +412,7 @@ class ChunkTests(HostileCase):
             return realRunIO(f, *args)
 
         self.factory.runIO = holdReads
-        wire.sendControl(Msg.RESTORE, snapshot=None)
+        wire.sendControl(Msg.RESTORE, snapshot=None, include=[])
         self.assertIsNotNone(wire.transport.producer)
         wire.transport.producer.pauseProducing()
         self.factory.runIO = realRunIO

@@ -324,7 +324,7 @@ class PinTests(LifecycleCase):
         (first,) = self.backups(client, 1)
         wire = Wire(self.factory).keyed(register=False)
         wire.received()
-        wire.sendControl(Msg.RESTORE, snapshot=first)
+        wire.sendControl(Msg.RESTORE, snapshot=first, include=[])
         frames = wire.received()
         self.assertEqual(frames[0][0], Msg.RESTORE_BEGIN)
         crc = [f for k, f in frames if k is Msg.CKSUM][0]["crc"]
@@ -347,7 +347,7 @@ class PinTests(LifecycleCase):
         (first,) = self.backups(client, 1)
         wire = Wire(self.factory).keyed(register=False)
         wire.received()
-        wire.sendControl(Msg.RESTORE, snapshot=first)
+        wire.sendControl(Msg.RESTORE, snapshot=first, include=[])
         self.successResultOf(self.forget(client, first))
         self.assertTrue(os.path.exists(self.folder(first)))
         wire.proto.connectionLost(None)

@@ -340,9 +340,9 @@ class RestoreWireTests(WireCase):
         gets, and the connection stays usable.
         """
         other = Wire(self.factory).keyed(user="mallory")
-        other.sendControl(Msg.RESTORE, snapshot=self.snapshot["id"])
+        other.sendControl(Msg.RESTORE, snapshot=self.snapshot["id"], include=[])
         theirs = other.last()
-        other.sendControl(Msg.RESTORE, snapshot="docs-20990101T000000Z")
+        other.sendControl(Msg.RESTORE, snapshot="docs-20990101T000000Z", include=[])
         unknown = other.last()
         self.assertEqual(theirs, unknown)
         self.assertEqual(theirs[1]["code"], Code.NOT_FOUND)
@@ -360,7 +360,7 @@ class RestoreWireTests(WireCase):
         runRound = manualIO.runRound
 
         self.factory.runIO = manualIO
-        self.wire.sendControl(Msg.RESTORE, snapshot=None)
+        self.wire.sendControl(Msg.RESTORE, snapshot=None, include=[])
         for _ in range(3):  # staging folder, open, first read
             runRound()
         frames = self.wire.received()
@@ -380,7 +380,7 @@ class RestoreWireTests(WireCase):
         self.wire.backup(zipData)
         self.wire.received()
         self.factory.runIO = manualIO
-        self.wire.sendControl(Msg.RESTORE, snapshot=None)
+        self.wire.sendControl(Msg.RESTORE, snapshot=None, include=[])
         runRound()
         runRound()
         producer = self.wire.transport.producer
@@ -410,7 +410,7 @@ class RestoreWireTests(WireCase):
         readAheads = []
         for wideSenders in (1, 0):
             self.factory.sendBuffers.limit = wideSenders
-            self.wire.sendControl(Msg.RESTORE, snapshot=None)
+            self.wire.sendControl(Msg.RESTORE, snapshot=None, include=[])
             manualIO.runRound()  # staging folder
             readAheads.append(self.wire.proto.session.restore.sender._readAhead)
             manualIO.runAll()

@@ -326,3 +326,23 @@ class KeepListDecoder:
         if self.count % 8 and self._bits[-1] >> (self.count % 8):
             raise ManifestError("keep list names entries past the parent's manifest")
         return KeepList(self.count, self._bits)
+
+
+def selectEntries(entries, paths):
+    """
+    Pick a partial restore's entries: those at or below any of C{paths}
+    (as the manifest spells them), and the folders above them.
+
+    @param paths: manifest paths, without leading or trailing slashes.
+    @return: an iterator of the chosen entries, in C{entries}' order.
+    """
+    wanted = set(paths)
+    prefixes = tuple(p + "/" for p in wanted)
+    above = set()
+    for p in wanted:
+        parts = p.split("/")
+        above.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for entry in entries:
+        path = entry[0]
+        if path in wanted or path.startswith(prefixes) or (path in above and entry[1] == "dir"):
+            yield entry

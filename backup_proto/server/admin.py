@@ -25,6 +25,7 @@ import time
 
 from twisted.internet.defer import maybeDeferred
 
+import backup_proto
 from backup_proto.server import catalog
 from backup_proto.server.accounts import (
     DEFAULT_ITERATIONS,
@@ -408,6 +409,9 @@ def buildParser():
         " while the server runs or not.",
         epilog="Exit codes: 0 done, 1 failed, 2 usage error. Changes are logged to"
         " <data-dir>/admin.log.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"backup-admin {backup_proto.__version__}"
     )
     parser.add_argument(
         "--data-dir",

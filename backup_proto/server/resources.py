@@ -9,7 +9,12 @@ read further ahead.
 
 from twisted.logger import Logger
 
-from backup_proto.archive.manifest import EntryAttributes, ManifestError, readEntries
+from backup_proto.archive.manifest import (
+    EntryAttributes,
+    ManifestError,
+    readEntries,
+    selectEntries,
+)
 from backup_proto.archive.plan import planArchive, planFromManifest
 from backup_proto.archive.policy import ArchiveError, OverQuota
 from backup_proto.archive.spool import Spool
@@ -102,15 +107,22 @@ class RestoreArchives:
         self._planFromManifest = planFromManifest
         self._stream = stream
 
-    def plan(self, path, name, compression, manifest=None):
+    def plan(self, path, name, compression, manifest=None, include=()):
         """
         Plan the zip of the tree at C{path}, stored as C{name} (in a thread).
 
         @param manifest: C{(path, digest)} of the snapshot's manifest, whose
             modes and times the zip carries; C{None} (a snapshot stored
             without one) takes them from the files.
+        @param include: manifest paths: only these, what is below them and
+            the folders above them are restored (planned from the manifest,
+            stored, whatever C{compression}).
+        @raise ProtocolError: C{not-found} for C{include} paths on a
+            snapshot without a manifest, or matching nothing.
         @return: the plan, to be closed once the restore ends.
         """
+        if include:
+            return self._planPartial(path, name, manifest, include)
         kwargs = {"threads": self._planThreads}
         if manifest is not None:
             try:
@@ -124,6 +136,22 @@ class RestoreArchives:
                 self.log.warn("manifest {path} is damaged or missing", path=manifest[0])
         spool = self._spool(self.spoolLimit, self.spoolDir)
         return self._plan(path, name, compression, spool, **kwargs)
+
+    def _planPartial(self, path, name, manifest, include):
+        missing = ProtocolError(Code.NOT_FOUND, "nothing in the snapshot matches the paths given")
+        if manifest is None:
+            raise ProtocolError(
+                Code.NOT_FOUND, "this snapshot has no manifest: only a whole restore is possible"
+            )
+        try:
+            chosen = list(selectEntries((e for _line, e in readEntries(*manifest)), include))
+        except (ManifestError, FileNotFoundError):
+            self.log.warn("manifest {path} is damaged or missing", path=manifest[0])
+            raise missing from None
+        prefixes = tuple(p + "/" for p in include)
+        if not any(e[0] in include or e[0].startswith(prefixes) for e in chosen):
+            raise missing  # only the folders above the paths asked for
+        return self._planFromManifest(path, name, chosen)
 
     def open(self, plan):
         """

@@ -755,6 +755,11 @@ class Session:
     # ------------------------------------------------------------ restore
 
     def _restore(self, fields):
+        include = fields["include"]
+        if not all(isinstance(p, str) and p and p == p.strip("/") for p in include):
+            raise ProtocolError(
+                Code.BAD_MESSAGE, "RESTORE include must be paths without leading or trailing '/'"
+            )
         services = self._services
         d = services.lifecycle.pin(self.username, fields["snapshot"])
         found = {}
@@ -774,7 +779,12 @@ class Session:
             # inodes between snapshots)
             manifest = None if withManifest is None else (withManifest.path, withManifest.digest)
             return services.runCPU(
-                services.restores.plan, path, row["source"], services.restoreCompression, manifest
+                services.restores.plan,
+                path,
+                row["source"],
+                services.restoreCompression,
+                manifest,
+                tuple(include),
             )
 
         d.addCallback(plan)
@@ -819,6 +829,13 @@ class Session:
             services.runIO,
             lambda n: self._peer.touch(),
             self._peer.widenSendBuffer(),
+        )
+        self.log.info(
+            "restore of {id} sending {size} bytes (attempt {attempt}) user={user}",
+            id=begin["snapshot"],
+            size=begin["size"],
+            attempt=begin["attempt"],
+            user=self.username,
         )
         self._send(Msg.RESTORE_BEGIN, **begin)
         self._enter(State.SENDING)

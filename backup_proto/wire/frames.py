@@ -135,7 +135,7 @@ SCHEMAS = {
         "parent": (str, NULL),
         "manifest": (str, NULL),
     },
-    Msg.RESTORE: {"snapshot": (str, NULL)},
+    Msg.RESTORE: {"snapshot": (str, NULL), "include": list},
     Msg.COMMIT: {"crc": int},
     Msg.RESEND: {},
     Msg.MANIFEST: {"snapshot": str},
