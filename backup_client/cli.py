@@ -70,6 +70,7 @@ from backup_client.exitcodes import (
     EXIT_VERIFY,
     EXIT_WARNINGS,
 )
+from backup_client.interrupts import Interrupted, Interrupts
 from backup_client.planworkers import startPlanWorkers
 from backup_client.progress import progressBar
 from backup_client.protocol import (
@@ -297,10 +298,20 @@ def _readPassword(args, confirm):
             "no password: use --password-file or BACKUP_PASSWORD"
             " (or run on a terminal to be asked)",
         )
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Password (again): ") != password:
-        raise Fatal(EXIT_USAGE, "passwords do not match")
+    with _interrupts(args).prompting():
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Password (again): ") != password:
+            raise Fatal(EXIT_USAGE, "passwords do not match")
     return password
+
+
+def _interrupts(args):
+    """
+    @return: the command's L{Interrupts} (L{run} sets one).
+    """
+    if getattr(args, "interrupts", None) is None:
+        args.interrupts = Interrupts()
+    return args.interrupts
 
 
 def _configDir(args):
@@ -411,10 +422,17 @@ async def _connect(reactor, args):
         options, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
     )
     proto = BackupClientProtocol(deferToThread, reactor)
+    connecting = connectProtocol(endpoint, proto)
+    interrupts = _interrupts(args)
+    interrupts.onInterrupt(connecting.cancel)
     try:
-        await connectProtocol(endpoint, proto)
+        await connecting
     except (ConnectError, ConnectingCancelledError, TimeoutError, OSError) as e:
+        interrupts.check()
         raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {connectFailure(e)}") from None
+    # whatever waits on the server then fails, and the server drops its
+    # staging data
+    interrupts.onInterrupt(proto.transport.abortConnection)
     return proto
 
 
@@ -573,6 +591,15 @@ class _Planner:
         self._plans.append(planning)
         return planning
 
+    def interrupt(self):
+        """
+        Stop planning now (a signal arrived): the plans fail and the workers
+        end; L{close} still waits for them.
+        """
+        self.stop.set()
+        if self._workers is not None:
+            self._workers.stop()
+
     async def close(self):
         self.stop.set()
         if self._workers is not None:
@@ -610,6 +637,7 @@ async def cmdBackup(reactor, args):
     # forked first, while the client has no other thread (planworkers)
     workers = startPlanWorkers() if kind == "dir" else None
     planner = _Planner(path, name, args.compression, workers)
+    _interrupts(args).onInterrupt(planner.interrupt)
     incremental = kind == "dir" and not args.full
     # a full backup is planned while connecting and logging in; an
     # incremental one needs its parent's manifest first
@@ -803,6 +831,7 @@ async def cmdRestore(reactor, args):
             for bar in bars:
                 bar.close()
         proto.transport.loseConnection()
+        _interrupts(args).check()  # a restore is placed whole or not at all
         index = await deferToThread(
             placeUnpacked, sink, dest, begin["name"], begin["kind"], args.overwrite
         )
@@ -1093,9 +1122,10 @@ async def cmdPasswd(reactor, args):
     elif os.environ.get("BACKUP_NEW_PASSWORD") is not None:
         new = os.environ["BACKUP_NEW_PASSWORD"]
     elif sys.stdin.isatty():
-        new = getpass.getpass("New password: ")
-        if getpass.getpass("New password (again): ") != new:
-            raise Fatal(EXIT_USAGE, "passwords do not match")
+        with _interrupts(args).prompting():
+            new = getpass.getpass("New password: ")
+            if getpass.getpass("New password (again): ") != new:
+                raise Fatal(EXIT_USAGE, "passwords do not match")
     else:
         raise Fatal(
             EXIT_USAGE,
@@ -1174,13 +1204,20 @@ def run(argv=None, reactorRunner=task.react):
     """
     args = buildParser().parse_args(argv)
     command = COMMANDS[args.command]
+    interrupts = args.interrupts = Interrupts()
 
     async def go(reactor):
+        interrupts.install(reactor)
         try:
             code = await command(reactor, args)
         except Exception as e:
             code, message = _errorResult(e)
-            print(f"backup-client: {message}", file=sys.stderr)
+            if interrupts.signum is None:
+                print(f"backup-client: {message}", file=sys.stderr)
+        if interrupts.signum is not None:
+            # whatever the command ended with, it ended because of this
+            print("backup-client: interrupted", file=sys.stderr)
+            raise SystemExit(Interrupted(interrupts.signum).exitCode)
         if code:
             raise SystemExit(code)
 
@@ -1189,7 +1226,7 @@ def run(argv=None, reactorRunner=task.react):
 
 def main():
     """
-    Console-script entry point.
+    Run the command line of this process (see L{backup_client.entry}).
     """
     tuneAllocator()
     run(sys.argv[1:])

@@ -17,7 +17,13 @@ from backup_proto.server.tap import MaintenanceService
 from backup_proto.wire.errors import Code, ProtocolError
 from backup_proto.wire.frames import Msg
 from backup_proto.wire.policy import KeepPolicy
-from tests.helpers import clientKey, connectInMemory, makeFactory, treeSignature
+from tests.helpers import (
+    ManualRunner,
+    clientKey,
+    connectInMemory,
+    makeFactory,
+    treeSignature,
+)
 from tests.test_incremental import IncrementalCase
 from tests.wire import Wire
 
@@ -378,6 +384,27 @@ class PinTests(LifecycleCase):
         self.assertGreater(self.account().used, 0)
         # the child is whole
         self.assertEqual(treeSignature(self.stored(child["id"])), treeSignature(self.src))
+
+
+class StagingLeakTests(LifecycleCase):
+    def test_goneWhileStaging(self):
+        """
+        A connection that goes while its BACKUP's staging folder is being
+        made leaves no folder, and no reservation, behind.
+        """
+        runIO = ManualRunner()
+        self.factory = makeFactory(self.data, clock=self.clock, runIO=runIO)
+        wire = Wire(self.factory).keyed()
+        wire.received()
+        wire.sendControl(Msg.BACKUP, name="x", size=10, kind="file", parent=None, manifest=None)
+        self.assertEqual(len(runIO.jobs), 1)  # newStaging, held back
+        wire.proto.connectionLost(None)
+        runIO.runAll()
+        self.clock.advance(0)
+        staging = os.path.join(self.data, "users", "alice", ".staging")
+        self.assertEqual(os.listdir(staging), [])
+        self.assertEqual(self.factory.lifecycle.reserved, {})
+        self.assertEqual(wire.received(), [])
 
 
 class QuotaTests(LifecycleCase):

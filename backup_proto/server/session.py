@@ -601,8 +601,17 @@ class Session:
             staging = services.runIO(services.store.newStaging, self.username)
             return staging.addCallback(lambda path: (found if usable else None, path))
 
+        def dropIfGone(result):
+            # the connection went while the staging folder was made: nothing
+            # else would remove it
+            if not self.gone:
+                return result
+            staging = services.runIO(services.store.removeStaging, result[1])
+            return staging.addCallback(lambda _: None)
+
         d.addCallback(admitted)
         d.addCallback(stage)
+        d.addCallback(dropIfGone)
 
         def ready(result):
             found, staging = result
