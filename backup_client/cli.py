@@ -57,6 +57,7 @@ from backup_client.browse import (
     normalisePath,
     under,
 )
+from backup_client.excludes import Excludes
 from backup_client.exitcodes import (
     EXIT_AUTH,
     EXIT_ERROR,
@@ -211,6 +212,26 @@ def buildParser():
         "--full",
         action="store_true",
         help="send every file, compared with no earlier snapshot (reads everything)",
+    )
+    backup.add_argument(
+        "--exclude",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="leave out paths matching PATTERN, as in a .gitignore at the folder's top"
+        " (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="read exclude patterns from FILE, one per line (repeatable)",
+    )
+    backup.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="leave out folders holding a valid CACHEDIR.TAG",
     )
     backup.add_argument("-q", "--quiet", action="store_true", dest="quiet2", help=argparse.SUPPRESS)
     restore = sub.add_parser("restore", help="restore a snapshot into DEST")
@@ -560,10 +581,11 @@ class _Planner:
     its spool.
     """
 
-    def __init__(self, path, name, compression, workers):
+    def __init__(self, path, name, compression, workers, exclude=None):
         self.path = path
         self.name = name
         self.compression = compression
+        self.exclude = exclude
         self.stop = threading.Event()
         self._workers = workers
         self._plans = []
@@ -585,6 +607,7 @@ class _Planner:
             stop=self.stop,
             workers=None if workers is None else workers.pool,
             parent=parent,
+            exclude=self.exclude or None,
         )
         if workers is not None:
             planning.addBoth(_stopWorkers, workers)
@@ -633,10 +656,16 @@ async def cmdBackup(reactor, args):
     kind = "dir" if os.path.isdir(path) else "file"
     if args.parent and (args.full or kind != "dir"):
         raise Fatal(EXIT_USAGE, "--parent needs a folder to back up, and not --full")
+    try:
+        exclude = Excludes.fromOptions(args.exclude, args.exclude_file, args.exclude_caches)
+    except OSError as e:
+        raise Fatal(EXIT_USAGE, f"cannot read exclude file {e.filename}: {e.strerror}") from None
+    if exclude and kind != "dir":
+        raise Fatal(EXIT_USAGE, "--exclude options need a folder to back up")
     password = _readPassword(args, False)
     # forked first, while the client has no other thread (planworkers)
     workers = startPlanWorkers() if kind == "dir" else None
-    planner = _Planner(path, name, args.compression, workers)
+    planner = _Planner(path, name, args.compression, workers, exclude)
     _interrupts(args).onInterrupt(planner.interrupt)
     incremental = kind == "dir" and not args.full
     # a full backup is planned while connecting and logging in; an
@@ -770,6 +799,7 @@ def backupResult(snapshot, sent, report, parent):
         "files_changed": changed,
         "files_unchanged": unchanged,
         "files_deleted": deleted,
+        "excluded": report.excluded,
         "bytes_sent": sent,
         "bytes_stored": snapshot["added"],
         "snapshot": snapshot,
@@ -781,11 +811,12 @@ def backupSummary(result):
     @return: the one line a person reads after a backup (L{backupResult}).
     """
     parent = result["parent"] or "none, full backup"
+    excluded = f" {result['excluded']} excluded;" if result.get("excluded") else ""
     return (
         f"{result['id']}: {result['files_new']} new, {result['files_changed']} changed,"
         f" {result['files_unchanged']} unchanged, {result['files_deleted']} deleted files;"
-        f" sent {humanSize(result['bytes_sent'])}, stored {humanSize(result['bytes_stored'])}"
-        f" (parent: {parent})"
+        f"{excluded} sent {humanSize(result['bytes_sent'])},"
+        f" stored {humanSize(result['bytes_stored'])} (parent: {parent})"
     )
 
 

@@ -84,6 +84,8 @@ class ArchiveReport:
     @ivar filesChanged: files in the parent that changed (and are sent).
     @ivar filesUnchanged: files kept from the parent (not sent).
     @ivar bytesUnchanged: their bytes.
+    @ivar excluded: files, links and folders left out by the plan's
+        C{exclude} (a folder's contents are not counted).
     """
 
     files: int = 0
@@ -91,6 +93,7 @@ class ArchiveReport:
     filesChanged: int = 0
     filesUnchanged: int = 0
     bytesUnchanged: int = 0
+    excluded: int = 0
     dirs: int = 0
     links: int = 0
     size: int = 0

@@ -479,6 +479,7 @@ def planArchive(
     threads=None,
     parent=None,
     attributes=None,
+    exclude=None,
 ):
     """
     Walk a file or a folder tree and plan its zip (blocking: run it in a
@@ -509,6 +510,9 @@ def planArchive(
         and times to give the entries instead of their files' (from a
         snapshot's manifest: a file shared with other snapshots through a
         hard link is not what a restore trusts for them).
+    @param exclude: C{exclude(relpath, isDir, path) -> bool}: a folder's
+        entries to leave out (a folder with all it holds), by their path
+        relative to the folder; counted in the report's C{excluded}.
     @return: an L{ArchivePlan}.
     """
     try:
@@ -523,10 +527,10 @@ def planArchive(
         if stat.S_ISDIR(st.st_mode):
             tree = (entries, source, name, st, compression, spool, report)
             if threads is not None:
-                _planTree(*tree, threads, stop, workers, parent, keep)
+                _planTree(*tree, threads, stop, workers, parent, keep, exclude)
             else:
                 with ThreadPoolExecutor(PLAN_THREADS) as pool:
-                    _planTree(*tree, pool, stop, workers, parent, keep)
+                    _planTree(*tree, pool, stop, workers, parent, keep, exclude)
         elif parent is not None:
             raise ArchiveError(f"{name} is not a folder: only folders are backed up incrementally")
         elif stat.S_ISREG(st.st_mode):
@@ -630,6 +634,7 @@ def _planTree(
     workers=None,
     parent=None,
     keep=None,
+    exclude=None,
 ):
     """
     Plan a folder's entries, in the order they go into the zip; files are
@@ -674,6 +679,11 @@ def _planTree(
             childArc = f"{arcname}/{child.name}"
             try:
                 childArc.encode("utf-8")
+                if exclude is not None and exclude(
+                    childArc[len(name) + 1 :], child.is_dir(follow_symlinks=False), child.path
+                ):
+                    report.excluded += 1
+                    continue
                 if child.is_file(follow_symlinks=False):
                     if parent is not None and _compareWithParent(
                         parent, keep, report, childArc, child
