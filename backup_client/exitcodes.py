@@ -15,6 +15,8 @@ EXIT_STORAGE_FULL = 7
 EXIT_QUOTA = 8
 EXIT_LOCAL_FULL = 9
 EXIT_PROTECTED = 10
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 #: Every exit code the client uses, with what it means (one line).
 MEANINGS = {
@@ -29,4 +31,6 @@ MEANINGS = {
     EXIT_QUOTA: "over the account's quota",
     EXIT_LOCAL_FULL: "local disk full",
     EXIT_PROTECTED: "removal refused by the account's delete protection",
+    EXIT_SIGINT: "interrupted by Ctrl-C (SIGINT)",
+    EXIT_SIGTERM: "stopped by SIGTERM",
 }

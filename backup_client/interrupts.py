@@ -32,6 +32,10 @@ class Interrupted(Exception):
 
     @property
     def exitCode(self):
+        """
+        128 + the signal, as a shell reports it (C{EXIT_SIGINT},
+        C{EXIT_SIGTERM}).
+        """
         return 128 + self.signum
 
 
