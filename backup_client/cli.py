@@ -57,6 +57,7 @@ from backup_client.browse import (
     normalisePath,
     under,
 )
+from backup_client.config import ConfigError, configDir, loadConfig, resolve
 from backup_client.excludes import Excludes
 from backup_client.exitcodes import (
     EXIT_AUTH,
@@ -163,23 +164,24 @@ def buildParser():
     )
     parser.add_argument(
         "--server",
-        default=env("BACKUP_SERVER", f"localhost:{DEFAULT_PORT}"),
-        help=f"HOST[:PORT] (env BACKUP_SERVER; default localhost:{DEFAULT_PORT})",
+        help=f"HOST[:PORT] (env BACKUP_SERVER, or the config file's server; default"
+        f" localhost:{DEFAULT_PORT})",
     )
     parser.add_argument(
         "--ca",
-        default=env("BACKUP_CA"),
-        help="CA certificate(s) (PEM) to trust (env BACKUP_CA; default certs/ca.pem if present)",
+        help="CA certificate(s) (PEM) to trust (env BACKUP_CA, or the config file's ca;"
+        " default certs/ca.pem if present)",
     )
-    parser.add_argument("--user", default=env("BACKUP_USER"), help="username (env BACKUP_USER)")
+    parser.add_argument("--user", help="username (env BACKUP_USER, or the config file's user)")
     parser.add_argument(
         "--password-file",
-        help="read the password from the first line of FILE (or env BACKUP_PASSWORD)",
+        help="read the password from the first line of FILE (or env BACKUP_PASSWORD, or the"
+        " config file's password_file)",
     )
     parser.add_argument(
         "--config-dir",
         default=env("BACKUP_CONFIG_DIR"),
-        help="where the client keeps its RSA key (env BACKUP_CONFIG_DIR;"
+        help="where the client keeps config.toml and its RSA key (env BACKUP_CONFIG_DIR;"
         " default ~/.config/backup-client)",
     )
     parser.add_argument(
@@ -335,13 +337,6 @@ def _interrupts(args):
     return args.interrupts
 
 
-def _configDir(args):
-    if args.config_dir:
-        return args.config_dir
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "backup-client")
-
-
 def loadOrCreateKey(directory):
     """
     The client's RSA key, kept in C{directory/client_key.pem} (mode 0600)
@@ -472,7 +467,7 @@ async def _answered(reactor, proto, d):
 
 
 async def _session(reactor, args, user, password):
-    key = await deferToThread(loadOrCreateKey, _configDir(args))
+    key = await deferToThread(loadOrCreateKey, configDir(args.config_dir))
     proto = await _connect(reactor, args)
     await _answered(reactor, proto, proto.login(user, password))
     await _answered(reactor, proto, proto.exchangeKeys(key))
@@ -1234,6 +1229,12 @@ def run(argv=None, reactorRunner=task.react):
     Parse C{argv}, run the command, and exit with its code.
     """
     args = buildParser().parse_args(argv)
+    try:
+        config = loadConfig(configDir(args.config_dir))
+    except ConfigError as e:
+        print(f"backup-client: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    resolve(args, os.environ, config, f"localhost:{DEFAULT_PORT}")
     command = COMMANDS[args.command]
     interrupts = args.interrupts = Interrupts()
 

@@ -30,6 +30,7 @@ import time
 from twisted.internet.defer import maybeDeferred
 
 from backup_proto.server import catalog
+from backup_proto.server.accounts import insertUser
 from backup_proto.server.admin import wait
 from backup_proto.server.database import Database
 from backup_proto.server.lifecycle import OPERATOR, Lifecycle
@@ -97,12 +98,7 @@ def main():
         os.makedirs(data, exist_ok=True)
         store = SnapshotStore(data, db)
         store.recover()
-        db.runSync(
-            lambda c: c.execute(
-                "INSERT INTO users (username, salt, key, iterations, created)"
-                " VALUES ('alice', x'00', x'00', 1, 'now')"
-            )
-        )
+        db.runSync(insertUser, "alice", b"", b"", 1)
         userDir = store.userDir("alice")
         os.makedirs(userDir)
         # the account's own snapshot holds the files; the others link them

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from backup_proto.server import catalog
+from backup_proto.server.accounts import insertUser
 from backup_proto.server.admin import run
 from backup_proto.server.database import Database
 from backup_proto.server.storage import SnapshotStore
@@ -245,12 +246,7 @@ class KilledRemovalTests(TestCase):
         db = Database(os.path.join(data, "user.db"), runNow)
         store = SnapshotStore(data, db)
         store.recover()
-        db.runSync(
-            lambda c: c.execute(
-                "INSERT INTO users (username, salt, key, iterations, created)"
-                " VALUES ('alice', x'00', x'00', 1, 'now')"
-            )
-        )
+        db.runSync(insertUser, "alice", b"", b"", 1)
         for snapshotId, count in (("big-1", 40_000), ("small-1", 10)):
             top = os.path.join(data, "users", "alice", snapshotId, "tree")
             for d in range(count // 1000 + 1):

@@ -7,11 +7,10 @@ area while keeping every completed snapshot listed and restorable.
 import json
 import os
 import signal
-import subprocess
 import time
 
 from tests.helpers import treeSignature
-from tests.test_e2e import EndToEndCase, command
+from tests.test_e2e import EndToEndCase
 
 
 def waitFor(predicate, timeout=60):
@@ -34,22 +33,7 @@ class CrashTests(EndToEndCase):
         self.staging = os.path.join(self.server.dataDir, "users", "alice", ".staging")
 
     def startClient(self, *args):
-        env = dict(
-            os.environ,
-            BACKUP_SERVER=f"localhost:{self.server.port}",
-            BACKUP_CA=os.path.join(self.base, "certs", "ca.pem"),
-            BACKUP_USER="alice",
-            BACKUP_PASSWORD="pw",
-            BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
-            TMPDIR=self.tmp,
-        )
-        return subprocess.Popen(
-            [command("backup-client"), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
+        return self.spawnClient(*args)
 
     def stagingHas(self, predicate):
         try:

@@ -105,7 +105,11 @@ class EndToEndCase(TestCase):
         self.tmp = os.path.join(self.base, "clienttmp")
         os.makedirs(self.tmp)
 
-    def client(self, *args, user="alice", password="pw", ca=None, server=None, stdin=None):
+    def clientEnv(self, user="alice", password="pw", ca=None, server=None):
+        """
+        @return: the environment the client runs with: this server, its CA,
+            an account, and its own config and temporary folders.
+        """
         env = dict(os.environ)
         env.update(
             {
@@ -117,6 +121,23 @@ class EndToEndCase(TestCase):
                 "TMPDIR": self.tmp,
             }
         )
+        return env
+
+    def spawnClient(self, *args, **popen):
+        """
+        @return: the installed client running C{args}, as a L{subprocess.Popen}.
+        """
+        return subprocess.Popen(
+            [command("backup-client"), *args],
+            env=self.clientEnv(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            **popen,
+        )
+
+    def client(self, *args, user="alice", password="pw", ca=None, server=None, stdin=None):
+        env = self.clientEnv(user, password, ca, server)
         result = subprocess.run(
             [command("backup-client"), *args],
             env=env,

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import time
 from contextlib import redirect_stderr
 
@@ -18,7 +17,7 @@ import pytest
 from backup_client import cli, entry
 from backup_client.interrupts import Interrupted, Interrupts
 from tests.helpers import TestCase
-from tests.test_e2e import EndToEndCase, command
+from tests.test_e2e import EndToEndCase
 
 
 class _Reactor:
@@ -84,25 +83,7 @@ def _makeTree(root, dirs=40, files=500):
 @pytest.mark.slow
 class SignalTests(EndToEndCase):
     def spawn(self, *args):
-        env = dict(os.environ)
-        env.update(
-            {
-                "BACKUP_SERVER": f"localhost:{self.server.port}",
-                "BACKUP_CA": os.path.join(self.base, "certs", "ca.pem"),
-                "BACKUP_USER": "alice",
-                "BACKUP_PASSWORD": "pw",
-                "BACKUP_CONFIG_DIR": os.path.join(self.base, "config"),
-                "TMPDIR": self.tmp,
-            }
-        )
-        return subprocess.Popen(
-            [command("backup-client"), *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
+        return self.spawnClient(*args, text=True)
 
     def waitFor(self, proc, reached, what):
         deadline = time.monotonic() + 60

@@ -344,6 +344,28 @@ class PinTests(LifecycleCase):
         self.assertEqual(self.db(catalog.waiting), [])
         self.assertEqual(self.account().used, 0)
 
+    def test_pinsAreNotFlushed(self):
+        """
+        Pins skip the flush to disk (every start drops them); everything
+        else is written with synchronous=FULL still.
+        """
+        client = self.keyed()
+        (first,) = self.backups(client, 1)
+        seen = []
+        db = self.factory.store.db
+        original = db._connection().execute
+
+        class Watch:
+            def execute(self, sql, *args):
+                seen.append(sql)
+                return original(sql, *args)
+
+        _row, token = self.db(lambda c: catalog.pin(Watch(), "alice", first, "t"))
+        self.db(lambda c: catalog.unpin(Watch(), token))
+        self.assertEqual(seen.count("PRAGMA synchronous=NORMAL"), 2)
+        self.assertEqual(seen.count("PRAGMA synchronous=FULL"), 2)
+        self.assertEqual(self.db(lambda c: c.execute("PRAGMA synchronous").fetchone()), (2,))
+
     def test_droppedRestoreReleases(self):
         """
         A restore whose connection drops releases its pin: a removal that

@@ -241,16 +241,12 @@ class ServiceTests(TestCase):
         does not know (half-committed), and keeps completed ones.
         """
         self.make("--listen", "ssl:0:privateKey=certs/server.key:certKey=certs/server.pem")
+        from backup_proto.server.accounts import insertUser
         from backup_proto.server.database import Database
         from tests.helpers import runNow
 
         db = Database(os.path.abspath("data/user.db"), runNow)
-        db.runSync(
-            lambda c: c.execute(
-                "INSERT INTO users (username, salt, key, iterations, created)"
-                " VALUES ('alice', x'00', x'00', 1, 'now')"
-            )
-        )
+        db.runSync(insertUser, "alice", b"", b"", 1)
         os.makedirs("data/users/alice/.staging/tmp1/tree")
         os.makedirs("data/users/alice/kept-1/kept")
         os.makedirs("data/users/alice/orphan-1/orphan")

@@ -73,7 +73,12 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _insertUser(conn, name, salt, key, iterations):
+def insertUser(conn, name, salt, key, iterations):
+    """
+    Add an account row (on the database thread).
+
+    @return: C{False} if the name is taken.
+    """
     try:
         conn.execute(
             "INSERT INTO users (username, salt, key, iterations, created) VALUES (?, ?, ?, ?, ?)",
@@ -146,7 +151,7 @@ class AccountStore:
             raise ProtocolError(Code.NAME_TAKEN, f"username {name!r} is taken")
         salt = os.urandom(SALT_SIZE)
         key = yield self._hash(data, salt, self.iterations)
-        inserted = yield self._db.run(_insertUser, name, salt, key, self.iterations)
+        inserted = yield self._db.run(insertUser, name, salt, key, self.iterations)
         if not inserted:
             raise ProtocolError(Code.NAME_TAKEN, f"username {name!r} is taken")
 

@@ -216,13 +216,16 @@ class Lifecycle:
         """
         for username in (yield self.db.run(catalog.withPolicy)):
             yield self.applyRetention(username)
-        cutoff = formatTime(self.now() - _days(self.trashDays))
+        now = self.now()
+        cutoff = formatTime(now - _days(self.trashDays))
 
         def expire(conn):
             with transaction(conn):
                 expired = catalog.expiredTrash(conn, cutoff)
                 for username, snapshotId in expired:
-                    catalog.setState(conn, username, [snapshotId], REMOVING, cutoff, (TRASH,))
+                    catalog.setState(
+                        conn, username, [snapshotId], REMOVING, formatTime(now), (TRASH,)
+                    )
                 return expired
 
         expired = yield self.db.run(expire)

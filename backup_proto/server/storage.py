@@ -1,10 +1,11 @@
-# -*- test-case-name: tests.test_session,tests.test_incremental -*-
+# -*- test-case-name: tests.test_session,tests.test_incremental,tests.test_lifecycle -*-
 """
 Where snapshots live on the server, and how one becomes visible.
 
 Layout under the data folder::
 
     user.db                          accounts and the snapshot catalog
+    admin.log                        what backup-admin changed
     users/<username>/<snapshot-id>/<name>...   completed snapshots
     users/<username>/.manifests/<snapshot-id>  their manifests
     users/<username>/.staging/<random>/        uploads and unpacks under way
@@ -14,7 +15,11 @@ flushed to disk, renamed from C{.staging} into place, the folder entries are
 flushed, and only then is the catalog row written.  At start-up
 L{SnapshotStore.recover} removes all staging data, snapshot folders and
 manifests without a row (never confirmed to a client) and rows without a
-folder, so the catalog and the disk agree.
+folder, so the catalog and the disk agree; it also finishes removals a
+crash cut short (L{backup_proto.server.catalog}'s C{purging}) and counts
+those accounts' usage again.  A commit adds the snapshot's bytes to its
+account's usage in the same transaction that writes its row, after
+checking the quota.
 
 Usernames are safe as folder names: L{backup_proto.server.accounts.checkUsername}
 allows only C{[a-z0-9._-]}, never C{.} or C{-} first.
