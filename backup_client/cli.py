@@ -15,6 +15,7 @@ Exit codes (stable; also in README.rst):
  8. over the account's quota
  9. local disk full
  10. removal refused by the account's delete protection
+ 130. interrupted (SIGINT); 143: stopped (SIGTERM)
 """
 
 import argparse
@@ -156,7 +157,7 @@ def buildParser():
         "or account refused, 4 server unreachable or not trusted, 5 verification failed "
         "after all resends, 6 finished with warnings, 7 server storage full, 8 over the "
         "account's quota, 9 local disk full, 10 removal refused by the account's delete "
-        "protection.",
+        "protection, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.",
     )
     env = os.environ.get
     parser.add_argument(
@@ -504,11 +505,12 @@ async def cmdList(reactor, args):
     elif not snapshots:
         print("no snapshots")
     else:
-        print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>14} {'ADDED':>14}  SOURCE")
+        # sizes for people here; list --json keeps the bytes
+        print(f"{'ID':<40} {'CREATED':<21} {'FILES':>7} {'SIZE':>10} {'ADDED':>10}  SOURCE")
         for s in snapshots:
             print(
-                f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {s['size']:>14}"
-                f" {s['added']:>14}  {s['source']}"
+                f"{s['id']:<40} {s['created']:<21} {s['files']:>7} {humanSize(s['size']):>10}"
+                f" {humanSize(s['added']):>10}  {s['source']}"
             )
     return EXIT_OK
 

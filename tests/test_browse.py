@@ -179,6 +179,10 @@ class BrowseEndToEndTests(EndToEndCase):
         os.remove("src/sub/b.py")
         _write("src/sub/c.py", "print(2)")
         second = self.ok("backup", "src").stdout.strip()
+        # list shows sizes for people: 11 and 20 bytes of files
+        table = self.ok("list").stdout
+        self.assertRegex(table, rf"{first} .* 11 B +11 B  src\n")
+        self.assertRegex(table, rf"{second} .* 20 B +\d+ B  src\n")
         listed = self.ok("ls", first).stdout.split()
         self.assertEqual(listed, ["src/", "src/a.txt", "src/sub/", "src/sub/b.py"])
         self.assertEqual(
