@@ -14,6 +14,8 @@ import fnmatch
 import os
 import stat
 
+from backup_proto.archive.manifest import Selection
+
 _KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
 
 #: The fields a diff compares, in the order it names them.
@@ -142,20 +144,17 @@ class RestoreCheck:
     def __init__(self, dest, overwrite, include=()):
         self.dest = dest
         self.overwrite = overwrite
-        self.include = tuple(include)
+        # the server picks a partial restore's entries the same way
+        self._selection = Selection(include) if include else None
         self.conflicts = []
-        self.unmatched = set(self.include)
-        self._select = None
+
+    @property
+    def unmatched(self):
+        return set() if self._selection is None else self._selection.unmatched
 
     def add(self, entry):
-        if self.include:
-            path = entry[0]
-            hit = [p for p in self.unmatched if path == p or path.startswith(p + "/")]
-            self.unmatched.difference_update(hit)
-            if not any(path == p or path.startswith(p + "/") for p in self.include):
-                parent = any(p.startswith(path + "/") for p in self.include)
-                if not (parent and entry[1] == "dir"):
-                    return
+        if self._selection is not None and not self._selection.wants(entry):
+            return
         reason = conflictOf(entry, self.dest, self.overwrite)
         if reason is not None:
             self.conflicts.append((entry[0], reason))

@@ -328,21 +328,46 @@ class KeepListDecoder:
         return KeepList(self.count, self._bits)
 
 
+class Selection:
+    """
+    A partial restore's choice of entries: those at or below any of its
+    paths (as the manifest spells them), and the folders above them.  The
+    server plans the zip with it and the client checks DEST with it, so
+    both pick the same entries.
+
+    @ivar unmatched: the paths no entry has been at or below (so far).
+    """
+
+    def __init__(self, paths):
+        """
+        @param paths: manifest paths, without leading or trailing slashes.
+        """
+        self.paths = frozenset(paths)
+        self.unmatched = set(self.paths)
+        self._prefixes = tuple(p + "/" for p in self.paths)
+        self._above = set()
+        for p in self.paths:
+            parts = p.split("/")
+            self._above.update("/".join(parts[:i]) for i in range(1, len(parts)))
+
+    def wants(self, entry):
+        """
+        @return: whether C{entry} is restored, noting which paths it matched.
+        """
+        path = entry[0]
+        if path in self.paths or path.startswith(self._prefixes):
+            if self.unmatched:
+                self.unmatched.difference_update(
+                    [p for p in self.unmatched if path == p or path.startswith(p + "/")]
+                )
+            return True
+        return path in self._above and entry[1] == "dir"
+
+
 def selectEntries(entries, paths):
     """
-    Pick a partial restore's entries: those at or below any of C{paths}
-    (as the manifest spells them), and the folders above them.
-
-    @param paths: manifest paths, without leading or trailing slashes.
-    @return: an iterator of the chosen entries, in C{entries}' order.
+    @return: an iterator of the entries a L{Selection} of C{paths} wants,
+        in C{entries}' order.
     """
-    wanted = set(paths)
-    prefixes = tuple(p + "/" for p in wanted)
-    above = set()
-    for p in wanted:
-        parts = p.split("/")
-        above.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    for entry in entries:
-        path = entry[0]
-        if path in wanted or path.startswith(prefixes) or (path in above and entry[1] == "dir"):
-            yield entry
+    selection = Selection(paths)
+    return (entry for entry in entries if selection.wants(entry))

@@ -12,8 +12,8 @@ from twisted.logger import Logger
 from backup_proto.archive.manifest import (
     EntryAttributes,
     ManifestError,
+    Selection,
     readEntries,
-    selectEntries,
 )
 from backup_proto.archive.plan import planArchive, planFromManifest
 from backup_proto.archive.policy import ArchiveError, OverQuota
@@ -143,14 +143,14 @@ class RestoreArchives:
             raise ProtocolError(
                 Code.NOT_FOUND, "this snapshot has no manifest: only a whole restore is possible"
             )
+        selection = Selection(include)
         try:
-            chosen = list(selectEntries((e for _line, e in readEntries(*manifest)), include))
+            chosen = [e for _line, e in readEntries(*manifest) if selection.wants(e)]
         except (ManifestError, FileNotFoundError):
             self.log.warn("manifest {path} is damaged or missing", path=manifest[0])
             raise missing from None
-        prefixes = tuple(p + "/" for p in include)
-        if not any(e[0] in include or e[0].startswith(prefixes) for e in chosen):
-            raise missing  # only the folders above the paths asked for
+        if selection.unmatched == selection.paths:
+            raise missing  # at most the folders above the paths asked for
         return self._planFromManifest(path, name, chosen)
 
     def open(self, plan):
