@@ -490,6 +490,9 @@ class Session:
         d = lifecycle.forget(self.username, ids, policy, fields["source"], fields["dry_run"])
 
         def send(result):
+            if result is None:  # refused, and told so
+                self._resume(State.KEYED)
+                return
             rows = [
                 {
                     "id": decision.row["id"],
@@ -509,24 +512,19 @@ class Session:
                 )
             self._resume(State.KEYED)
 
-        self._busy(d.addErrback(self._refusedHere), lambda result: self._answered(result, send))
+        self._busy(d.addErrback(self._refused), send)
 
-    def _refusedHere(self, failure):
+    def _refused(self, failure):
         """
         A request refused for a reason the client can act on (unknown id,
-        protected snapshot) is answered non-fatally; the session goes on.
+        protected snapshot) is answered non-fatally, and the job's result
+        is C{None}; the session goes on.  Other failures pass on (fatal).
         """
         failure.trap(ProtocolError)
         if failure.value.code not in (Code.NOT_FOUND, Code.PROTECTED):
             return failure
         self._error(failure.value, False)
-        return _REFUSED
-
-    def _answered(self, result, send):
-        if result is _REFUSED:
-            self._resume(State.KEYED)
-        else:
-            send(result)
+        return None
 
     def _usage(self, fields):
         def send(info):
@@ -806,15 +804,7 @@ class Session:
             return plan
 
         d.addCallback(dropIfGone)
-
-        def notFound(failure):
-            failure.trap(ProtocolError)
-            if failure.value.code != Code.NOT_FOUND:
-                return failure
-            self._error(failure.value, False)
-            return None
-
-        d.addErrback(notFound)
+        d.addErrback(self._refused)
 
         def ready(plan):
             if plan is None:
@@ -882,10 +872,6 @@ class Session:
     def _resendRestore(self, fields):
         self.restore.checkResend()
         self._beginRestore()
-
-
-#: What L{Session._refusedHere} answers with: the refusal is sent.
-_REFUSED = object()
 
 
 def _logFailure(d, what):
