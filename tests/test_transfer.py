@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from backup_proto.archive.stream import writeArchive
+from backup_proto.server import catalog
 from backup_proto.server.resources import SendBuffers
 from backup_proto.server.session import State
 from backup_proto.wire import crypto
@@ -86,7 +87,7 @@ class UploadTests(WireCase):
         return [job for job in io.jobs if job[1].__name__ == "_drain"]
 
     def snapshots(self):
-        return self.factory.store._list(self.factory.store.db._connection(), "alice")
+        return self.factory.store.db.runSync(catalog.snapshots, "alice", catalog.LIVE, False)
 
     def stagingEmpty(self):
         staging = os.path.join(self.data, "users", "alice", ".staging")

@@ -143,22 +143,15 @@ def accounts(conn):
     out = []
     for name in names:
         acct = account(conn, name)
-        counts = dict(
-            conn.execute(
-                "SELECT state, COUNT(*) FROM snapshots WHERE username = ? GROUP BY state", (name,)
-            ).fetchall()
-        )
-        newest = conn.execute(
-            "SELECT MAX(created) FROM snapshots WHERE username = ? AND state = ?", (name, LIVE)
-        ).fetchone()[0]
+        totals = _totals(conn, name)
         out.append(
             {
                 "user": name,
-                "snapshots": counts.get(LIVE, 0),
-                "trash": counts.get(TRASH, 0),
+                "snapshots": totals["snapshots"],
+                "trash": totals["trash"],
                 "used": acct.used,
                 "quota": acct.quota,
-                "last_backup": newest,
+                "last_backup": totals["newest"],
                 "policy": None if acct.policy is None else acct.policy.toFields(),
                 "append_only": acct.appendOnly,
                 "min_age_days": acct.minAgeDays,
@@ -168,11 +161,11 @@ def accounts(conn):
     return out
 
 
-def usage(conn, username):
+def _totals(conn, username):
     """
-    @return: the fields of C{USAGE_INFO} for one account.
+    @return: an account's live snapshots, their bytes and the newest one's
+        time, and its trashed snapshots.
     """
-    acct = requireAccount(conn, username)
     snapshots, size, newest = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(size), 0), MAX(created) FROM snapshots"
         " WHERE username = ? AND state = ?",
@@ -181,13 +174,22 @@ def usage(conn, username):
     trash = conn.execute(
         "SELECT COUNT(*) FROM snapshots WHERE username = ? AND state = ?", (username, TRASH)
     ).fetchone()[0]
+    return {"snapshots": snapshots, "size": size, "newest": newest, "trash": trash}
+
+
+def usage(conn, username):
+    """
+    @return: the fields of C{USAGE_INFO} for one account.
+    """
+    acct = requireAccount(conn, username)
+    totals = _totals(conn, username)
     return {
-        "snapshots": snapshots,
-        "size": size,
+        "snapshots": totals["snapshots"],
+        "size": totals["size"],
         "used": acct.used,
         "quota": acct.quota,
-        "newest": newest,
-        "trash": trash,
+        "newest": totals["newest"],
+        "trash": totals["trash"],
         "append_only": acct.appendOnly,
         "min_age_days": acct.minAgeDays,
         "policy": None if acct.policy is None else acct.policy.describe(),
@@ -269,10 +271,11 @@ def setUsed(conn, username, used, seenChanges):
 # ---------------------------------------------------------------- snapshots
 
 
-def snapshots(conn, username, state=LIVE):
+def snapshots(conn, username, state=LIVE, changed=True):
     """
-    @return: one account's snapshots in C{state}, oldest first, with the
-        time of their last change of state as C{changed}.
+    @param changed: whether to add the time of each one's last change of
+        state, as C{changed} (a row as the wire knows it has not).
+    @return: one account's snapshots in C{state}, oldest first.
     """
     rows = conn.execute(
         f"SELECT {_COLUMNS}, changed FROM snapshots WHERE username = ? AND state = ?"
@@ -282,7 +285,8 @@ def snapshots(conn, username, state=LIVE):
     out = []
     for r in rows:
         row = snapshotRow(r)
-        row["changed"] = r[-1]
+        if changed:
+            row["changed"] = r[-1]
         out.append(row)
     return out
 

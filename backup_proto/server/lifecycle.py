@@ -189,12 +189,11 @@ class Lifecycle:
         )
         return freed
 
-    @inlineCallbacks
     def undelete(self, username, snapshotId):
         """
         Bring a trashed snapshot back.
 
-        @raise ProtocolError: C{not-found} unless it is in the trash.
+        @return: a L{Deferred}; C{not-found} unless it is in the trash.
         """
 
         def restore(conn):
@@ -203,7 +202,7 @@ class Lifecycle:
                     conn, username, [snapshotId], LIVE, formatTime(self.now()), (TRASH,)
                 )
 
-        yield self.db.run(restore)
+        return self.db.run(restore)
 
     @inlineCallbacks
     def maintain(self):

@@ -325,16 +325,7 @@ class SnapshotStore:
         @return: a L{Deferred} firing with this user's live snapshots,
             oldest first.
         """
-        return self.db.run(self._list, username)
-
-    @staticmethod
-    def _list(conn, username):
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM snapshots WHERE username = ? AND state = ?"
-            " ORDER BY created, rowid",
-            (username, LIVE),
-        ).fetchall()
-        return [_row(r) for r in rows]
+        return self.db.run(catalog.snapshots, username, LIVE, False)
 
     def snapshotPath(self, username, row):
         """
