@@ -12,8 +12,6 @@ C{tmp/} only folders, C{!keep.log} takes one back.
 
 import os
 
-from pathspec import GitIgnoreSpec
-
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 
@@ -36,7 +34,12 @@ class Excludes:
 
     def __init__(self, patterns=(), caches=False):
         patterns = list(patterns)
-        self.spec = GitIgnoreSpec.from_lines(patterns) if patterns else None
+        self.spec = None
+        if patterns:
+            # loaded only when used: every command imports this module
+            from pathspec import GitIgnoreSpec
+
+            self.spec = GitIgnoreSpec.from_lines(patterns)
         self.caches = caches
 
     @classmethod
