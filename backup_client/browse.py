@@ -5,8 +5,8 @@ what C{ls}, C{find} and C{diff} show, and the conflicts a restore would
 meet in DEST, found before any of its data moves.
 
 An entry is a manifest entry (L{backup_proto.archive.manifest}): C{(path,
-kind, size, mtimeNs, mode, target, crc)}, its path starting with the
-snapshot's top-level name.
+kind, size, mtimeNs, mode, target, crc, owner, link)}, its path starting
+with the snapshot's top-level name.
 """
 
 import datetime
@@ -19,14 +19,24 @@ from backup_proto.archive.manifest import Selection
 _KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
 
 #: The fields a diff compares, in the order it names them.
-_COMPARED = (("type", 1), ("size", 2), ("content", 6), ("mode", 4), ("target", 5), ("time", 3))
+_COMPARED = (
+    ("type", 1),
+    ("size", 2),
+    ("content", 6),
+    ("mode", 4),
+    ("owner", 7),
+    ("hardlink", 8),
+    ("target", 5),
+    ("time", 3),
+)
 
 
 def entryObject(entry):
     """
     @return: an entry as C{ls --json} prints it.
     """
-    path, kind, size, mtimeNs, mode, target, crc = entry
+    path, kind, size, mtimeNs, mode, target, crc, owner, link = entry
+    uid, gid, user, group = owner or (None, None, None, None)
     return {
         "path": path,
         "type": kind,
@@ -34,9 +44,25 @@ def entryObject(entry):
         "mtime": isoTime(mtimeNs),
         "mtime_ns": mtimeNs,
         "mode": f"{mode:04o}",
+        "uid": uid,
+        "gid": gid,
+        "user": user,
+        "group": group,
         "target": target,
+        "hardlink": None if link == path else link,
         "crc32": crc,
     }
+
+
+def ownerText(owner):
+    """
+    @return: C{user/group} as C{tar -tv} shows them (ids where no name was
+        recorded), or C{?/?} for an entry recorded without an owner.
+    """
+    if owner is None:
+        return "?/?"
+    uid, gid, user, group = owner
+    return f"{user or uid}/{group or gid}"
 
 
 def isoTime(mtimeNs):
@@ -69,8 +95,13 @@ def longLine(entry):
     @return: one C{ls --long} line: mode, size, time, path (and a link's
         target).
     """
-    path, kind, size, mtimeNs, mode, target, _crc = entry
-    text = f"{stat.filemode(_KIND_BITS[kind] | mode)} {size:>12} {isoTime(mtimeNs)}  {path}"
+    path, kind, size, mtimeNs, mode, target, _crc, owner, link = entry
+    text = (
+        f"{stat.filemode(_KIND_BITS[kind] | mode)} {ownerText(owner):<17} {size:>12}"
+        f" {isoTime(mtimeNs)}  {path}"
+    )
+    if link is not None and link != path:
+        text += f" link to {link}"
     return text + (f" -> {target}" if kind == "link" else "")
 
 
@@ -85,13 +116,22 @@ def matches(pattern, path):
     return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
 
 
+def _differ(a, b, i):
+    if i == 7:
+        # owners by id, and only where both were recorded (an older
+        # manifest has none)
+        return a[7] is not None and b[7] is not None and a[7][:2] != b[7][:2]
+    return a[i] != b[i]
+
+
 def diff(old, new):
     """
     Compare two snapshots' entries.
 
     @return: C{(added, removed, changed)}: paths only in C{new}, paths only
         in C{old}, and C{(path, [what changed...])} for paths in both whose
-        type, size, content, mode, link target or time differ; each sorted.
+        type, size, content, mode, owner, hard-link group, link target or
+        time differ; each sorted.
     """
     before = {e[0]: e for e in old}
     after = {e[0]: e for e in new}
@@ -100,11 +140,11 @@ def diff(old, new):
     changed = []
     for path in sorted(set(before) & set(after)):
         a, b = before[path], after[path]
-        what = [name for name, i in _COMPARED if a[i] != b[i]]
+        what = [name for name, i in _COMPARED if _differ(a, b, i)]
         if a[1] != b[1]:
             what = ["type"]
         elif a[1] == "dir":
-            what = [w for w in what if w in ("mode",)]
+            what = [w for w in what if w in ("mode", "owner")]
         if what:
             changed.append((path, what))
     return added, removed, changed

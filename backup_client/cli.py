@@ -797,6 +797,7 @@ def backupResult(snapshot, sent, report, parent):
         "files_unchanged": unchanged,
         "files_deleted": deleted,
         "excluded": report.excluded,
+        "hardlinks": report.hardlinks,
         "bytes_sent": sent,
         "bytes_stored": snapshot["added"],
         "snapshot": snapshot,
@@ -809,6 +810,8 @@ def backupSummary(result):
     """
     parent = result["parent"] or "none, full backup"
     excluded = f" {result['excluded']} excluded;" if result.get("excluded") else ""
+    if result.get("hardlinks"):
+        excluded += f" {result['hardlinks']} sent as hard links;"
     return (
         f"{result['id']}: {result['files_new']} new, {result['files_changed']} changed,"
         f" {result['files_unchanged']} unchanged, {result['files_deleted']} deleted files;"
@@ -835,7 +838,10 @@ async def cmdRestore(reactor, args):
     staging = RestoreStaging(dest)
 
     def openSink(fields, attempt):
-        return ExtractSink(os.path.join(staging.path, str(attempt)), RESTORE_LIMITS)
+        # owners and setuid/setgid/sticky bits only as root, as tar does
+        return ExtractSink(
+            os.path.join(staging.path, str(attempt)), RESTORE_LIMITS, ownership=os.geteuid() == 0
+        )
 
     try:
         proto = await _session(reactor, args, user, password)
@@ -866,6 +872,12 @@ async def cmdRestore(reactor, args):
     finally:
         await deferToThread(staging.remove)
     target = os.path.join(dest, begin["name"])
+    if sink.droppedSpecial:
+        print(
+            f"dropped the setuid, setgid or sticky bits of {sink.droppedSpecial} entries"
+            " (only a restore as root keeps them)",
+            file=sys.stderr,
+        )
     if args.json:
         print(
             json.dumps(
@@ -874,6 +886,7 @@ async def cmdRestore(reactor, args):
                     "path": target,
                     "bytes": index.size,
                     "files": index.files,
+                    "dropped_special": sink.droppedSpecial,
                 }
             )
         )

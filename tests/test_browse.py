@@ -28,13 +28,14 @@ from tests.test_e2e import EndToEndCase, command
 from tests.test_incremental import IncrementalCase
 from tests.wire import Wire
 
+ROOT = (0, 0, "root", "root")
 ENTRIES = [
-    ("src", "dir", 0, 10**18, 0o755, None, None),
-    ("src/a.txt", "file", 3, 10**18, 0o644, None, 111),
-    ("src/sub", "dir", 0, 10**18, 0o700, None, None),
-    ("src/sub/b.py", "file", 5, 10**18, 0o600, None, 222),
-    ("src/sub/link", "link", 5, 10**18, 0o777, "b.py", 333),
-    ("src/subway", "file", 1, 10**18, 0o644, None, 444),
+    ("src", "dir", 0, 10**18, 0o755, None, None, ROOT, None),
+    ("src/a.txt", "file", 3, 10**18, 0o644, None, 111, ROOT, None),
+    ("src/sub", "dir", 0, 10**18, 0o700, None, None, ROOT, None),
+    ("src/sub/b.py", "file", 5, 10**18, 0o600, None, 222, (1000, 50, None, "staff"), None),
+    ("src/sub/link", "link", 5, 10**18, 0o777, "b.py", 333, ROOT, None),
+    ("src/subway", "file", 1, 10**18, 0o644, None, 444, None, None),
 ]
 
 
@@ -49,9 +50,14 @@ class BrowseTests(TestCase):
     def test_longLine(self):
         self.assertEqual(
             longLine(ENTRIES[4]),
-            "lrwxrwxrwx            5 2001-09-09T01:46:40Z  src/sub/link -> b.py",
+            "lrwxrwxrwx root/root                    5 2001-09-09T01:46:40Z  src/sub/link -> b.py",
         )
         self.assertTrue(longLine(ENTRIES[2]).startswith("drwx------"))
+        self.assertIn(" 1000/staff ", longLine(ENTRIES[3]))
+        self.assertIn(" ?/? ", longLine(ENTRIES[5]))  # recorded before owners were
+        member = ("src/b", "file", 5, 0, 0o4755, None, 222, ROOT, "src/sub/b.py")
+        self.assertTrue(longLine(member).startswith("-rwsr-xr-x root/root"))
+        self.assertTrue(longLine(member).endswith("src/b link to src/sub/b.py"))
 
     def test_matches(self):
         self.assertTrue(matches("*.py", "src/sub/b.py"))
@@ -61,15 +67,21 @@ class BrowseTests(TestCase):
 
     def test_diff(self):
         new = [e for e in ENTRIES if e[0] != "src/a.txt"]
-        new[2] = ("src/sub/b.py", "file", 6, 10**18 + 1, 0o644, None, 999)
-        new[3] = ("src/sub/link", "file", 5, 10**18, 0o644, None, 333)
-        new.append(("src/c", "file", 0, 1, 0o644, None, 0))
+        new[1] = ("src/sub", "dir", 0, 10**18, 0o700, None, None, (5, 0, "x", "root"), None)
+        new[2] = ("src/sub/b.py", "file", 6, 10**18 + 1, 0o644, None, 999, ROOT, "src/sub/b.py")
+        new[3] = ("src/sub/link", "file", 5, 10**18, 0o644, None, 333, ROOT, None)
+        new[4] = ("src/subway", "file", 1, 10**18, 0o644, None, 444, ROOT, None)
+        new.append(("src/c", "file", 0, 1, 0o644, None, 0, None, None))
         added, removed, changed = diff(ENTRIES, new)
         self.assertEqual((added, removed), (["src/c"], ["src/a.txt"]))
         self.assertEqual(
             changed,
-            [("src/sub/b.py", ["size", "content", "mode", "time"]), ("src/sub/link", ["type"])],
-        )
+            [
+                ("src/sub", ["owner"]),
+                ("src/sub/b.py", ["size", "content", "mode", "owner", "hardlink", "time"]),
+                ("src/sub/link", ["type"]),
+            ],
+        )  # src/subway: an owner newly recorded is no change
 
     def test_selectEntries(self):
         """
@@ -189,7 +201,7 @@ class BrowseEndToEndTests(EndToEndCase):
             self.ok("ls", "--source", "src", "sub").stdout.split(), ["src/sub/", "src/sub/c.py"]
         )
         long = self.ok("ls", second, "src/a.txt", "--long").stdout
-        self.assertRegex(long, r"^-rw\S+ +12 \d{4}-\d\d-\d\dT\S+Z  src/a.txt\n$")
+        self.assertRegex(long, r"^-rw\S+ \S+/\S+ +12 \d{4}-\d\d-\d\dT\S+Z  src/a.txt\n$")
         entries = json.loads(self.ok("ls", "--json").stdout)["entries"]
         self.assertEqual(entries[1]["path"], "src/a.txt")
         self.assertEqual(entries[1]["size"], 12)

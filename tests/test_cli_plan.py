@@ -149,8 +149,8 @@ class SummaryTests(TestCase):
         """
         parent = ParentFiles("docs-1")
         for i in range(10):
-            parent.add((f"docs/f{i}", "file", 1, 1, 0o644, None, 0))
-        parent.add(("docs", "dir", 0, 1, 0o755, None, None))
+            parent.add((f"docs/f{i}", "file", 1, 1, 0o644, None, 0, None, None))
+        parent.add(("docs", "dir", 0, 1, 0o755, None, None, None, None))
         report = ArchiveReport(filesNew=2, filesChanged=3, filesUnchanged=6)
         snapshot = {"id": "docs-2", "parent": "docs-1", "added": 2048, "files": 11}
         result = backupResult(snapshot, 1536, report, parent)

@@ -6,7 +6,9 @@ and hostile keep lists on the wire.
 """
 
 import errno
+import grp
 import os
+import pwd
 import shutil
 import sqlite3
 import zlib
@@ -107,9 +109,14 @@ class ManifestTests(IncrementalCase):
             for n in dirs + files
         }
         self.assertEqual(set(byPath), expected)
-        for path, kind, size, mtimeNs, mode, target, crc in entries:
+        for path, kind, size, mtimeNs, mode, target, crc, owner, link in entries:
             st = os.lstat(os.path.join(os.path.dirname(self.src), path))
             self.assertEqual(mtimeNs, st.st_mtime_ns, path)
+            self.assertEqual(owner[:2], (st.st_uid, st.st_gid), path)
+            self.assertEqual(
+                owner[2:], (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name)
+            )
+            self.assertIsNone(link)
             if kind == "file":
                 with open(os.path.join(os.path.dirname(self.src), path), "rb") as f:
                     content = f.read()
@@ -586,25 +593,30 @@ class ManifestStreamTests(IncrementalCase):
 class ChangeDetectionTests(TestCase):
     def test_whatCounts(self):
         """
-        A file is kept when its size, time to the nanosecond and mode are
-        the parent's: one nanosecond, one mode bit or one byte more makes
-        it changed; content rewritten with size and time put back is kept
-        (it is never read: the documented limit); a path the parent did
-        not have as a file is new.
+        A file is kept when its size, time to the nanosecond, mode and
+        owner ids are the parent's: one nanosecond, one mode bit, another
+        group or one byte more makes it changed; content rewritten with
+        size and time put back is kept (it is never read: the documented
+        limit); a path the parent did not have as a file is new.
         """
         os.makedirs("src/sub")
-        names = ("same", "ns", "mode", "size", "rewritten")
+        names = ("same", "ns", "mode", "size", "rewritten", "owner")
         for name in names:
             with open(f"src/sub/{name}", "w") as f:
                 f.write("data")
             os.utime(f"src/sub/{name}", ns=(10**18 + 7, 10**18 + 7))
         parent = ParentFiles("src-1")
-        parent.add(("src", "dir", 0, 0, 0o755, None, None))
-        parent.add(("src/sub", "dir", 0, 0, 0o755, None, None))
+        parent.add(("src", "dir", 0, 0, 0o755, None, None, None, None))
+        parent.add(("src/sub", "dir", 0, 0, 0o755, None, None, None, None))
         for name in names:
             st = os.stat(f"src/sub/{name}")
-            parent.add((f"src/sub/{name}", "file", 4, st.st_mtime_ns, st.st_mode & 0o777, None, 0))
-        parent.add(("src/sub/new", "link", 1, 0, 0o777, "x", 0))
+            # the parent's "owner" had another group
+            owner = (st.st_uid, st.st_gid + (name == "owner"), None, None)
+            parent.add(
+                (f"src/sub/{name}", "file", 4, st.st_mtime_ns, st.st_mode & 0o777, None, 0)
+                + (owner, None)
+            )
+        parent.add(("src/sub/new", "link", 1, 0, 0o777, "x", 0, None, None))
         os.utime("src/sub/ns", ns=(10**18 + 8, 10**18 + 8))
         os.chmod("src/sub/mode", 0o600)
         with open("src/sub/size", "a") as f:
@@ -617,11 +629,13 @@ class ChangeDetectionTests(TestCase):
             f.write("a file where the parent had a link")
         plan = planArchive(os.path.abspath("src"), parent=parent)
         report = plan.report
-        self.assertEqual((report.filesNew, report.filesChanged, report.filesUnchanged), (1, 3, 2))
+        self.assertEqual((report.filesNew, report.filesChanged, report.filesUnchanged), (1, 4, 2))
         kept = [i for i in range(parent.entries) if i in plan.keep]
         self.assertEqual(kept, [2, 6])  # same, rewritten
         sent = sorted(e.name.decode() for e in plan.entries if e.content is None)
-        self.assertEqual(sent, ["src/sub/mode", "src/sub/new", "src/sub/ns", "src/sub/size"])
+        self.assertEqual(
+            sent, ["src/sub/mode", "src/sub/new", "src/sub/ns", "src/sub/owner", "src/sub/size"]
+        )
 
 
 class IncrementalWireTests(KeepWireCase):

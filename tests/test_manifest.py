@@ -23,9 +23,10 @@ from backup_proto.archive.manifest import (
 from tests.helpers import TestCase
 
 ENTRIES = [
-    ("docs", "dir", 0, 1_700_000_000_000_000_001, 0o755, None, None),
-    ('docs/é "quoted".txt', "file", 12, -5, 0o644, None, 0xFFFFFFFF),
-    ("docs/link", "link", 3, 0, 0o777, "a\nb", 7),
+    ("docs", "dir", 0, 1_700_000_000_000_000_001, 0o1755, None, None, (0, 0, "root", None), None),
+    ('docs/é "quoted".txt', "file", 12, -5, 0o4644, None, 0xFFFFFFFF, None, "docs/same"),
+    ("docs/link", "link", 3, 0, 0o777, "a\nb", 7, (1000, 2**32 - 1, "é", 'g"x'), None),
+    ("docs/same", "file", 12, -5, 0o4644, None, 0xFFFFFFFF, None, "docs/same"),
 ]
 
 
@@ -47,7 +48,7 @@ class ManifestFileTests(TestCase):
         lines = b"".join(encodeEntry(e) + b"\n" for e in ENTRIES)
         self.assertEqual(digest, hashlib.sha256(lines).hexdigest())
         self.assertIn("é".encode(), lines)  # UTF-8, not \u escapes
-        self.assertEqual((writer.entries, writer.files, writer.size), (3, 1, 15))
+        self.assertEqual((writer.entries, writer.files, writer.size), (4, 2, 27))
 
     def test_encodingIsJSON(self):
         """
@@ -55,8 +56,11 @@ class ManifestFileTests(TestCase):
         UTF-8, for names with quotes, backslashes, control and non-ASCII
         characters.
         """
-        for entry in ENTRIES + [('a"b\\é\u2028\x01', "link", 1, -5, 0o777, 't"\n\x7f', 0)]:
-            expected = json.dumps(list(entry), ensure_ascii=False, separators=(",", ":"))
+        for entry in ENTRIES + [
+            ('a"b\\é\u2028\x01', "link", 1, -5, 0o777, 't"\n\x7f', 0, (1, 2, "\x01", None), None)
+        ]:
+            plain = [list(field) if isinstance(field, tuple) else field for field in entry]
+            expected = json.dumps(plain, ensure_ascii=False, separators=(",", ":"))
             self.assertEqual(encodeEntry(entry), expected.encode("utf-8"))
 
     def test_manyBatches(self):
@@ -64,7 +68,7 @@ class ManifestFileTests(TestCase):
         Entries are decoded a batch of lines at a time: more than one batch
         comes back whole and in order.
         """
-        entries = [(f"d/f{i}", "file", i, i, 0o600, None, i) for i in range(2500)]
+        entries = [(f"d/f{i}", "file", i, i, 0o600, None, i, None, None) for i in range(2500)]
         _writer, digest = self.write(entries)
         self.assertEqual([e for _l, e in readEntries("m", digest)], entries)
 
@@ -102,16 +106,31 @@ class ManifestFileTests(TestCase):
         Entries of the wrong shape or types are refused.
         """
         for good in ENTRIES:
-            self.assertEqual(checkEntry(list(good)), good)
+            plain = [list(field) if isinstance(field, tuple) else field for field in good]
+            self.assertEqual(checkEntry(plain), good)
+        # a line of an older manifest: no owner, no link
+        self.assertEqual(
+            checkEntry(["a", "file", 1, 1, 0o644, None, 0]),
+            ("a", "file", 1, 1, 0o644, None, 0, None, None),
+        )
         for bad in (
             None,
             ["a", "file", 1, 1, 0o644, None],
+            ["a", "file", 1, 1, 0o644, None, 0, None],
+            ["a", "file", 1, 1, 0o644, None, 0, [0, 0, "r"], None],
+            ["a", "file", 1, 1, 0o644, None, 0, [-1, 0, "r", "g"], None],
+            ["a", "file", 1, 1, 0o644, None, 0, [0, 1 << 32, None, None], None],
+            ["a", "file", 1, 1, 0o644, None, 0, [0, 0, "", None], None],
+            ["a", "file", 1, 1, 0o644, None, 0, [0, 0, 5, None], None],
+            ["a", "file", 1, 1, 0o644, None, 0, None, ""],
+            ["a", "dir", 0, 1, 0o755, None, None, None, "a"],
+            ["a", "link", 1, 1, 0o777, "t", 0, None, "a"],
             ["", "file", 1, 1, 0o644, None, 0],
             ["a", "fifo", 1, 1, 0o644, None, 0],
             ["a", "file", True, 1, 0o644, None, 0],
             ["a", "file", -1, 1, 0o644, None, 0],
             ["a", "file", 1, 1.5, 0o644, None, 0],
-            ["a", "file", 1, 1, 0o1777, None, 0],
+            ["a", "file", 1, 1, 0o17777, None, 0],
             ["a", "file", 1, 1, 0o644, "t", 0],
             ["a", "file", 1, 1, 0o644, None, None],
             ["a", "file", 1, 1, 0o644, None, 1 << 32],
@@ -124,14 +143,15 @@ class ManifestFileTests(TestCase):
 class EntryAttributesTests(TestCase):
     def test_lookup(self):
         """
-        Modes and times come back by path, negative times too; a path not
+        Modes (setuid, setgid and sticky bits too), times, owners and
+        hard-link groups come back by path, negative times too; a path not
         added, and two paths whose hashes collide, get C{None}.
         """
         attributes = EntryAttributes()
-        for path, _kind, _size, mtimeNs, mode, _target, _crc in ENTRIES:
-            attributes.add(path, mode, mtimeNs)
-        for path, _kind, _size, mtimeNs, mode, _target, _crc in ENTRIES:
-            self.assertEqual(attributes.get(path), (mode, mtimeNs))
+        for path, _kind, _size, mtimeNs, mode, _target, _crc, owner, link in ENTRIES:
+            attributes.add(path, mode, mtimeNs, owner, link)
+        for path, _kind, _size, mtimeNs, mode, _target, _crc, owner, link in ENTRIES:
+            self.assertEqual(attributes.get(path), (mode, mtimeNs, owner, link))
         self.assertIsNone(attributes.get("docs/other"))
         # -1 and -2 hash alike in CPython: a stand-in for a colliding pair
         attributes.add(-1, 0o600, 5)
@@ -144,7 +164,8 @@ class EntryAttributesTests(TestCase):
         for entry in ENTRIES:
             writer.add(*entry)
         attributes = EntryAttributes.fromManifest("m", writer.close())
-        self.assertEqual(attributes.get("docs/link"), (0o777, 0))
+        self.assertEqual(attributes.get("docs/link"), (0o777, 0, ENTRIES[2][7], None))
+        self.assertEqual(attributes.get("docs/same")[3], "docs/same")
 
 
 class KeepListTests(TestCase):

@@ -9,10 +9,13 @@ seen (same names, methods, sizes, CRCs and offsets, in the same order), and
 the end records.  Only what the central directory holds -- an entry's type
 (file or link) and mode -- waits for the end: until then every non-folder
 entry is a private file (mode 0600, created with C{O_EXCL|O_NOFOLLOW}); the
-central directory, as it arrives, turns the links into links and gives
-files their modes and times; folders get theirs at the end.  Nothing is
-ever written below a link: links are made after all the data, and no entry
-may lie below a file or link.
+central directory, as it arrives, turns the links into links, the
+members of a hard-link group into hard links to its first file (an
+earlier entry of the zip), and gives files their modes and times (and
+owners and setuid, setgid and sticky bits only with C{ownership}: a
+restore by root); folders get theirs at the end.  Nothing is ever written
+below a link: links are made after all the data, and no entry may lie
+below a file or link.
 
 Refused (L{ArchiveError}): unsafe names (L{backup_proto.archive.policy.checkName}),
 duplicates after NFC, entries under more than one root or below a file or
@@ -40,8 +43,8 @@ from backup_proto.archive.format import (
     FLAG_DESCRIPTOR,
     FLAG_UTF8,
     STORED,
+    entryFields,
     entryKind,
-    entryMtimeNs,
 )
 from backup_proto.archive.index import ArchiveIndex, FolderAttributes
 from backup_proto.archive.policy import (
@@ -99,8 +102,16 @@ class StreamingExtractor:
         data is arriving.
     """
 
-    def __init__(self, dest, limits=None, progress=None, recorder=None):
+    def __init__(self, dest, limits=None, progress=None, recorder=None, ownership=False):
+        """
+        @param ownership: give entries their recorded owners and setuid,
+            setgid and sticky bits (a restore by root); else those bits
+            are dropped (counted in C{droppedSpecial}) and owners left.
+        """
         self._dest = dest
+        self._ownership = ownership
+        self.droppedSpecial = 0
+        self._firsts = {}  # path of each hard-link group's first file -> (size, crc)
         self._progress = progress
         self._recorder = recorder
         self._parser = ZipRecordParser(self)
@@ -256,36 +267,86 @@ class StreamingExtractor:
         if kind is None:
             raise ArchiveError(f"entry '{'/'.join(parts)[:200]}' is not a file, folder or link")
         self._central += 1
-        mtimeNs = entryMtimeNs(record.extra, record.dosTime, record.dosDate)
-        target = self._finalize(parts, kind, mode, mtimeNs)
+        mtimeNs, owner, first = entryFields(record.extra, record.dosTime, record.dosDate)
+        size, crc, link, target = record.usize, record.crc, None, None
+        if first is None:
+            target = self._finalize(parts, kind, mode, mtimeNs, owner)
+        else:
+            link, size, crc = self._linkGroup(parts, kind, record, first, mode, mtimeNs, owner)
         if self._recorder is not None:
             path = "/".join(parts)
             if kind == "dir":
                 self._recordedFolders.add(hash(path))
-                self._recorder.add(path, kind, 0, mtimeNs, mode)
+                self._recorder.add(path, kind, 0, mtimeNs, mode, owner=owner)
             else:
-                self._recorder.add(path, kind, record.usize, mtimeNs, mode, target, record.crc)
+                self._recorder.add(path, kind, size, mtimeNs, mode, target, crc, owner, link)
 
-    def _finalize(self, parts, kind, mode, mtimeNs):
+    def _applied(self, mode):
         """
-        Give an entry what only the central directory holds: its mode and
-        time, and for a link, its form (every entry's data has arrived,
-        and none lies below a file or link).  Folders wait for the end.
+        @return: the mode to give an entry: whole with C{ownership}, else
+            without setuid, setgid and sticky.
+        """
+        if self._ownership or not mode & 0o7000:
+            return mode
+        self.droppedSpecial += 1
+        return mode & 0o777
+
+    def _finalize(self, parts, kind, mode, mtimeNs, owner):
+        """
+        Give an entry what only the central directory holds: its owner
+        (with C{ownership}), mode and time, and for a link, its form (every
+        entry's data has arrived, and none lies below a file or link).
+        Folders wait for the end.
 
         @return: a link's target, else C{None}.
         """
         if self._kind is None:
             self._kind = "file" if len(parts) == 1 and kind != "dir" else "dir"
+        owner = owner if self._ownership else None
         if kind == "dir":
-            self._dirs.add(parts, mode, mtimeNs)
+            self._dirs.add(parts, self._applied(mode), mtimeNs, owner)
         elif kind == "file":
             self._files += 1
-            self._tree.setFile(parts, mode, mtimeNs)
+            self._tree.setFile(parts, self._applied(mode), mtimeNs, owner)
         else:
             if len(parts) == 1:
                 raise ArchiveError("archive's top-level entry is a link")
-            return self._tree.makeLink(parts, mtimeNs)
+            return self._tree.makeLink(parts, mtimeNs, owner)
         return None
+
+    def _linkGroup(self, parts, kind, record, first, mode, mtimeNs, owner):
+        """
+        Make a file of a hard-link group: the first one (naming itself)
+        as any file, the others, stored and empty, as links to it.
+
+        @param first: the raw name of the group's first file.
+        @return: C{(link, size, crc)} to record: the first file's path,
+            size and CRC-32.
+        """
+        path = "/".join(parts)
+        try:
+            firstPath = first.decode("utf-8")
+        except UnicodeDecodeError:
+            firstPath = None
+        if kind != "file" or not firstPath:
+            raise ArchiveError(f"entry '{path[:200]}' is in a hard-link group but is not a file")
+        if firstPath == path:
+            if len(self._firsts) >= self._rules.limits.maxLinkGroups:
+                limit = self._rules.limits.maxLinkGroups
+                raise ArchiveError(f"archive has more than {limit} hard-link groups")
+            self._firsts[path] = (record.usize, record.crc)
+            self._finalize(parts, kind, mode, mtimeNs, owner)
+            return path, record.usize, record.crc
+        known = self._firsts.get(firstPath)
+        if known is None or record.usize or record.method != STORED:
+            raise ArchiveError(
+                f"entry '{path[:200]}' is a hard link to '{firstPath[:200]}', "
+                "which is not an earlier file of its group"
+            )
+        self._files += 1
+        # a known first path was checked as an entry's name: within DEST
+        self._tree.makeHardLink(parts, tuple(firstPath.split("/")), self._applied(mode), mtimeNs)
+        return (firstPath, *known)
 
     def impliedFolders(self):
         """
@@ -329,6 +390,7 @@ class StreamingExtractor:
         the folder kept open; drop what was kept per entry.
         """
         self._rules.close()
+        self._firsts = {}
         self._records = bytearray()
         self._tree.close()
 
@@ -367,17 +429,18 @@ class ExtractSink:
     raised at once.
     """
 
-    def __init__(self, dest, limits=None, progress=None, recorder=None):
+    def __init__(self, dest, limits=None, progress=None, recorder=None, ownership=False):
         """
         @param recorder: a L{backup_proto.archive.manifest.ManifestWriter}
             that gets every entry as the central directory confirms it (the
             sink discards it with the rest), or C{None}.
+        @param ownership: see L{StreamingExtractor}.
         """
         self.dest = dest
         self.error = None
         self.recorder = recorder
         self._made = False
-        self._extractor = StreamingExtractor(dest, limits, progress, recorder)
+        self._extractor = StreamingExtractor(dest, limits, progress, recorder, ownership)
 
     def write(self, data):
         if self.error is not None:
@@ -412,6 +475,13 @@ class ExtractSink:
 
     def impliedFolders(self):
         return self._extractor.impliedFolders()
+
+    @property
+    def droppedSpecial(self):
+        """
+        Entries whose setuid, setgid or sticky bits were dropped.
+        """
+        return self._extractor.droppedSpecial
 
     def discard(self):
         """

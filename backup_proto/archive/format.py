@@ -10,10 +10,15 @@ a single file as one entry C{name}.  Unix modes are in the high 16 bits of
 C{external_attr}; a symbolic link is an entry with C{S_IFLNK} whose content
 is the link's target; modification times are in the "extended timestamp"
 extra field (0x5455), to the second, with ours (L{NANOSECONDS_TAG}) for
-the nanoseconds past it.
+the nanoseconds past it.  Owners are in Info-ZIP's Unix field (0x7875, the
+ids) and ours (L{NAMES_TAG}, the names); a hard link names its group's
+first file in ours (L{HARDLINK_TAG}); all three in the central directory
+only.
 """
 
 import functools
+import grp
+import pwd
 import stat
 import struct
 import time
@@ -54,6 +59,18 @@ EXT_TIMESTAMP = 0x5455
 NANOSECONDS_TAG = 0x6E73
 NANOSECONDS = struct.Struct("<HHl")
 PERM_BITS = 0o777
+#: Permission bits with setuid, setgid and sticky: what a manifest records.
+MODE_BITS = 0o7777
+#: Info-ZIP's "new Unix" field: version 1, then each id's size and value.
+UNIX_IDS_TAG = 0x7875
+_UNIX_IDS = struct.Struct("<HHBBIBI")
+#: Our field with the owner's user and group names (each a byte of length,
+#: then UTF-8), beside the ids: a root restore maps names first, as tar does.
+NAMES_TAG = 0x6E6F
+#: Our field marking a file of a hard-link group: the UTF-8 name of the
+#: group's first entry (the entry's own on that first one, which carries
+#: the data; the others are stored, empty, and linked to it).
+HARDLINK_TAG = 0x6C68
 
 
 def dosTimeDate(seconds):
@@ -101,13 +118,98 @@ def extraTimes(mtimeNs):
     return fields
 
 
-def entryMtimeNs(extra, dosTime, dosDate):
+@functools.lru_cache(maxsize=64)
+def _userName(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _groupName(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def _nameBytes(name):
+    raw = (name or "").encode("utf-8", "surrogateescape")
+    return raw if len(raw) < 256 else b""
+
+
+@functools.lru_cache(maxsize=256)
+def ownerFields(uid, gid, user=None, group=None, lookUp=True):
     """
-    @return: an entry's modification time in nanoseconds: the extended
-        timestamp's second plus our nanoseconds field's, else its DOS time
-        (local time, to two seconds).
+    @return: the extra fields naming an entry's owner: Info-ZIP's ids and
+        our names (looked up here unless given or C{lookUp} is false),
+        cached: a tree has few owners, and its entries share one bytes.
     """
-    seconds = fraction = None
+    if lookUp:
+        user = _userName(uid) if user is None else user
+        group = _groupName(gid) if group is None else group
+    fields = _UNIX_IDS.pack(UNIX_IDS_TAG, 11, 1, 4, uid & 0xFFFFFFFF, 4, gid & 0xFFFFFFFF)
+    user, group = _nameBytes(user), _nameBytes(group)
+    if user or group:
+        body = bytes([len(user)]) + user + bytes([len(group)]) + group
+        fields += struct.pack("<HH", NAMES_TAG, len(body)) + body
+    return fields
+
+
+def hardlinkField(leader):
+    """
+    @param leader: the UTF-8 name of the group's first entry.
+    @return: the extra field that puts an entry in that hard-link group.
+    """
+    return struct.pack("<HH", HARDLINK_TAG, len(leader)) + leader
+
+
+@functools.lru_cache(maxsize=256)
+def _owner(ids, names):
+    """
+    @return: C{(uid, gid, user, group)} from the bodies of the two owner
+        fields (C{None} for what is missing or malformed), or C{None}.
+    """
+    uid = gid = user = group = None
+    if len(ids) >= 1 and ids[0] == 1:
+        at = 1
+        values = []
+        for _ in range(2):
+            if at >= len(ids) or ids[at] not in (1, 2, 4) or at + 1 + ids[at] > len(ids):
+                values = None
+                break
+            values.append(int.from_bytes(ids[at + 1 : at + 1 + ids[at]], "little"))
+            at += 1 + ids[at]
+        if values:
+            uid, gid = values
+    if names:
+        try:
+            length = names[0]
+            user = names[1 : 1 + length].decode("utf-8") or None
+            glength = names[1 + length]
+            group = names[2 + length : 2 + length + glength].decode("utf-8") or None
+            if 2 + length + glength != len(names):
+                user = group = None
+        except (IndexError, UnicodeDecodeError):
+            user = group = None
+    if uid is None:
+        return None
+    return (uid, gid, user, group)
+
+
+def entryFields(extra, dosTime, dosDate):
+    """
+    Read what an entry's central extra field says (one pass).
+
+    @return: C{(mtimeNs, owner, leader)}: the modification time in
+        nanoseconds (the extended timestamp's second plus our nanoseconds
+        field's, else the DOS time: local time, to two seconds); the owner
+        C{(uid, gid, user, group)} or C{None}; the raw name of its
+        hard-link group's first entry, or C{None}.
+    """
+    seconds = fraction = leader = None
+    ids = names = b""
     i = 0
     while i + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, i)
@@ -116,7 +218,25 @@ def entryMtimeNs(extra, dosTime, dosDate):
             seconds = struct.unpack_from("<l", body, 1)[0]
         elif tag == NANOSECONDS_TAG and len(body) == 4:
             (fraction,) = struct.unpack("<l", body)
+        elif tag == UNIX_IDS_TAG:
+            ids = body
+        elif tag == NAMES_TAG:
+            names = body
+        elif tag == HARDLINK_TAG:
+            leader = body
         i += 4 + size
+    owner = _owner(ids, names) if ids else None
+    return _mtimeNs(seconds, fraction, dosTime, dosDate), owner, leader
+
+
+def entryMtimeNs(extra, dosTime, dosDate):
+    """
+    @return: an entry's modification time in nanoseconds (L{entryFields}).
+    """
+    return entryFields(extra, dosTime, dosDate)[0]
+
+
+def _mtimeNs(seconds, fraction, dosTime, dosDate):
     if seconds is not None:
         if fraction is not None and -1_000_000_000 < fraction < 1_000_000_000:
             return seconds * 1_000_000_000 + fraction
@@ -140,15 +260,15 @@ def entryMtimeNs(extra, dosTime, dosDate):
 def entryKind(externalAttr, isDir):
     """
     @return: C{(kind, mode)} of an entry from its C{external_attr}:
-        C{("dir" | "file" | "link", permission bits)}, or C{(None, 0)} for
-        any other type, or one that disagrees with the name's trailing
-        slash.
+        C{("dir" | "file" | "link", permission bits)} (setuid, setgid and
+        sticky included: L{MODE_BITS}), or C{(None, 0)} for any other type,
+        or one that disagrees with the name's trailing slash.
     """
     mode = externalAttr >> 16
     fmt = stat.S_IFMT(mode)
     if fmt == 0:
         return ("dir" if isDir else "file"), (0o755 if isDir else 0o644)
-    perm = stat.S_IMODE(mode) & PERM_BITS
+    perm = stat.S_IMODE(mode)
     if stat.S_ISDIR(mode) and isDir:
         return "dir", perm
     if stat.S_ISREG(mode) and not isDir:

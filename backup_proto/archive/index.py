@@ -15,33 +15,43 @@ class Entry:
 
     @ivar parts: the path components, the first being the archive's root.
     @ivar kind: C{"file"}, C{"dir"} or C{"link"}.
-    @ivar mode: permission bits to apply (C{0o777} at most).
+    @ivar mode: permission bits to apply (C{0o7777} at most).
     @ivar mtimeNs: nanoseconds since the epoch.
+    @ivar owner: C{(uid, gid, user, group)} to apply, or C{None}.
     """
 
     parts: tuple
     kind: str
     mode: int
     mtimeNs: int
+    owner: tuple = None
 
 
 class FolderAttributes:
     """
-    The modes and times of an archive's folders, kept until everything is
-    in them (see L{applyDirAttributes}), packed: a folder costs its path
-    and 14 bytes, not objects (a hostile archive may hold a million
-    folders).  Iterating gives L{Entry}s, deepest first.
+    The modes, times and owners of an archive's folders, kept until
+    everything is in them (see L{applyDirAttributes}), packed: a folder
+    costs its path and 18 bytes, not objects (a hostile archive may hold a
+    million folders); each owner is kept once.  Iterating gives L{Entry}s,
+    deepest first.
     """
 
-    _RECORD = struct.Struct("<IqH")  # mode, mtime in ns, length of the path
+    # mode, mtime in ns, owner's number (0: none), length of the path
+    _RECORD = struct.Struct("<IqIH")
 
     def __init__(self):
         self._byDepth = {}  # depth -> packed records
+        self._owners = [None]
+        self._ownerIndex = {None: 0}
 
-    def add(self, parts, mode, mtimeNs):
+    def add(self, parts, mode, mtimeNs, owner=None):
         path = "/".join(parts).encode("utf-8")
+        index = self._ownerIndex.get(owner)
+        if index is None:
+            index = self._ownerIndex[owner] = len(self._owners)
+            self._owners.append(owner)
         records = self._byDepth.setdefault(len(parts), bytearray())
-        records += self._RECORD.pack(mode, mtimeNs, len(path))
+        records += self._RECORD.pack(mode, mtimeNs, index, len(path))
         records += path
 
     def __iter__(self):
@@ -50,11 +60,11 @@ class FolderAttributes:
             records = self._byDepth[depth]
             at = 0
             while at < len(records):
-                mode, mtimeNs, length = self._RECORD.unpack_from(records, at)
+                mode, mtimeNs, owner, length = self._RECORD.unpack_from(records, at)
                 at += size
                 path = records[at : at + length].decode("utf-8")
                 at += length
-                yield Entry(tuple(path.split("/")), "dir", mode, mtimeNs)
+                yield Entry(tuple(path.split("/")), "dir", mode, mtimeNs, self._owners[owner])
 
 
 @dataclass
@@ -86,6 +96,8 @@ class ArchiveReport:
     @ivar bytesUnchanged: their bytes.
     @ivar excluded: files, links and folders left out by the plan's
         C{exclude} (a folder's contents are not counted).
+    @ivar hardlinks: files sent as links to another file of the zip
+        (counted in C{files}, not in C{size}).
     """
 
     files: int = 0
@@ -94,6 +106,7 @@ class ArchiveReport:
     filesUnchanged: int = 0
     bytesUnchanged: int = 0
     excluded: int = 0
+    hardlinks: int = 0
     dirs: int = 0
     links: int = 0
     size: int = 0

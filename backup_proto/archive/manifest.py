@@ -5,17 +5,27 @@ backup compares and a restore needs, readable without walking the tree;
 and the keep list with which an incremental backup names the parent's
 files it keeps (C{docs/protocol.rst}, "Incremental backups").
 
-An entry is a tuple C{(path, kind, size, mtimeNs, mode, target, crc)}:
+An entry is a tuple C{(path, kind, size, mtimeNs, mode, target, crc,
+owner, link)}:
 
  - C{path}: the components joined with C{/}, the first being the
    snapshot's root name;
  - C{kind}: C{"file"}, C{"dir"} or C{"link"};
  - C{size}: a file's bytes, a link target's UTF-8 bytes, 0 for a folder;
  - C{mtimeNs}: the modification time in nanoseconds;
- - C{mode}: the permission bits (C{0o777} at most);
+ - C{mode}: the permission bits, setuid, setgid and sticky included
+   (C{0o7777} at most: the server's own copy never has the last three);
  - C{target}: a link's target, else C{None};
  - C{crc}: the CRC-32 of a file's content or a link's target, else
-   C{None}.
+   C{None};
+ - C{owner}: C{(uid, gid, user, group)}, the names C{None} where the
+   client had none, or C{None} when the zip named no owner;
+ - C{link}: for a file of a hard-link group, the path of the group's
+   first file (its own path on that one), else C{None}.
+
+A manifest written before owners and links were recorded has lines of the
+first seven fields: they read as entries whose C{owner} and C{link} are
+C{None}.
 
 On disk a manifest is one JSON array per entry, one per line, gzipped; on
 the wire (C{ENTRIES}) the same arrays.  Its digest is the SHA-256 of the
@@ -24,6 +34,7 @@ output.
 """
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -57,16 +68,33 @@ class ManifestError(ValueError):
 _string = json.encoder.encode_basestring
 
 
+@functools.lru_cache(maxsize=256)
+def _ownerText(owner):
+    """
+    @return: the JSON text of an owner (cached: a tree has few).
+    """
+    if owner is None:
+        return "null"
+    uid, gid, user, group = owner
+    user = "null" if user is None else _string(user)
+    group = "null" if group is None else _string(group)
+    return f"[{int(uid)},{int(gid)},{user},{group}]"
+
+
 def encodeEntry(entry):
     """
     @return: the JSON text of one entry, as bytes (no newline): the same as
         C{json.dumps(list(entry), ensure_ascii=False, separators=(",",
         ":"))}.
     """
-    path, kind, size, mtimeNs, mode, target, crc = entry
+    path, kind, size, mtimeNs, mode, target, crc, owner, link = entry
     target = "null" if target is None else _string(target)
     crc = "null" if crc is None else int(crc)
-    text = f'[{_string(path)},"{kind}",{int(size)},{int(mtimeNs)},{int(mode)},{target},{crc}]'
+    link = "null" if link is None else _string(link)
+    text = (
+        f'[{_string(path)},"{kind}",{int(size)},{int(mtimeNs)},{int(mode)},{target},{crc},'
+        f"{_ownerText(owner)},{link}]"
+    )
     return text.encode("utf-8")
 
 
@@ -74,15 +102,44 @@ def _isInt(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _isId(value):
+    return _isInt(value) and 0 <= value < 1 << 32
+
+
+def _isName(value):
+    return value is None or isinstance(value, str) and 0 < len(value) < 256
+
+
+def _checkOwner(owner):
+    """
+    @return: C{owner} (decoded JSON) as a tuple, C{None} for C{None}.
+    @raise ManifestError: it is malformed.
+    """
+    if owner is None:
+        return None
+    if not (
+        isinstance(owner, list)
+        and len(owner) == 4
+        and _isId(owner[0])
+        and _isId(owner[1])
+        and _isName(owner[2])
+        and _isName(owner[3])
+    ):
+        raise ManifestError("manifest entry has a malformed owner")
+    return tuple(owner)
+
+
 def checkEntry(obj):
     """
     @raise ManifestError: unless C{obj} (decoded JSON) is a well-formed
-        entry.
-    @return: the entry as a tuple.
+        entry (of 9 fields, or of the first 7 from an older manifest).
+    @return: the entry as a tuple of 9.
     """
-    if not isinstance(obj, list) or len(obj) != 7:
-        raise ManifestError("manifest entry is not a list of 7 fields")
-    path, kind, size, mtimeNs, mode, target, crc = obj
+    if not isinstance(obj, list) or len(obj) not in (7, 9):
+        raise ManifestError("manifest entry is not a list of 9 fields")
+    if len(obj) == 7:
+        obj = obj + [None, None]
+    path, kind, size, mtimeNs, mode, target, crc, owner, link = obj
     if (
         not isinstance(path, str)
         or not path
@@ -91,12 +148,13 @@ def checkEntry(obj):
         or size < 0
         or not _isInt(mtimeNs)
         or not _isInt(mode)
-        or not 0 <= mode <= 0o777
+        or not 0 <= mode <= 0o7777
         or not (target is None if kind != "link" else isinstance(target, str))
         or not (crc is None if kind == "dir" else _isInt(crc) and 0 <= crc < 1 << 32)
+        or not (link is None or kind == "file" and isinstance(link, str) and link)
     ):
         raise ManifestError("manifest entry has a malformed field")
-    return tuple(obj)
+    return (path, kind, size, mtimeNs, mode, target, crc, _checkOwner(owner), link)
 
 
 class ManifestWriter:
@@ -116,8 +174,9 @@ class ManifestWriter:
         self._buffer = bytearray()  # the compressor takes larger writes faster
         self.entries = self.files = self.size = 0
 
-    def add(self, path, kind, size, mtimeNs, mode, target=None, crc=None):
-        self.addEncoded(encodeEntry((path, kind, size, mtimeNs, mode, target, crc)), kind, size)
+    def add(self, path, kind, size, mtimeNs, mode, target=None, crc=None, owner=None, link=None):
+        entry = (path, kind, size, mtimeNs, mode, target, crc, owner, link)
+        self.addEncoded(encodeEntry(entry), kind, size)
 
     def addEncoded(self, line, kind, size):
         """
@@ -214,26 +273,51 @@ def _decoded(lines):
 
 class EntryAttributes:
     """
-    The modes and times of a manifest's entries by path, for a restore to
-    give them (L{backup_proto.archive.plan.planArchive}'s C{attributes}),
-    in about 110 bytes an entry rather than 230: keyed by the path's
-    64-bit hash, mode and time packed in one int.  Two paths whose hashes
-    collide get nothing (their files' own are used), never each other's.
+    The modes, times, owners and hard-link groups of a manifest's entries
+    by path, for a restore to give them
+    (L{backup_proto.archive.plan.planArchive}'s C{attributes}), in about
+    110 bytes an entry rather than 230: keyed by the path's 64-bit hash,
+    mode, time and owner packed in one int (owners are few: each is kept
+    once, and the entry holds its number); links are rare, and kept
+    apart.  Two paths whose hashes collide get nothing (their files' own
+    are used), never each other's.
     """
 
     def __init__(self):
         self._packed = {}
+        self._owners = [None]
+        self._ownerIndex = {None: 0}
+        self._links = {}
 
-    def add(self, path, mode, mtimeNs):
+    def add(self, path, mode, mtimeNs, owner=None, link=None):
         key = hash(path)
-        self._packed[key] = None if key in self._packed else (mtimeNs << 9) | mode
+        index = self._ownerIndex.get(owner)
+        if index is None:
+            index = self._ownerIndex[owner] = len(self._owners)
+            self._owners.append(owner)
+        if key in self._packed:
+            self._packed[key] = None
+            self._links.pop(key, None)
+            return
+        self._packed[key] = (((mtimeNs << 32) | index) << 12) | mode
+        if link is not None:
+            self._links[key] = link
 
     def get(self, path):
         """
-        @return: C{(mode, mtimeNs)}, or C{None}.
+        @return: C{(mode, mtimeNs, owner, link)}, or C{None}.
         """
-        packed = self._packed.get(hash(path))
-        return None if packed is None else (packed & 0o777, packed >> 9)
+        key = hash(path)
+        packed = self._packed.get(key)
+        if packed is None:
+            return None
+        rest = packed >> 12
+        return (
+            packed & 0o7777,
+            rest >> 32,
+            self._owners[rest & 0xFFFFFFFF],
+            self._links.get(key),
+        )
 
     @classmethod
     def fromManifest(cls, path, digest):
@@ -244,7 +328,7 @@ class EntryAttributes:
         """
         attributes = cls()
         for _line, entry in readEntries(path, digest):
-            attributes.add(entry[0], entry[4], entry[3])
+            attributes.add(entry[0], entry[4], entry[3], entry[7], entry[8])
         return attributes
 
 

@@ -50,6 +50,8 @@ from backup_proto.archive.format import (
     endRecords,
     externalAttributes,
     extraTimes,
+    hardlinkField,
+    ownerFields,
     wholeSeconds,
 )
 from backup_proto.archive.index import ArchiveReport
@@ -89,6 +91,12 @@ class PlannedEntry:
     @ivar spooled: where the plan kept a file's deflate stream (see
         L{backup_proto.archive.spool.Spool.read}), or C{None}.
     @ivar mtimeNs: the modification time when planned.
+    @ivar owner: the extra fields naming its owner (L{ownerFields}: one
+        bytes shared by the entries of one owner), or C{b""}.
+    @ivar link: the name of the first entry of its hard-link group, or
+        C{None} (see L{assignHardLinks}).
+    @ivar inode: C{(st_dev, st_ino)} of a file with more than one link,
+        while the plan groups them; else C{None}.
     """
 
     name: bytes
@@ -102,10 +110,23 @@ class PlannedEntry:
     content: bytes = None
     spooled: tuple = None
     mtimeNs: int = 0
+    owner: bytes = b""
+    link: bytes = None
+    inode: tuple = None
 
     @property
     def extra(self):
         return extraTimes(self.mtimeNs)
+
+    @property
+    def centralExtra(self):
+        """
+        The central record's extra fields: the local header's, and the
+        owner and hard-link group, which only a reader of the central
+        directory needs.
+        """
+        extra = extraTimes(self.mtimeNs) + self.owner
+        return extra if self.link is None else extra + hardlinkField(self.link)
 
     @property
     def flags(self):
@@ -174,7 +195,7 @@ class PlannedEntry:
         if offset >= ZIP64_LIMIT:
             fields.append(offset)
             offset = MARKER
-        extra = self.extra
+        extra = self.centralExtra
         if fields:
             extra = struct.pack(f"<HH{len(fields)}Q", ZIP64_TAG, 8 * len(fields), *fields) + extra
         version = VERSION64 if fields or self.zip64 else VERSION
@@ -223,7 +244,7 @@ class PlannedEntry:
             packing it.
         """
         fields = (self.usize >= ZIP64_LIMIT) + (self.csize >= ZIP64_LIMIT) + (offset >= ZIP64_LIMIT)
-        length = CENTRAL.size + len(self.name) + len(self.extra)
+        length = CENTRAL.size + len(self.name) + len(self.centralExtra)
         return length + 4 + 8 * fields if fields else length
 
 
@@ -279,7 +300,7 @@ def _entry(name, mode, mtimeNs, **fields):
     )
 
 
-def _linkEntry(name, mode, mtimeNs, target, crc):
+def _linkEntry(name, mode, mtimeNs, target, crc, owner=b""):
     """
     A link's entry: its target, stored, is its content.
     """
@@ -292,11 +313,56 @@ def _linkEntry(name, mode, mtimeNs, target, crc):
         csize=len(target),
         content=target,
         crc=crc,
+        owner=owner,
     )
 
 
 def _entryFor(arcname, st, **fields):
-    return _entry(arcname.encode("utf-8"), st.st_mode, st.st_mtime_ns, **fields)
+    if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+        fields["inode"] = (st.st_dev, st.st_ino)
+    return _entry(
+        arcname.encode("utf-8"),
+        st.st_mode,
+        st.st_mtime_ns,
+        owner=ownerFields(st.st_uid, st.st_gid),
+        **fields,
+    )
+
+
+def _makeMember(entry, leader):
+    """
+    Turn a planned file entry into a member of the hard-link group whose
+    first entry is named C{leader}: stored and empty (nothing is read).
+    """
+    entry.method = STORED
+    entry.usize = entry.csize = entry.crc = 0
+    entry.content = b""
+    entry.spooled = None
+    entry.link = leader
+
+
+def assignHardLinks(entries, report):
+    """
+    Group the planned files that are one inode (L{PlannedEntry.inode}), in
+    the zip's order: the first of each group carries the data and its own
+    name as C{link}, the others become members linked to it
+    (C{report.hardlinks} counts them).  A file alone in the tree with its
+    inode is an ordinary file.
+    """
+    first = {}
+    for entry in entries:
+        if entry.inode is None:
+            continue
+        leader = first.get(entry.inode)
+        if leader is None:
+            first[entry.inode] = entry
+            continue
+        leader.link = leader.name
+        report.size -= entry.usize
+        _makeMember(entry, leader.name)
+        report.hardlinks += 1
+    for entry in first.values():
+        entry.inode = None
 
 
 def blockSizes(size, first=SAMPLE_SIZE):
@@ -346,14 +412,17 @@ class ParentFiles:
     """
     The files of an incremental backup's parent, as the plan compares them
     (fed its manifest's entries in order, L{add}): a file is unchanged when
-    its path, type, size, modification time to the nanosecond and
-    permission bits equal the parent's.  Content changed with size and time
-    put back is not seen; a full backup (C{--full}) reads everything.
+    its path, type, size, modification time to the nanosecond, mode and
+    owner ids equal the parent's, and for a file of a hard-link group, when
+    the whole group is unchanged and grouped as before.  Content changed
+    with size and time put back is not seen; a full backup (C{--full})
+    reads everything.
 
     @ivar snapshotId: the parent's id.
     @ivar digest: its manifest's digest, once read.
     @ivar entries: how many entries its manifest holds.
-    @ivar files: the regular files: path -> C{(index, size, mtimeNs, mode)}.
+    @ivar files: the regular files: path -> C{(index, size, mtimeNs, mode,
+        ids, link)}, C{ids} being C{(uid, gid)} or C{None}.
     """
 
     def __init__(self, snapshotId):
@@ -363,31 +432,80 @@ class ParentFiles:
         self.files = {}
 
     def add(self, entry):
-        path, kind, size, mtimeNs, mode, _target, _crc = entry
+        path, kind, size, mtimeNs, mode, _target, _crc, owner, link = entry
         if kind == "file":
-            self.files[path] = (self.entries, size, mtimeNs, mode)
+            ids = None if owner is None else owner[:2]
+            self.files[path] = (self.entries, size, mtimeNs, mode, ids, link)
         self.entries += 1
 
 
-def _compareWithParent(parent, keep, report, arcname, entry):
+def _sameAsParent(known, st, link=None):
+    return known is not None and known[1:] == (
+        st.st_size,
+        st.st_mtime_ns,
+        stat.S_IMODE(st.st_mode),
+        (st.st_uid, st.st_gid),
+        link,
+    )
+
+
+def _compareWithParent(parent, keep, report, arcname, entry, linked):
     """
     Look a file up among the parent's (L{ParentFiles}).
 
     @param entry: its C{os.DirEntry}.
-    @return: whether it is unchanged (and so kept, not read).
+    @param linked: where a file with more than one link is put aside, as
+        C{(path, arcname, stat)}: L{_keepLinkGroups} decides its group as
+        a whole once the walk is done.
+    @return: whether it is unchanged (and so kept, not read) or put aside.
     """
+    st = entry.stat(follow_symlinks=False)
+    if st.st_nlink > 1:
+        linked.append((entry.path, arcname, st))
+        return True
     known = parent.files.get(arcname)
     if known is None:
         report.filesNew += 1
         return False
-    st = entry.stat(follow_symlinks=False)
-    if (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode) & 0o777) == known[1:]:
+    if _sameAsParent(known, st):
         keep.keep(known[0])
         report.filesUnchanged += 1
         report.bytesUnchanged += st.st_size
         return True
     report.filesChanged += 1
     return False
+
+
+def _keepLinkGroups(parent, keep, report, linked):
+    """
+    Decide the files with more than one link that an incremental walk put
+    aside, a hard-link group at a time: kept if every file of the group is
+    unchanged and was grouped the same way (so the server's kept files
+    share one inode as before), else all sent (a zip's member cannot name
+    a kept file).
+
+    @return: the C{(path, arcname)} of the files to send, in walk order.
+    """
+    groups = {}
+    for item in linked:
+        groups.setdefault((item[2].st_dev, item[2].st_ino), []).append(item)
+    send = []
+    for group in groups.values():
+        leader = group[0][1] if len(group) > 1 else None
+        known = [parent.files.get(arcname) for _path, arcname, _st in group]
+        if all(_sameAsParent(k, st, leader) for k, (_p, _a, st) in zip(known, group)):
+            for k, (_path, _arcname, st) in zip(known, group):
+                keep.keep(k[0])
+                report.filesUnchanged += 1
+                report.bytesUnchanged += st.st_size
+            continue
+        for k, (path, arcname, _st) in zip(known, group):
+            if k is None:
+                report.filesNew += 1
+            else:
+                report.filesChanged += 1
+            send.append((path, arcname))
+    return send
 
 
 @dataclass(frozen=True)
@@ -525,7 +643,9 @@ def planArchive(
         entries = []
         keep = None if parent is None else KeepList(parent.entries)
         if stat.S_ISDIR(st.st_mode):
-            tree = (entries, source, name, st, compression, spool, report)
+            # a restore's groups are the manifest's (_applyAttributes): a
+            # stored file shares its inode with other snapshots' copies
+            tree = (entries, source, name, st, compression, spool, report, attributes is None)
             if threads is not None:
                 _planTree(*tree, threads, stop, workers, parent, keep, exclude)
             else:
@@ -544,7 +664,7 @@ def planArchive(
             spool.close()
         raise
     if attributes is not None:
-        _applyAttributes(entries, attributes)
+        _applyAttributes(entries, attributes, report)
     return _layOut(entries, report, source, name, spool, keep)
 
 
@@ -573,10 +693,11 @@ _TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
 def planFromManifest(source, name, entries):
     """
     Plan a stored snapshot's zip from its manifest, without looking at its
-    files (blocking): each entry's type, size, mode, time and link target
-    are the manifest's, every file is stored as it is.  A file whose size
-    is not the manifest's any more is sent as L{ArchiveStream} sends a file
-    that changed (cut or padded, and reported).
+    files (blocking): each entry's type, size, mode, time, owner, link
+    target and hard-link group are the manifest's, every file is stored as
+    it is.  A file whose size is not the manifest's any more is sent as
+    L{ArchiveStream} sends a file that changed (cut or padded, and
+    reported).
 
     @param source: the snapshot's top-level entry on disk.
     @param name: its name, the first component of every manifest path.
@@ -585,36 +706,81 @@ def planFromManifest(source, name, entries):
     """
     report = ArchiveReport()
     planned = []
-    for path, kind, size, mtimeNs, mode, target, crc in entries:
+    groups = _RecordedGroups(report)
+    for path, kind, size, mtimeNs, mode, target, crc, owner, link in entries:
         full = _TYPES[kind] | mode
+        fields = {"owner": _recordedOwner(owner)}
         if kind == "file":
             entry = _entry(
-                path.encode("utf-8"), full, mtimeNs, method=STORED, usize=size, csize=size
+                path.encode("utf-8"), full, mtimeNs, method=STORED, usize=size, csize=size, **fields
             )
             report.files += 1
             report.size += size
+            groups.place(entry, link)
         elif kind == "dir":
             folder = f"{path}/".encode()
-            entry = _entry(folder, full, mtimeNs, method=STORED, usize=0, csize=0, content=b"")
+            entry = _entry(
+                folder, full, mtimeNs, method=STORED, usize=0, csize=0, content=b"", **fields
+            )
             report.dirs += 1
         else:
-            entry = _linkEntry(path.encode("utf-8"), full, mtimeNs, target.encode("utf-8"), crc)
+            entry = _linkEntry(
+                path.encode("utf-8"), full, mtimeNs, target.encode("utf-8"), crc, **fields
+            )
             report.links += 1
         planned.append(entry)
     return _layOut(planned, report, os.path.realpath(source), name)
 
 
-def _applyAttributes(entries, attributes):
+def _recordedOwner(owner):
     """
-    Give each planned entry named in C{attributes} that mode and time (its
-    type stays the one found on disk).
+    @return: the extra fields of an owner a manifest recorded, as the
+        client named it (never looked up on the server), or C{b""}.
     """
+    return b"" if owner is None else ownerFields(*owner, lookUp=False)
+
+
+class _RecordedGroups:
+    """
+    Hard-link groups as a manifest records them, for a restore's plan: the
+    first file of a group that the zip holds carries the data (a partial
+    restore may leave the recorded first one out), the others link to it.
+    """
+
+    def __init__(self, report):
+        self._report = report
+        self._first = {}  # the recorded first path -> the planned first name
+
+    def place(self, entry, link):
+        if link is None:
+            return
+        first = self._first.get(link)
+        if first is None:
+            self._first[link] = entry.link = entry.name
+            return
+        self._report.size -= entry.usize
+        self._report.hardlinks += 1
+        _makeMember(entry, first)
+
+
+def _applyAttributes(entries, attributes, report):
+    """
+    Give each planned entry named in C{attributes} that mode, time, owner
+    and hard-link group (its type stays the one found on disk); the
+    others get no owner (a restore never sends the server's own).
+    """
+    groups = _RecordedGroups(report)
     for entry in entries:
+        entry.inode = None
         known = attributes.get(entry.name.decode("utf-8").rstrip("/"))
         if known is None:
+            entry.owner = b""
             continue
-        mode, mtimeNs = known
-        if entry.mtimeNs == mtimeNs and (entry.external >> 16) & 0o777 == mode:
+        mode, mtimeNs, owner, link = known
+        entry.owner = _recordedOwner(owner)
+        if link is not None and entry.content is None:
+            groups.place(entry, link)
+        if entry.mtimeNs == mtimeNs and stat.S_IMODE(entry.external >> 16) == mode:
             continue  # as it almost always is: nothing to work out again
         entry.external = externalAttributes(stat.S_IFMT(entry.external >> 16) | mode)
         entry.mtimeNs = mtimeNs
@@ -629,6 +795,7 @@ def _planTree(
     compression,
     spool,
     report,
+    groupLinks,
     pool,
     stop,
     workers=None,
@@ -646,6 +813,7 @@ def _planTree(
     planned = []
     batch = []
     folder = None
+    linked = []  # see _compareWithParent
 
     def flush():
         nonlocal batch
@@ -686,7 +854,7 @@ def _planTree(
                     continue
                 if child.is_file(follow_symlinks=False):
                     if parent is not None and _compareWithParent(
-                        parent, keep, report, childArc, child
+                        parent, keep, report, childArc, child, linked
                     ):
                         continue
                     # its plan thread takes its status from the open file
@@ -715,6 +883,7 @@ def _planTree(
                             cst.st_mtime_ns,
                             target,
                             isal_zlib.crc32(target),
+                            ownerFields(cst.st_uid, cst.st_gid),
                         )
                     )
                     report.links += 1
@@ -724,6 +893,13 @@ def _planTree(
                 report.unreadable.append(f"{childArc}: {e.strerror}")
         stack.extend(reversed(subdirs))
     flush()
+    if linked:
+        for path, arcname in _keepLinkGroups(parent, keep, report, linked):
+            folderPath, fileName = os.path.split(path)
+            folderArc = arcname.rsplit("/", 1)[0]
+            planned.append(
+                pool.submit(_planFiles, folderPath, folderArc, [fileName], compression, spool)
+            )
     # the files that workers left to the threads are planned while later
     # batches are still collected
     results = []
@@ -745,6 +921,8 @@ def _planTree(
         if result.content is None:
             report.files += 1
             report.size += result.usize
+    if groupLinks:
+        assignHardLinks(entries, report)
 
 
 def _planOne(path, arcname, compression, spool, leaveLarge=False):

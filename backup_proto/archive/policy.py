@@ -43,9 +43,12 @@ class Limits:
     @ivar maxRatio: the most an entry larger than C{ratioFloor} may expand
         (uncompressed / compressed size).
     @ivar maxStored: what the account's quota leaves room for, or C{None}.
+    @ivar maxLinkGroups: hard-link groups (the path of each one's first
+        file is kept until the end).
     """
 
     maxEntries: int = 1_000_000
+    maxLinkGroups: int = 100_000
     maxUnpacked: int = 1 << 40
     maxRatio: int = 200
     ratioFloor: int = 1 << 20

@@ -7,11 +7,20 @@ that make a tree durable.
 """
 
 import ctypes
+import errno
+import functools
+import grp
 import os
+import pwd
 import stat
 
 from backup_proto.archive.directio import DirectWriter
-from backup_proto.archive.policy import MAX_LINK_TARGET, ArchiveError
+from backup_proto.archive.policy import COPY_BLOCK, MAX_LINK_TARGET, ArchiveError
+
+#: What C{link(2)} fails with where a copy must do instead: the inode has
+#: its file system's most links (ext4: 65,000), the two trees are on
+#: different file systems, or the file system has no hard links.
+LINK_REFUSED = frozenset({errno.EMLINK, errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 #: Folders whose paths a L{TreeWriter} keeps for L{makeDirs}.
 _MADE_CACHE = 1024
@@ -51,16 +60,75 @@ def makeDirs(dest, parts, made, created=None):
     return path
 
 
+@functools.lru_cache(maxsize=256)
+def ownerIds(owner):
+    """
+    The ids to give an entry whose recorded owner is C{owner}
+    (C{(uid, gid, user, group)}): as tar does, a name known here gives its
+    id here, else the recorded id is used.
+    """
+    uid, gid, user, group = owner
+    if user is not None:
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            pass
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            pass
+    return uid, gid
+
+
 def applyDirAttributes(dest, index):
     """
-    Give the unpacked folders of C{index} below C{dest} their modes and
-    modification times, deepest first (writing into a folder changes its
-    time, and a read-only folder cannot be filled or moved).
+    Give the unpacked folders of C{index} below C{dest} their owners (where
+    recorded to be applied), modes and modification times, deepest first
+    (writing into a folder changes its time, and a read-only folder cannot
+    be filled or moved); the owner first, since C{chown} clears setgid.
     """
     for entry in index.dirs:  # deepest first
         path = os.path.join(dest, *entry.parts)
+        if entry.owner is not None:
+            os.chown(path, *ownerIds(entry.owner), follow_symlinks=False)
         os.chmod(path, entry.mode, follow_symlinks=False)
         os.utime(path, ns=(entry.mtimeNs, entry.mtimeNs), follow_symlinks=False)
+
+
+def copyFile(name, sourceFolder, destFolder, mode, mtimeNs, destName=None):
+    """
+    Copy the file C{name} between two open folders into a new private file
+    (C{destName}, default the same name), then give it C{mode} and
+    C{mtimeNs}.
+
+    @return: the bytes copied.
+    """
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=sourceFolder)
+    try:
+        dst = os.open(
+            destName or name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+            0o600,
+            dir_fd=destFolder,
+        )
+        try:
+            copied = 0
+            while True:
+                block = os.read(src, COPY_BLOCK)
+                if not block:
+                    break
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(dst, view) :]
+                copied += len(block)
+            os.fchmod(dst, mode)
+            os.utime(dst, ns=(mtimeNs, mtimeNs))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return copied
 
 
 _libc = None
@@ -185,12 +253,18 @@ class TreeWriter:
             os.close(self._fd)
             self._fd = None
 
-    def setFile(self, parts, mode, mtimeNs):
+    def setFile(self, parts, mode, mtimeNs, owner=None):
+        """
+        Give a file its owner (if not C{None}: see L{ownerIds}), mode and
+        time; the owner first, since C{chown} clears setuid and setgid.
+        """
         folder = self._folderFd(parts[:-1])
+        if owner is not None:
+            os.chown(parts[-1], *ownerIds(owner), dir_fd=folder, follow_symlinks=False)
         os.chmod(parts[-1], mode, dir_fd=folder)
         os.utime(parts[-1], ns=(mtimeNs, mtimeNs), dir_fd=folder)
 
-    def makeLink(self, parts, mtimeNs):
+    def makeLink(self, parts, mtimeNs, owner=None):
         """
         Turn the file C{parts}, which holds a link's target, into the link.
 
@@ -201,8 +275,35 @@ class TreeWriter:
         target = self._linkTarget(path, parts)
         os.unlink(path)
         os.symlink(target, path)
+        if owner is not None:
+            os.chown(path, *ownerIds(owner), follow_symlinks=False)
         os.utime(path, ns=(mtimeNs, mtimeNs), follow_symlinks=False)
         return target
+
+    def makeHardLink(self, parts, first, mode, mtimeNs):
+        """
+        Replace the empty file C{parts} with a hard link to the file
+        C{first} (the first of its group, complete); where the file system
+        refuses the link, with a copy given C{mode} and C{mtimeNs}.
+        """
+        folder = self._folderFd(parts[:-1])
+        os.unlink(parts[-1], dir_fd=folder)
+        source = os.open(self.makeFolder(first[:-1]), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            try:
+                os.link(
+                    first[-1],
+                    parts[-1],
+                    src_dir_fd=source,
+                    dst_dir_fd=folder,
+                    follow_symlinks=False,
+                )
+            except OSError as e:
+                if e.errno not in LINK_REFUSED:
+                    raise
+                copyFile(first[-1], source, folder, mode, mtimeNs, parts[-1])
+        finally:
+            os.close(source)
 
     @staticmethod
     def _linkTarget(path, parts):

@@ -20,12 +20,8 @@ import stat
 from dataclasses import dataclass, field
 
 from backup_proto.archive.manifest import ManifestError, readEntries
-from backup_proto.archive.policy import COPY_BLOCK, ArchiveError
-
-#: What C{link(2)} fails with where a copy must do instead: the inode has
-#: its file system's most links (ext4: 65,000), the two trees are on
-#: different file systems, or the file system has no hard links.
-LINK_REFUSED = frozenset({errno.EMLINK, errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP})
+from backup_proto.archive.policy import ArchiveError
+from backup_proto.archive.tree import LINK_REFUSED, copyFile
 
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -94,37 +90,6 @@ class FolderCursor:
             self._parts = self._fd = None
 
 
-def copyFile(name, sourceFolder, destFolder, mode, mtimeNs):
-    """
-    Copy the file C{name} between two open folders into a new private file,
-    then give it C{mode} and C{mtimeNs}.
-
-    @return: the bytes copied.
-    """
-    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=sourceFolder)
-    try:
-        dst = os.open(
-            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=destFolder
-        )
-        try:
-            copied = 0
-            while True:
-                block = os.read(src, COPY_BLOCK)
-                if not block:
-                    break
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(dst, view) :]
-                copied += len(block)
-            os.fchmod(dst, mode)
-            os.utime(dst, ns=(mtimeNs, mtimeNs))
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    return copied
-
-
 def linkKept(parentTree, parentManifest, digest, keep, tree, recorder, link=os.link):
     """
     Place the files that C{keep} names from the parent into C{tree} and add
@@ -153,7 +118,7 @@ def linkKept(parentTree, parentManifest, digest, keep, tree, recorder, link=os.l
             for i, (line, entry) in enumerate(entries):
                 if i not in keep:
                     continue
-                path, kind, size, mtimeNs, mode, _target, _crc = entry
+                path, kind, size, mtimeNs, mode = entry[:5]
                 if kind != "file":
                     raise ArchiveError(f"keep list names '{path[:200]}', which is not a file")
                 parts = tuple(path.split("/"))
