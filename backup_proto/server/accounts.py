@@ -132,6 +132,13 @@ class AccountStore:
         self._hashing = DeferredSemaphore(concurrency)
         self._dummy = (os.urandom(SALT_SIZE), os.urandom(KEY_SIZE))
 
+    @property
+    def queued(self):
+        """
+        Password checks waiting for a CPU thread.
+        """
+        return len(self._hashing.waiting)
+
     def _hash(self, password, salt, iterations):
         if len(self._hashing.waiting) >= self.maxQueued:
             raise ProtocolError(Code.BUSY, "server busy, try again later")

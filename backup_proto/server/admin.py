@@ -36,6 +36,7 @@ from backup_proto.server.accounts import (
 from backup_proto.server.catalog import LIVE, TRASH, transaction
 from backup_proto.server.database import Database
 from backup_proto.server.lifecycle import OPERATOR, Lifecycle
+from backup_proto.server.scrub import Scrubber, writeStatus
 from backup_proto.server.storage import SnapshotStore
 from backup_proto.units import humanSize, parseSize
 from backup_proto.wire.errors import ProtocolError
@@ -386,7 +387,37 @@ def cmdRecount(op, args):
     return EXIT_OK
 
 
+def cmdCheck(op, args):
+    """
+    Check that catalog, manifests and files agree (with C{--read-data},
+    every stored file's content too, each inode once): exit 1 if anything
+    is wrong, one line per problem.
+    """
+    if args.user:
+        _user(op, args.user)
+    scrubber = Scrubber(op.dataDir, readData=args.read_data)
+    report = op.run(scrubber.run, [args.user] if args.user else None)
+    writeStatus(op.dataDir, report)
+    if args.json:
+        print(json.dumps(report.toJSON(), indent=2))
+    else:
+        for problem in report.problems:
+            print(problem.line())
+        read = (
+            f", {report.filesRead} files read ({humanSize(report.bytesRead)})"
+            if args.read_data
+            else ""
+        )
+        print(
+            f"checked {report.snapshots} snapshots of {report.accounts} accounts,"
+            f" {report.entries} entries{read}: {len(report.problems)} problems",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if report.problems else EXIT_OK
+
+
 COMMANDS = {
+    "check": cmdCheck,
     "users": cmdUsers,
     "quota": cmdQuota,
     "policy": cmdPolicy,
@@ -469,6 +500,16 @@ def buildParser():
     forget.add_argument("--json", action="store_true")
     recount = sub.add_parser("recount", help="count usage again from disk and store it")
     recount.add_argument("user", metavar="USER", nargs="?")
+    check = sub.add_parser(
+        "check", help="check that catalog, manifests and stored files agree (exit 1 if not)"
+    )
+    check.add_argument("user", metavar="USER", nargs="?")
+    check.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also re-read every stored file against its manifest's CRC-32 (each inode once)",
+    )
+    check.add_argument("--json", action="store_true")
     return parser
 
 

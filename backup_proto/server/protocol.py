@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from backup_proto.archive.flushahead import FlushAhead
 from backup_proto.server.lifecycle import Lifecycle
+from backup_proto.server.metrics import ServerMetrics
 from backup_proto.server.resources import RestoreArchives, SendBuffers
 from backup_proto.server.session import Session, State
 from backup_proto.server.throttle import LoginThrottle
@@ -315,6 +316,7 @@ class BackupServerFactory(Factory):
         restores=None,
         sendBuffers=None,
         lifecycle=None,
+        metrics=None,
         **tunables,
     ):
         """
@@ -333,6 +335,8 @@ class BackupServerFactory(Factory):
         @param sendBuffers: the L{SendBuffers} policy (default: 4 wide).
         @param lifecycle: the L{Lifecycle} of snapshots and quotas
             (default: one on C{store}, without a trash).
+        @param metrics: the L{ServerMetrics} its sessions count events in
+            (default: new ones).
         @param tunables: class attributes to override (C{idleTimeout}...).
         """
         self.accounts = accounts
@@ -346,18 +350,22 @@ class BackupServerFactory(Factory):
         self.restores = restores if restores is not None else RestoreArchives(store.dataDir)
         self.sendBuffers = sendBuffers if sendBuffers is not None else SendBuffers()
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(store, runIO, clock)
+        self.metrics = metrics if metrics is not None else ServerMetrics()
         for name, value in tunables.items():
             if not hasattr(type(self), name):
                 raise TypeError(f"unknown tunable {name}")
             setattr(self, name, value)
         self.connections = set()
         self.perPeer = {}
+        self.draining = False  # see backup_proto.server.drain
         self.refused = 0
         self._refusedLogged = 0
         self._lastRefusalLogged = float("-inf")
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
+        if self.draining:
+            return RefusedConnection()
         if len(self.connections) >= self.maxConnections:
             return self._refuse(host, "too many connections")
         if self.perPeer.get(host, 0) >= self.maxPerPeer:

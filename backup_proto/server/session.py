@@ -186,6 +186,8 @@ class Session:
         self.restorePin = None
         self._connected = True
         self._transfers = {"up": 0, "down": 0}
+        # "backup" or "restore", from its request to its end (metrics, drain)
+        self.transfer = None
         self._jobs = 0
         self._row = None
 
@@ -244,6 +246,7 @@ class Session:
             reason=error.message,
         )
         self.state = State.CLOSED
+        self._ended(error.code)
         if self.upload is not None:
             self.upload.abort()
         if self.restore is not None:
@@ -262,7 +265,16 @@ class Session:
     def connectionLost(self):
         self._connected = False
         self.state = State.CLOSED
+        self._ended("aborted")
         self._cleanupIfIdle()
+
+    def _ended(self, outcome):
+        """
+        Count the backup or restore under way, if any, as ended so.
+        """
+        if self.transfer is not None:
+            self._services.metrics.ended(self.transfer, outcome)
+            self.transfer = None
 
     def _send(self, kind, /, **fields):
         if self._connected:
@@ -390,11 +402,14 @@ class Session:
         user, password = fields["user"], fields["password"]
         services = self._services
         delay = services.throttle.delayFor(user)
+        if delay:
+            services.metrics.throttledLogins.inc()
         d = deferLater(services.clock, delay, services.accounts.authenticate, user, password)
 
         def checked(ok):
             if not ok:
                 services.throttle.failed(user)
+                services.metrics.failedLogins.inc()
                 self.log.info(
                     "failed login user={user!r} peer={peer} delay={delay}",
                     user=user,
@@ -523,6 +538,7 @@ class Session:
         failure.trap(ProtocolError)
         if failure.value.code not in (Code.NOT_FOUND, Code.PROTECTED):
             return failure
+        self._ended(failure.value.code)
         self._error(failure.value, False)
         return None
 
@@ -550,6 +566,7 @@ class Session:
     # ------------------------------------------------------------ backup
 
     def _backup(self, fields):
+        self.transfer = "backup"
         name = checkSourceName(fields["name"])
         size = fields["size"]
         services = self._services
@@ -649,6 +666,7 @@ class Session:
 
     def _parentChanged(self):
         self.log.info("incremental backup refused: parent changed user={user}", user=self.username)
+        self._ended(Code.PARENT_CHANGED)
         self._error(
             ProtocolError(
                 Code.PARENT_CHANGED, "the parent snapshot changed or is gone: send a full backup"
@@ -683,6 +701,7 @@ class Session:
 
         def verified(result):
             crc, length, rejected = result
+            self._services.metrics.receivedBytes.inc(length)
             self._send(Msg.CKSUM, crc=crc, size=length, rejected=rejected)
             self._resume(State.VERIFYING)
 
@@ -746,6 +765,7 @@ class Session:
                 added=row["added"],
                 parent=row["parent"],
             )
+            self._ended("ok")
             self._send(Msg.DONE, snapshot=row)
             self._resume(State.KEYED)
             # the account's own policy, if any, now that it has one more
@@ -756,12 +776,14 @@ class Session:
         self._busy(d, done)
 
     def _resendUpload(self, fields):
+        self._services.metrics.resends.labels("up").inc()
         self.upload.resend()
         self._beginUpload()
 
     # ------------------------------------------------------------ restore
 
     def _restore(self, fields):
+        self.transfer = "restore"
         include = fields["include"]
         if not all(isinstance(p, str) and p and p == p.strip("/") for p in include):
             raise ProtocolError(
@@ -854,6 +876,7 @@ class Session:
         d.addCallbacks(sent, failed)
 
     def _sent(self, crc):
+        self._services.metrics.sentBytes.inc(self.restore.plan.size)
         self.restore.sent(crc)
         self._peer.doneSending()
         self._send(Msg.CKSUM, crc=crc, size=self.restore.plan.size, rejected=0)
@@ -866,11 +889,13 @@ class Session:
         self._releaseRestorePin()
         self._peer.narrowSendBuffer()
         self.log.info("restore of {id} done user={user}", id=restore.row["id"], user=self.username)
+        self._ended("ok")
         self._send(Msg.DONE, snapshot=restore.row)
         self._enter(State.KEYED)
 
     def _resendRestore(self, fields):
         self.restore.checkResend()
+        self._services.metrics.resends.labels("down").inc()
         self._beginRestore()
 
 

@@ -5,26 +5,34 @@ C{twistd backup-server}: command-line options and the service they build.
 
 import os
 import resource
+import sqlite3
+import tempfile
 
-from OpenSSL import SSL
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from OpenSSL import SSL, crypto
+from twisted.application.service import Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import VerifyError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from backup_proto.allocator import tuneAllocator
 from backup_proto.archive.compression import COMPRESSION_CHOICES
 from backup_proto.archive.policy import Limits
 from backup_proto.server.accounts import DEFAULT_ITERATIONS, AccountStore
 from backup_proto.server.database import Database
+from backup_proto.server.drain import ServerService
 from backup_proto.server.lifecycle import Lifecycle
+from backup_proto.server.metrics import MetricsResource, StateCollector
 from backup_proto.server.protocol import BackupServerFactory
 from backup_proto.server.resources import RestoreArchives, SendBuffers
+from backup_proto.server.scrub import ScrubService
 from backup_proto.server.storage import SnapshotStore
 from backup_proto.server.threads import WorkerPools
 from backup_proto.server.throttle import LoginThrottle
+from backup_proto.units import parseSize
 from backup_proto.wire.frames import DEFAULT_PORT, MAX_FRAME
 
 DEFAULT_LISTEN = f"ssl:{DEFAULT_PORT}:privateKey=certs/server.key:certKey=certs/server.pem"
@@ -160,6 +168,42 @@ class Options(usage.Options):
             _positive(float),
         ],
         [
+            "metrics",
+            None,
+            None,
+            "A Twisted endpoint (e.g. tcp:9464:interface=127.0.0.1) on which to serve"
+            " Prometheus metrics over HTTP (default: none).",
+        ],
+        [
+            "metrics-per-user",
+            None,
+            "yes",
+            "yes: per-user figures carry a user label; no: summed over the accounts"
+            " (privacy, fewer series).",
+        ],
+        [
+            "scrub-interval",
+            None,
+            0.0,
+            "Seconds between background scrubs, which re-read every stored file against its"
+            " manifest's CRC-32 (0, the default: none; backup-admin check runs one by hand).",
+            _notNegative(float),
+        ],
+        [
+            "scrub-rate",
+            None,
+            "50M",
+            "Most bytes a second a background scrub reads (binary units: 50M, 1G).",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            30.0,
+            "Seconds that uploads and restores under way get to finish when the server is"
+            " told to stop (SIGTERM); the rest are then aborted.",
+            _notNegative(float),
+        ],
+        [
             "cpu-threads",
             None,
             os.cpu_count() or 2,
@@ -181,6 +225,12 @@ class Options(usage.Options):
     def postOptions(self):
         if self["max-frame"] < MAX_FRAME:
             raise usage.UsageError(f"--max-frame must be at least {MAX_FRAME}")
+        try:
+            self["scrub-rate"] = parseSize(self["scrub-rate"])
+        except ValueError as e:
+            raise usage.UsageError(f"--scrub-rate: {e}") from None
+        if self["metrics-per-user"] not in ("yes", "no"):
+            raise usage.UsageError("--metrics-per-user must be yes or no")
         if self["restore-compression"] not in COMPRESSION_CHOICES:
             raise usage.UsageError(
                 "--restore-compression must be one of " + ", ".join(COMPRESSION_CHOICES)
@@ -280,21 +330,89 @@ class MaintenanceService(Service):
             self._loop.stop()
 
 
+class StartupError(SystemExit):
+    """
+    The server cannot start: one line, printed by twistd before it exits
+    with status 1 (before it forks, so an init system sees the failure).
+    """
+
+    def __init__(self, message):
+        super().__init__(f"backup-server: {message}")
+
+
+def checkDataDir(dataDir):
+    """
+    Make the data folder if need be and check that files can be created
+    in it.
+
+    @raise StartupError: it cannot be made or written.
+    """
+    try:
+        os.makedirs(dataDir, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dataDir):
+            pass
+    except OSError as e:
+        raise StartupError(
+            f"cannot write to the data folder {dataDir}: {e.strerror or e}"
+        ) from None
+
+
+def listenNow(endpoint, factory, description):
+    """
+    Listen on C{endpoint} at once, while the server is built (an C{ssl:}
+    endpoint binds synchronously), rather than once the reactor runs: a
+    port in use then stops the start with one line, instead of a server
+    that runs without listening.
+
+    @raise StartupError: the port cannot be bound.
+    @return: the listening port.
+    """
+    outcome = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome or isinstance(outcome[0], Failure):
+        reason = outcome[0].value if outcome else "no answer"
+        raise StartupError(f"cannot listen on {description}: {reason}")
+    return outcome[0]
+
+
+class ListeningService(Service):
+    """
+    Holds a port bound by L{listenNow}; stopping the service stops
+    listening (first of all, on a graceful stop).
+    """
+
+    def __init__(self, port):
+        self.port = port
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
 def makeService(options, reactor=None):
     """
-    Build the server: pools, database, crash recovery, listeners.
+    Build the server: pools, database, crash recovery, listeners.  What
+    stops it from serving (a data folder it cannot write, a catalog it
+    cannot open, a bad certificate or key, a port in use) is a
+    L{StartupError}.
     """
     tuneAllocator()
     raiseOpenFileLimit(options["max-connections"])
     if reactor is None:
         from twisted.internet import reactor
     dataDir = os.path.abspath(options["data-dir"])
-    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    checkDataDir(dataDir)
     pools = WorkerPools(reactor, cpuThreads=options["cpu-threads"])
     db = Database(os.path.join(dataDir, "user.db"), pools.runDB)
     store = SnapshotStore(dataDir, db)
-    staging, folders, rows = store.recover()
-    db.close()
+    try:
+        staging, folders, rows = store.recover()
+    except sqlite3.Error as e:
+        raise StartupError(f"cannot open the catalog {db.path}: {e}") from None
+    finally:
+        db.close()
     if staging or folders or rows:
         log.info(
             "recovered: removed {staging} staging folders, {folders} unconfirmed"
@@ -341,17 +459,49 @@ def makeService(options, reactor=None):
         restoreCompression=options["restore-compression"],
         maxFrame=options["max-frame"],
     )
-    top = MultiService()
+    top = ServerService(factory, reactor, options["shutdown-grace"])
+    if options["metrics"]:
+        top.addListener(_metricsListener(reactor, options, factory, db, dataDir))
     pools.setServiceParent(top)
     MaintenanceService(lifecycle, options["maintenance-interval"], reactor).setServiceParent(top)
+    if options["scrub-interval"]:
+        ScrubService(
+            dataDir, options["scrub-interval"], options["scrub-rate"], reactor
+        ).setServiceParent(top)
+    endpoints = []
     for description in options["listen"]:
         try:
             endpoint = serverFromString(reactor, description)
-        except (ValueError, OSError, KeyError) as e:
-            raise SystemExit(f"backup-server: bad --listen {description!r}: {e}") from None
-        try:
             requireTLS13(endpoint, description)
+        except (ValueError, OSError, KeyError, SSL.Error, crypto.Error, VerifyError) as e:
+            raise StartupError(f"bad --listen {description!r}: {_reason(e)}") from None
         except usage.UsageError as e:
-            raise SystemExit(f"backup-server: {e}") from None
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+            raise StartupError(str(e)) from None
+        endpoints.append((endpoint, description))
+    for endpoint, description in endpoints:
+        top.addListener(ListeningService(listenNow(endpoint, factory, description)))
     return top
+
+
+def _metricsListener(reactor, options, factory, db, dataDir):
+    """
+    @return: a L{ListeningService} serving the metrics over HTTP.
+    """
+    description = options["metrics"]
+    collector = StateCollector(factory, dataDir, perUser=options["metrics-per-user"] == "yes")
+    site = Site(MetricsResource(factory.metrics, collector, db))
+    site.noisy = False
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, OSError, KeyError) as e:
+        raise StartupError(f"bad --metrics {description!r}: {e}") from None
+    return ListeningService(listenNow(endpoint, site, description))
+
+
+def _reason(error):
+    """
+    @return: an exception in words: OpenSSL's errors are lists of tuples.
+    """
+    if isinstance(error, (SSL.Error, crypto.Error)) and error.args and error.args[0]:
+        return "; ".join(str(item[-1]) for item in error.args[0]) + " (certificate or key)"
+    return str(error)
