@@ -449,7 +449,7 @@ async def _connect(reactor, args):
         raise Fatal(EXIT_UNREACHABLE, f"cannot reach {args.server}: {connectFailure(e)}") from None
     # whatever waits on the server then fails, and the server drops its
     # staging data
-    interrupts.onInterrupt(proto.transport.abortConnection)
+    interrupts.onInterrupt(proto.abort)
     return proto
 
 

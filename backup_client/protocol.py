@@ -117,6 +117,14 @@ class BackupClientProtocol(Int32StringReceiver):
 
     # ------------------------------------------------------------ plumbing
 
+    def abort(self):
+        """
+        Abort the connection, unless it is already gone (a signal may come
+        after a restore closed it, while the restore is placed).
+        """
+        if self._lost is None and self.transport is not None:
+            self.transport.abortConnection()
+
     def connectionLost(self, reason):
         self._lost = reason
         if self._receiver is not None:

@@ -176,3 +176,29 @@ class SignalTests(EndToEndCase):
         self.waitFor(proc, self.serverLogged(" sending "), "the restore")
         self.interrupted(proc, signal.SIGINT, 130)
         self.assertFalse(os.path.lexists("dest"))
+
+    def test_duringPlacing(self):
+        """
+        SIGINT while a restore is being placed into DEST (merged into
+        folders already there, a file at a time): the placing is finished,
+        never left half done, then exit 130; no hidden staging folder stays.
+        """
+        folders = [f"d{i:02}" for i in range(40)]
+        for folder in folders:
+            os.makedirs(os.path.join("src", folder))
+            for i in range(500):
+                with open(os.path.join("src", folder, f"f{i:04}"), "w") as f:
+                    f.write(folder)
+        self.ok("register")
+        self.ok("backup", "src")
+        for folder in folders:
+            os.makedirs(os.path.join("dest", "src", folder))
+        first = os.path.join("dest", "src", folders[0], "f0000")
+        last = os.path.join("dest", "src", folders[-1], "f0499")
+        proc = self.spawn("restore", "dest")
+        self.waitFor(proc, lambda: os.path.lexists(first), "placing")
+        self.assertFalse(os.path.lexists(last), "the signal came after the placing")
+        self.interrupted(proc, signal.SIGINT, 130)
+        placed = sum(len(os.listdir(os.path.join("dest", "src", f))) for f in folders)
+        self.assertEqual(placed, 40 * 500)
+        self.assertEqual(sorted(os.listdir("dest")), ["src"])
