@@ -5,7 +5,6 @@ and through a real C{twistd} sent SIGTERM during an upload.
 
 import os
 import signal
-import time
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -168,16 +167,10 @@ class SigtermEndToEndTests(EndToEndCase):
         (killed by it once shut down: a clean stop for systemd); after a
         restart the snapshot is there and nothing half-made is.
         """
-        os.makedirs("src")
-        with open("src/big", "wb") as f:
-            for _ in range(40):
-                f.write(os.urandom(4 << 20))
+        self.makeBigSource()
         self.ok("register")
         client = self.spawnClient("backup", "src")
-        deadline = time.monotonic() + 60
-        while "backup of" not in self.server.logText():
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.002)
+        self.waitForServerLog("backup of")
         self.server.process.send_signal(signal.SIGTERM)
         out, err = client.communicate(timeout=120)
         self.assertEqual(client.returncode, 0, err)

@@ -149,6 +149,25 @@ class EndToEndCase(TestCase):
         self.assertNotIn("Traceback", result.stderr)
         return result
 
+    def makeBigSource(self, path="src"):
+        """
+        A folder holding one file of 160 MiB of random bytes: a backup or
+        restore of it lasts long enough to be caught under way.
+        """
+        os.makedirs(path)
+        with open(os.path.join(path, "big"), "wb") as f:
+            for _ in range(40):
+                f.write(os.urandom(4 << 20))
+
+    def waitForServerLog(self, text, seconds=60):
+        """
+        Wait until the server's log holds C{text} (polled, not slept on).
+        """
+        deadline = time.monotonic() + seconds
+        while text not in self.server.logText():
+            self.assertLess(time.monotonic(), deadline, f"{text!r} never logged")
+            time.sleep(0.002)
+
     def ok(self, *args, **kw):
         result = self.client(*args, **kw)
         self.assertEqual(result.returncode, 0, result.stderr + self.server.logText()[-3000:])

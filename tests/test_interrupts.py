@@ -149,10 +149,7 @@ class SignalTests(EndToEndCase):
         SIGTERM while a backup's data flows: exit 143, no snapshot, the
         server's staging goes.
         """
-        os.makedirs("src")
-        with open("src/big", "wb") as f:
-            for _ in range(40):
-                f.write(os.urandom(4 << 20))
+        self.makeBigSource()
         self.ok("register")
         proc = self.spawn("backup", "src")
         self.waitFor(proc, self.serverLogged("backup of"), "the transfer")
@@ -166,10 +163,7 @@ class SignalTests(EndToEndCase):
         SIGINT while a restore arrives: exit 130, DEST as it was (here: not
         there at all).
         """
-        os.makedirs("src")
-        with open("src/big", "wb") as f:
-            for _ in range(40):
-                f.write(os.urandom(4 << 20))
+        self.makeBigSource()
         self.ok("register")
         self.ok("backup", "src")
         proc = self.spawn("restore", "dest")

@@ -4,7 +4,6 @@ after real protocol exchanges, and scraped over HTTP from a real
 C{twistd} during and after a backup.
 """
 
-import os
 import time
 import urllib.request
 
@@ -112,18 +111,12 @@ class MetricsEndToEndTests(EndToEndCase):
             return samples(response.read().decode())
 
     def test_duringAndAfterBackup(self):
-        os.makedirs("src")
-        with open("src/big", "wb") as f:
-            for _ in range(40):
-                f.write(os.urandom(4 << 20))
+        self.makeBigSource()
         self.ok("register")
         before = self.scrape()
         self.assertEqual(value(before, "backup_user_snapshots", user="alice"), 0)
         client = self.spawnClient("backup", "src")
-        deadline = time.monotonic() + 60
-        while "backup of" not in self.server.logText():
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.002)
+        self.waitForServerLog("backup of")
         during = self.scrape()
         moving = sum(
             v
