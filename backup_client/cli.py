@@ -1211,7 +1211,7 @@ def _errorResult(error):
             return EXIT_QUOTA, error.message
         if error.code == Code.PROTECTED:
             return EXIT_PROTECTED, error.message
-        if error.code == Code.TIMEOUT:
+        if error.code in (Code.TIMEOUT, Code.SHUTTING_DOWN):
             return EXIT_UNREACHABLE, f"server closed the connection: {error.message}"
         return EXIT_ERROR, error.message
     if isinstance(error, SinkFailed):

@@ -75,6 +75,10 @@ class DrainTests(TestCase):
         rest = self.startUpload(busy)
         done = Drain(self.factory, self.clock, grace=30).run()
         self.assertTrue(idle.closed)
+        kind, fields = idle.last()
+        self.assertEqual(
+            (kind, fields["code"], fields["fatal"]), (Msg.ERROR, "shutting-down", True)
+        )
         self.assertFalse(busy.closed)
         self.closeLost(idle)
         self.assertIsInstance(
@@ -181,3 +185,23 @@ class SigtermEndToEndTests(EndToEndCase):
         self.assertIn("src", self.ok("list").stdout)
         staging = os.path.join(self.server.dataDir, "users", "alice", ".staging")
         self.assertEqual(os.listdir(staging) if os.path.isdir(staging) else [], [])
+
+
+class ClientSideTests(TestCase):
+    def test_shuttingDownExitCode(self):
+        """
+        The client reports a server that is stopping as unreachable
+        (exit 4), with the server's words.
+        """
+        from backup_client.cli import _errorResult
+        from backup_client.exitcodes import EXIT_UNREACHABLE
+        from backup_proto.wire.errors import Code, ProtocolError
+
+        error = ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down; try again later")
+        self.assertEqual(
+            _errorResult(error),
+            (
+                EXIT_UNREACHABLE,
+                "server closed the connection: the server is shutting down; try again later",
+            ),
+        )

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_drain -*-
 """
 A graceful stop: on SIGTERM the server stops accepting, closes the
-connections that are not moving a snapshot, lets uploads and restores
+connections that are not moving a snapshot (with a C{shutting-down}
+error), lets uploads and restores
 under way finish for up to a grace period, then aborts the rest (an
 aborted upload's staging is removed as after any lost connection, and
 start-up recovery removes whatever a kill left).
@@ -10,6 +11,8 @@ start-up recovery removes whatever a kill left).
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
+
+from backup_proto.wire.errors import Code, ProtocolError
 
 log = Logger()
 
@@ -61,6 +64,10 @@ class Drain:
             busy=len(busy),
             grace=self.grace,
         )
+        stopping = ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down; try again later")
+        for proto in list(self.factory.connections):
+            if not transferring(proto):
+                proto.session.fail(stopping)
         self._look(done, deadline)
         return done
 

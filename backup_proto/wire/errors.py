@@ -34,6 +34,7 @@ class Code:
     PROTECTED = "protected"  # the account's delete protection refuses a removal
     ACCOUNT_DISABLED = "account-disabled"  # the operator disabled the account
     BUSY = "busy"
+    SHUTTING_DOWN = "shutting-down"  # the server is stopping: try again later
     INTERNAL = "internal"
 
 
