@@ -26,13 +26,15 @@ done
 export BACKUP_SERVER="localhost:$PORT" BACKUP_CA="$DEMO/certs/ca.pem"
 export BACKUP_USER=demo BACKUP_PASSWORD="demo password" BACKUP_CONFIG_DIR="$DEMO/client-config"
 
-# a sample folder: text, random data, an empty folder, a link, an executable
+# a sample folder: text, random data, an empty folder, a link, an
+# executable, and a second name (hard link) for the photo
 SAMPLE="$DEMO/sample"
 mkdir -p "$SAMPLE/notes" "$SAMPLE/empty folder"
 for i in $(seq 20); do echo "note $i: the quick brown fox" > "$SAMPLE/notes/note $i.txt"; done
 head -c 2000000 /dev/urandom > "$SAMPLE/photo.jpg"
 printf '#!/bin/sh\necho hello\n' > "$SAMPLE/run.sh"; chmod 755 "$SAMPLE/run.sh"
 ln -s "notes/note 1.txt" "$SAMPLE/latest note"
+ln "$SAMPLE/photo.jpg" "$SAMPLE/notes/photo again.jpg"
 
 echo "== register";  backup-client register
 echo "== backup";    SNAPSHOT=$(backup-client backup "$SAMPLE" | tail -n 1); echo "$SNAPSHOT"
@@ -43,14 +45,16 @@ diff -r --no-dereference "$SAMPLE" "$DEMO/restored/sample"
 .venv/bin/python - "$SAMPLE" "$DEMO/restored/sample" <<'PY'
 import os, stat, sys
 def sig(root):
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for n in dirs + files:
-            p = os.path.join(d, n); st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    out, first = {}, {}
+    for d, dirs, files in sorted(os.walk(root)):
+        for n in sorted(dirs + files):
+            p = os.path.join(d, n); st = os.lstat(p); rel = os.path.relpath(p, root)
+            # a hard-link group by the first of its names
+            group = first.setdefault(st.st_ino, rel) if st.st_nlink > 1 and stat.S_ISREG(st.st_mode) else None
+            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid, group)
     return out
 a, b = sig(sys.argv[1]), sig(sys.argv[2])
-assert a == b, "modes or times differ"
-print(f"restored tree equals the original ({len(a)} entries, modes and times included)")
+assert a == b, "modes, times, owners or hard links differ"
+print(f"restored tree equals the original ({len(a)} entries; modes, times, owners and hard links included)")
 PY
 echo "demo OK"
