@@ -7,6 +7,7 @@ background service on a clock.
 import os
 import threading
 
+import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -20,6 +21,7 @@ from backup_proto.server.scrub import (
     ScrubStopped,
     readStatus,
 )
+from tests.test_e2e import EndToEndCase
 from tests.test_incremental import IncrementalCase
 
 
@@ -205,3 +207,28 @@ class ScrubServiceTests(IncrementalCase):
         self.assertIn(os.path.relpath(damaged, stored), warnings[0]["problem"])
         status = readStatus(self.data)
         self.assertEqual((status["problems"], status["readData"]), (1, True))
+
+
+@pytest.mark.slow
+class BackgroundScrubEndToEndTests(EndToEndCase):
+    serverArgs = ("--scrub-interval", "0.5", "--scrub-rate", "1G")
+
+    def test_findsFlippedByte(self):
+        """
+        A real server's background scrub logs a flipped byte with the
+        snapshots that share the file, and its status file says so.
+        """
+        os.makedirs("src")
+        with open("src/a.bin", "wb") as f:
+            f.write(os.urandom(100_000))
+        self.ok("register")
+        first = self.ok("backup", "src").stdout.strip()
+        second = self.ok("backup", "src").stdout.strip()  # keeps a.bin: one inode
+        flipByte(os.path.join(self.server.dataDir, "users", "alice", first, "src", "a.bin"), 500)
+        self.waitForServerLog("alice: file content is damaged")
+        line = next(
+            line for line in self.server.logText().splitlines() if "content is damaged" in line
+        )
+        self.assertIn(f"{first}:src/a.bin", line)
+        self.assertIn(f"{second}:src/a.bin", line)
+        self.assertEqual(readStatus(self.server.dataDir)["problems"], 1)
