@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
+from backup_proto.server import scrub as scrubModule
 from backup_proto.server.admin import run as admin
 from backup_proto.server.scrub import (
     Scrubber,
@@ -121,6 +122,27 @@ class ScrubTests(IncrementalCase):
         found = self.scrub(readData=False).problems
         whats = sorted(p.what.split(" (")[0] for p in found)
         self.assertEqual(whats, ["manifest is damaged", "snapshot folder is missing"])
+
+    def test_unreadable(self):
+        """
+        A file that cannot be read (a failing disk answers EIO) is one
+        problem, named with every snapshot that shares it; the scrub
+        goes on.
+        """
+        path = self.aFile()
+        real = open
+
+        def failing(name, *args, **kwargs):
+            if name.endswith(path):
+                raise OSError(5, "Input/output error")
+            return real(name, *args, **kwargs)
+
+        # the module's own name shadows the builtin for its reads only
+        scrubModule.open = failing
+        self.addCleanup(delattr, scrubModule, "open")
+        (problem,) = self.scrub().problems
+        self.assertEqual(problem.what, "file cannot be read (Input/output error)")
+        self.assertEqual(sorted(problem.where), [(self.first, path), (self.second, path)])
 
     def test_rate(self):
         """

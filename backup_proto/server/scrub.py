@@ -177,8 +177,11 @@ class Scrubber:
         full = os.path.join(top, path)
         try:
             st = os.lstat(full)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             problem(f"{kind} is missing", path)
+            return
+        except OSError as e:
+            problem(f"cannot be read ({e.strerror})", path)
             return
         if kind == "dir":
             if not stat.S_ISDIR(st.st_mode):
@@ -199,8 +202,17 @@ class Scrubber:
         key = (st.st_dev, st.st_ino)
         known = inodes.result(key)
         if known is None:
-            actual = self._crc(full, report)
-            inodes.checked(key, actual == crc, snapshotId, path, actual, crc)
+            try:
+                actual = self._crc(full, report)
+            except OSError as e:
+                # a disk that fails to read (EIO) is what a scrub is for
+                inodes.bad(key, f"file cannot be read ({e.strerror})", snapshotId, path)
+                return
+            if actual == crc:
+                inodes.good(key)
+            else:
+                what = f"file content is damaged (CRC-32 {actual:08x}, recorded {crc:08x})"
+                inodes.bad(key, what, snapshotId, path)
         elif known is False:
             inodes.shared(key, snapshotId, path)
 
@@ -242,15 +254,11 @@ class _Inodes:
             return True
         return False if key in self._bad else None
 
-    def checked(self, key, good, snapshotId, path, actual, expected):
-        if good:
-            self._good.add(key)
-        else:
-            self._bad[key] = Problem(
-                self._user,
-                f"file content is damaged (CRC-32 {actual:08x}, recorded {expected:08x})",
-                [(snapshotId, path)],
-            )
+    def good(self, key):
+        self._good.add(key)
+
+    def bad(self, key, what, snapshotId, path):
+        self._bad[key] = Problem(self._user, what, [(snapshotId, path)])
 
     def shared(self, key, snapshotId, path):
         self._bad[key].where.append((snapshotId, path))
