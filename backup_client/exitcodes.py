@@ -34,3 +34,14 @@ MEANINGS = {
     EXIT_SIGINT: "interrupted by Ctrl-C (SIGINT)",
     EXIT_SIGTERM: "stopped by SIGTERM",
 }
+
+
+class Fatal(Exception):
+    """
+    Stop with a one-line message and an exit code.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message

@@ -3,8 +3,8 @@
 The client side of the backup protocol.
 
 L{BackupClientProtocol} turns each operation (register, login, key exchange,
-list, backup, restore) into a method returning a L{Deferred}; the CLI
-(L{backup_client.cli}) chains them.  Errors from the server arrive as
+list, backup, restore) into a method returning a L{Deferred}; the
+commands (L{backup_client.commands}) chain them.  Errors from the server arrive as
 L{ProtocolError}s with the server's code; a lost connection fails whatever
 is waiting with L{ConnectionGone}.
 """

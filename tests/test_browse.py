@@ -19,7 +19,8 @@ from backup_client.browse import (
     matches,
     under,
 )
-from backup_client.cli import Fatal, includePath, pickSnapshot
+from backup_client.commands.restore import includePath, pickSnapshot
+from backup_client.exitcodes import Fatal
 from backup_proto.archive.manifest import selectEntries
 from backup_proto.wire.errors import Code
 from backup_proto.wire.frames import Msg

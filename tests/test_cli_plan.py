@@ -9,7 +9,7 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from backup_client.cli import (
+from backup_client.commands.backup import (
     PLAN_SWITCH_INTERVAL,
     _planDone,
     _planInThread,

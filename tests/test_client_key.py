@@ -5,7 +5,7 @@ The client's RSA key is made once and kept private in its config folder.
 import os
 import stat
 
-from backup_client.cli import loadOrCreateKey
+from backup_client.connecting import loadOrCreateKey
 from tests.helpers import TestCase
 
 

@@ -217,7 +217,7 @@ class AccountTests(EndToEndCase):
         A server that accepts the connection but never answers (not even the
         TLS handshake) makes the client exit 4 instead of hanging.
         """
-        import backup_client.cli as cli
+        import backup_client.connecting as connecting
 
         with socket.socket() as silent:
             silent.bind(("127.0.0.1", 0))
@@ -231,13 +231,16 @@ class AccountTests(EndToEndCase):
                 BACKUP_PASSWORD="pw",
                 BACKUP_CONFIG_DIR=os.path.join(self.base, "config"),
             )
-            code = "import backup_client.cli as c; c.ANSWER_TIMEOUT = 2; c.run(['list'])"
+            code = (
+                "import backup_client.cli as c, backup_client.connecting as k;"
+                " k.ANSWER_TIMEOUT = 2; c.run(['list'])"
+            )
             result = subprocess.run(
                 [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
             )
         self.assertEqual(result.returncode, 4, result.stderr)
         self.assertIn("no answer", result.stderr)
-        self.assertEqual(cli.ANSWER_TIMEOUT, 90)
+        self.assertEqual(connecting.ANSWER_TIMEOUT, 90)
 
     def test_usage(self):
         """
