@@ -237,11 +237,11 @@ class NanosecondTests(TestCase):
         The nanoseconds field is only written when there are nanoseconds,
         and is read with the extended timestamp's second.
         """
-        from backup_proto.archive.format import entryMtimeNs, extraTimes
+        from backup_proto.archive.format import entryFields, extraTimes
 
         self.assertEqual(len(extraTimes(1_600_000_000 * 10**9)), 9)
         for ns in (1, 10**9 - 1, -(10**9) + 1, 1_764_500_000_123_456_789, -123_456_789):
-            self.assertEqual(entryMtimeNs(extraTimes(ns), 0, 0), ns)
+            self.assertEqual(entryFields(extraTimes(ns), 0, 0)[0], ns)
         self.assertEqual(extraTimes(2**31 * 10**9 + 5), b"")
 
     def test_foreignZipWholeSeconds(self):

@@ -58,9 +58,6 @@ EXT_TIMESTAMP = 0x5455
 #: add to the extended timestamp's second, a signed 32-bit count.
 NANOSECONDS_TAG = 0x6E73
 NANOSECONDS = struct.Struct("<HHl")
-PERM_BITS = 0o777
-#: Permission bits with setuid, setgid and sticky: what a manifest records.
-MODE_BITS = 0o7777
 #: Info-ZIP's "new Unix" field: version 1, then each id's size and value.
 UNIX_IDS_TAG = 0x7875
 _UNIX_IDS = struct.Struct("<HHBBIBI")
@@ -229,13 +226,6 @@ def entryFields(extra, dosTime, dosDate):
     return _mtimeNs(seconds, fraction, dosTime, dosDate), owner, leader
 
 
-def entryMtimeNs(extra, dosTime, dosDate):
-    """
-    @return: an entry's modification time in nanoseconds (L{entryFields}).
-    """
-    return entryFields(extra, dosTime, dosDate)[0]
-
-
 def _mtimeNs(seconds, fraction, dosTime, dosDate):
     if seconds is not None:
         if fraction is not None and -1_000_000_000 < fraction < 1_000_000_000:
@@ -261,7 +251,7 @@ def entryKind(externalAttr, isDir):
     """
     @return: C{(kind, mode)} of an entry from its C{external_attr}:
         C{("dir" | "file" | "link", permission bits)} (setuid, setgid and
-        sticky included: L{MODE_BITS}), or C{(None, 0)} for any other type,
+        sticky included: C{0o7777} at most), or C{(None, 0)} for any other type,
         or one that disagrees with the name's trailing slash.
     """
     mode = externalAttr >> 16

@@ -27,6 +27,27 @@ class Entry:
     owner: tuple = None
 
 
+class Interned:
+    """
+    Values kept once each and named by a small number (0 is C{None}): the
+    few owners of a tree's many entries, which then hold only the number.
+    """
+
+    def __init__(self):
+        self._values = [None]
+        self._numbers = {None: 0}
+
+    def number(self, value):
+        found = self._numbers.get(value)
+        if found is None:
+            found = self._numbers[value] = len(self._values)
+            self._values.append(value)
+        return found
+
+    def __getitem__(self, number):
+        return self._values[number]
+
+
 class FolderAttributes:
     """
     The modes, times and owners of an archive's folders, kept until
@@ -41,17 +62,12 @@ class FolderAttributes:
 
     def __init__(self):
         self._byDepth = {}  # depth -> packed records
-        self._owners = [None]
-        self._ownerIndex = {None: 0}
+        self._owners = Interned()
 
     def add(self, parts, mode, mtimeNs, owner=None):
         path = "/".join(parts).encode("utf-8")
-        index = self._ownerIndex.get(owner)
-        if index is None:
-            index = self._ownerIndex[owner] = len(self._owners)
-            self._owners.append(owner)
         records = self._byDepth.setdefault(len(parts), bytearray())
-        records += self._RECORD.pack(mode, mtimeNs, index, len(path))
+        records += self._RECORD.pack(mode, mtimeNs, self._owners.number(owner), len(path))
         records += path
 
     def __iter__(self):

@@ -42,6 +42,8 @@ import zlib
 
 from isal import igzip
 
+from backup_proto.archive.index import Interned
+
 KINDS = ("file", "dir", "link")
 
 #: Base64 characters of the keep list per C{KEEP} message.
@@ -285,21 +287,16 @@ class EntryAttributes:
 
     def __init__(self):
         self._packed = {}
-        self._owners = [None]
-        self._ownerIndex = {None: 0}
+        self._owners = Interned()
         self._links = {}
 
     def add(self, path, mode, mtimeNs, owner=None, link=None):
         key = hash(path)
-        index = self._ownerIndex.get(owner)
-        if index is None:
-            index = self._ownerIndex[owner] = len(self._owners)
-            self._owners.append(owner)
         if key in self._packed:
             self._packed[key] = None
             self._links.pop(key, None)
             return
-        self._packed[key] = (((mtimeNs << 32) | index) << 12) | mode
+        self._packed[key] = (((mtimeNs << 32) | self._owners.number(owner)) << 12) | mode
         if link is not None:
             self._links[key] = link
 

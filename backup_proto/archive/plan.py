@@ -329,11 +329,14 @@ def _entryFor(arcname, st, **fields):
     )
 
 
-def _makeMember(entry, leader):
+def _makeMember(entry, leader, report):
     """
     Turn a planned file entry into a member of the hard-link group whose
-    first entry is named C{leader}: stored and empty (nothing is read).
+    first entry is named C{leader}: stored and empty (nothing is read),
+    counted in C{report.hardlinks} and no longer in its C{size}.
     """
+    report.size -= entry.usize
+    report.hardlinks += 1
     entry.method = STORED
     entry.usize = entry.csize = entry.crc = 0
     entry.content = b""
@@ -358,9 +361,7 @@ def assignHardLinks(entries, report):
             first[entry.inode] = entry
             continue
         leader.link = leader.name
-        report.size -= entry.usize
-        _makeMember(entry, leader.name)
-        report.hardlinks += 1
+        _makeMember(entry, leader.name, report)
     for entry in first.values():
         entry.inode = None
 
@@ -758,9 +759,7 @@ class _RecordedGroups:
         if first is None:
             self._first[link] = entry.link = entry.name
             return
-        self._report.size -= entry.usize
-        self._report.hardlinks += 1
-        _makeMember(entry, first)
+        _makeMember(entry, first, self._report)
 
 
 def _applyAttributes(entries, attributes, report):
@@ -778,7 +777,7 @@ def _applyAttributes(entries, attributes, report):
             continue
         mode, mtimeNs, owner, link = known
         entry.owner = _recordedOwner(owner)
-        if link is not None and entry.content is None:
+        if entry.content is None:
             groups.place(entry, link)
         if entry.mtimeNs == mtimeNs and stat.S_IMODE(entry.external >> 16) == mode:
             continue  # as it almost always is: nothing to work out again
