@@ -95,19 +95,35 @@ class Account(NamedTuple):
     disabled: bool
 
 
+#: The columns of L{Account}, in its order.
+_ACCOUNT_COLUMNS = (
+    "username",
+    "quota",
+    "used",
+    "usage_changes",
+    "policy",
+    "append_only",
+    "min_age_days",
+    "disabled",
+)
+
+
+def _account(r):
+    """
+    @return: the L{Account} of a row that starts with L{_ACCOUNT_COLUMNS}.
+    """
+    policy = None if r[4] is None else KeepPolicy.fromFields(json.loads(r[4]))
+    return Account(r[0], r[1], r[2], r[3], policy, bool(r[5]), r[6], bool(r[7]))
+
+
 def account(conn, username):
     """
     @return: the L{Account}, or C{None} if there is none of that name.
     """
     r = conn.execute(
-        "SELECT username, quota, used, usage_changes, policy, append_only, min_age_days,"
-        " disabled FROM users WHERE username = ?",
-        (username,),
+        f"SELECT {', '.join(_ACCOUNT_COLUMNS)} FROM users WHERE username = ?", (username,)
     ).fetchone()
-    if r is None:
-        return None
-    policy = None if r[4] is None else KeepPolicy.fromFields(json.loads(r[4]))
-    return Account(r[0], r[1], r[2], r[3], policy, bool(r[5]), r[6], bool(r[7]))
+    return None if r is None else _account(r)
 
 
 def checkQuota(account, size, reserved=0):
@@ -137,21 +153,30 @@ def requireAccount(conn, username):
 
 def accounts(conn):
     """
-    @return: every account with its counts, for C{backup-admin users}.
+    @return: every account with its counts, for C{backup-admin users} and
+        the metrics, in one query (a scrape runs it on the database thread).
     """
-    names = [r[0] for r in conn.execute("SELECT username FROM users ORDER BY username")]
+    columns = ", ".join(f"u.{c}" for c in _ACCOUNT_COLUMNS)
+    rows = conn.execute(
+        f"SELECT {columns}, COUNT(CASE WHEN s.state = ? THEN 1 END),"
+        " MAX(CASE WHEN s.state = ? THEN s.created END),"
+        " COUNT(CASE WHEN s.state = ? THEN 1 END)"
+        " FROM users u LEFT JOIN snapshots s ON s.username = u.username"
+        " GROUP BY u.username ORDER BY u.username",
+        (LIVE, LIVE, TRASH),
+    ).fetchall()
     out = []
-    for name in names:
-        acct = account(conn, name)
-        totals = _totals(conn, name)
+    for row in rows:
+        acct = _account(row)
+        snapshots, newest, trash = row[-3:]
         out.append(
             {
-                "user": name,
-                "snapshots": totals["snapshots"],
-                "trash": totals["trash"],
+                "user": acct.username,
+                "snapshots": snapshots,
+                "trash": trash,
                 "used": acct.used,
                 "quota": acct.quota,
-                "last_backup": totals["newest"],
+                "last_backup": newest,
                 "policy": None if acct.policy is None else acct.policy.toFields(),
                 "append_only": acct.appendOnly,
                 "min_age_days": acct.minAgeDays,

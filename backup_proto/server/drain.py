@@ -58,16 +58,16 @@ class Drain:
         self.factory.draining = True
         done = Deferred()
         deadline = self.clock.seconds() + self.grace
-        busy = [p for p in self.factory.connections if transferring(p)]
+        connections = self.factory.connections
+        idle = [p for p in connections if not transferring(p)]
         log.info(
             "stopping: {busy} transfers under way get up to {grace} s to finish",
-            busy=len(busy),
+            busy=len(connections) - len(idle),
             grace=self.grace,
         )
         stopping = ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down; try again later")
-        for proto in list(self.factory.connections):
-            if not transferring(proto):
-                proto.session.fail(stopping)
+        for proto in idle:
+            proto.session.fail(stopping)
         self._look(done, deadline)
         return done
 

@@ -11,6 +11,7 @@ the database thread, so a scrape never blocks the reactor: the resource
 answers once the query is done (L{MetricsResource}).
 """
 
+import collections
 import os
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from backup_proto.server.catalog import accounts
 from backup_proto.server.retention import parseTime
 from backup_proto.server.scrub import readStatus
 
@@ -71,25 +73,13 @@ class ServerMetrics:
         (self.backups if kind == "backup" else self.restores).labels(outcome).inc()
 
 
-def userStats(conn):
-    """
-    @return: per account: C{(user, used, quota, live snapshots, newest
-        snapshot's time)}, in one query (on the database thread).
-    """
-    return conn.execute(
-        "SELECT u.username, u.used, u.quota, COUNT(s.id), MAX(s.created)"
-        " FROM users u LEFT JOIN snapshots s ON s.username = u.username AND s.state = 'live'"
-        " GROUP BY u.username ORDER BY u.username"
-    ).fetchall()
-
-
 class StateCollector:
     """
     The gauges read at each scrape: connections by state, the hash queue,
     free space, the last scrub, and the per-user figures of the last
     catalog read (L{MetricsResource} refreshes them first).
 
-    @ivar users: the rows of L{userStats}.
+    @ivar users: the accounts (L{backup_proto.server.catalog.accounts}).
     @ivar scrub: the last scrub's summary
         (L{backup_proto.server.scrub.readStatus}), or C{None}.
     @ivar perUser: whether figures carry a C{user} label (else they are
@@ -104,10 +94,7 @@ class StateCollector:
         self.scrub = None
 
     def collect(self):
-        states = {}
-        for proto in self.factory.connections:
-            name = proto.state.name
-            states[name] = states.get(name, 0) + 1
+        states = collections.Counter(p.state.name for p in self.factory.connections)
         connections = GaugeMetricFamily(
             "backup_connections", "Open connections by session state", labels=["state"]
         )
@@ -172,20 +159,25 @@ class StateCollector:
             "backup_user_quota_bytes", "The account's quota (absent: none)", labels=labels
         )
         if self.perUser:
-            for user, usedBytes, quotaBytes, count, newest in self.users:
-                snapshots.add_metric([user], count)
-                used.add_metric([user], usedBytes)
-                if quotaBytes is not None:
-                    quota.add_metric([user], quotaBytes)
-                if newest is not None:
-                    last.add_metric([user], parseTime(newest).timestamp())
+            for row in self.users:
+                user = [row["user"]]
+                snapshots.add_metric(user, row["snapshots"])
+                used.add_metric(user, row["used"])
+                if row["quota"] is not None:
+                    quota.add_metric(user, row["quota"])
+                if row["last_backup"] is not None:
+                    last.add_metric(user, parseTime(row["last_backup"]).timestamp())
         else:
-            snapshots.add_metric([], sum(row[3] for row in self.users))
-            used.add_metric([], sum(row[1] for row in self.users))
-            quotas = [row[2] for row in self.users if row[2] is not None]
+            snapshots.add_metric([], sum(row["snapshots"] for row in self.users))
+            used.add_metric([], sum(row["used"] for row in self.users))
+            quotas = [row["quota"] for row in self.users if row["quota"] is not None]
             if quotas:
                 quota.add_metric([], sum(quotas))
-            times = [parseTime(row[4]).timestamp() for row in self.users if row[4] is not None]
+            times = [
+                parseTime(row["last_backup"]).timestamp()
+                for row in self.users
+                if row["last_backup"] is not None
+            ]
             if times:
                 last.add_metric([], min(times))
         yield from (last, snapshots, used, quota)
@@ -210,7 +202,7 @@ class MetricsResource(Resource):
         gone = []
         request.notifyFinish().addErrback(gone.append)
         dataDir = self.collector.dataDir
-        d = self.db.run(lambda conn: (userStats(conn), readStatus(dataDir)))
+        d = self.db.run(lambda conn: (accounts(conn), readStatus(dataDir)))
 
         def render(read):
             self.collector.users, self.collector.scrub = read

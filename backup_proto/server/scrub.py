@@ -350,7 +350,6 @@ class ScrubService(Service):
             lambda f, *args: deferToThreadPool(self.reactor, self._pool, f, *args)
         )
         self._loop = None
-        self._first = None
         self._running = None
 
     def startService(self):
@@ -361,7 +360,7 @@ class ScrubService(Service):
         self._loop.clock = self.reactor
         # the first one an interval after the start: a restart does not
         # re-read everything at once
-        self._first = self.reactor.callLater(self.interval, self._loop.start, self.interval)
+        self._loop.start(self.interval, now=False)
 
     def _run(self):
         d = self._running = self._runInThread(
@@ -390,8 +389,6 @@ class ScrubService(Service):
     def stopService(self):
         super().stopService()
         self._stop.set()
-        if self._first is not None and self._first.active():
-            self._first.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         running = self._running

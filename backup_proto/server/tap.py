@@ -470,10 +470,10 @@ def makeService(options, reactor=None):
         ).setServiceParent(top)
     endpoints = []
     for description in options["listen"]:
+        endpoint = parseEndpoint(reactor, description, "--listen")
         try:
-            endpoint = serverFromString(reactor, description)
             requireTLS13(endpoint, description)
-        except (ValueError, OSError, KeyError, SSL.Error, crypto.Error, VerifyError) as e:
+        except SSL.Error as e:
             raise StartupError(f"bad --listen {description!r}: {_reason(e)}") from None
         except usage.UsageError as e:
             raise StartupError(str(e)) from None
@@ -491,11 +491,21 @@ def _metricsListener(reactor, options, factory, db, dataDir):
     collector = StateCollector(factory, dataDir, perUser=options["metrics-per-user"] == "yes")
     site = Site(MetricsResource(factory.metrics, collector, db))
     site.noisy = False
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, OSError, KeyError) as e:
-        raise StartupError(f"bad --metrics {description!r}: {e}") from None
+    endpoint = parseEndpoint(reactor, description, "--metrics")
     return ListeningService(listenNow(endpoint, site, description))
+
+
+def parseEndpoint(reactor, description, option):
+    """
+    @return: the server endpoint C{description} names (an C{ssl:} one
+        reads its certificate and key now).
+    @raise StartupError: it is malformed, or its certificate or key
+        cannot be read or do not match.
+    """
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, OSError, KeyError, SSL.Error, crypto.Error, VerifyError) as e:
+        raise StartupError(f"bad {option} {description!r}: {_reason(e)}") from None
 
 
 def _reason(error):
